@@ -1,0 +1,137 @@
+"""Load and validate the workflow config and the scale files, with errors that name the thing.
+
+``config/config.yaml`` holds the defaults (``scale: tiny``, ``papers: all``); the scale file
+``config/scales/<scale>.yaml`` holds the experiment matrix. Both are validated against JSON
+Schemas in ``config/schema/`` before any job starts. A paper may add
+``config/schema/papers/<paper>.schema.yaml`` to validate its own ``papers.<paper>`` section.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from claimbench.errors import ConfigError
+from claimbench.records import SCALES
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "config"
+SCHEMA_DIR = CONFIG_DIR / "schema"
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+
+
+def _format_error(where: str, err: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    return f"{where}: {key}: {err.message}"
+
+
+def validate(obj: Any, schema: dict, where: str) -> None:
+    """Raise ConfigError with the first (most relevant) schema violation."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_format_error(where, best))
+
+
+def known_papers(root: Path = ROOT) -> dict[str, Path]:
+    """Papers are discovered, not listed: every ``methods/*/claims.yaml`` names one paper."""
+    papers: dict[str, Path] = {}
+    for claims in sorted((root / "methods").glob("*/claims.yaml")):
+        data = read_yaml(claims) or {}
+        name = data.get("paper")
+        if not isinstance(name, str):
+            raise ConfigError(f"{claims}: key 'paper' is missing or not a string")
+        papers[name] = claims.parent
+    return papers
+
+
+def resolve_papers(requested: Any, known: dict[str, Path], where: str) -> list[str]:
+    """``all`` or a list / comma-separated string of paper names; 'base' is always included."""
+    if requested in (None, "all"):
+        names = list(known)
+    else:
+        if isinstance(requested, str):
+            names = [p.strip() for p in requested.split(",") if p.strip()]
+        elif isinstance(requested, list):
+            names = [str(p) for p in requested]
+        else:
+            raise ConfigError(f"{where}: papers: {requested!r} must be 'all' or a list of names")
+        for name in names:
+            if name not in known:
+                raise ConfigError(
+                    f"{where}: papers: {name!r} is not a known paper (known: {', '.join(sorted(known))})"
+                )
+    if "base" in known and "base" not in names:
+        names.insert(0, "base")
+    return names
+
+
+def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read and validate one scale file; ``scale_file`` overrides the default location."""
+    if scale not in SCALES:
+        raise ConfigError(f"config: scale: {scale!r} is not one of {list(SCALES)}")
+    path = Path(scale_file) if scale_file else CONFIG_DIR / "scales" / f"{scale}.yaml"
+    where = _display(path)
+    data = read_yaml(path)
+    schema = read_yaml(SCHEMA_DIR / "scale.schema.yaml")
+    validate(data, schema, where)
+    if data["scale"] != scale:
+        raise ConfigError(
+            f"{where}: scale: {data['scale']!r} does not match the requested scale {scale!r}"
+        )
+    for paper, section in (data.get("papers") or {}).items():
+        paper_schema = SCHEMA_DIR / "papers" / f"{paper}.schema.yaml"
+        if paper_schema.is_file():
+            validate(section, read_yaml(paper_schema), f"{where}: papers.{paper}")
+    _check_models(data, where)
+    return data
+
+
+def _check_models(data: dict, where: str) -> None:
+    for name, spec in data.get("models", {}).items():
+        if spec["kind"] == "local":
+            path = Path(os.path.expandvars(os.path.expanduser(spec["path"])))
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"{where}: models.{name}.path: {spec['path']!r} is not a local model folder "
+                    f"(no config.json there); point it at a folder saved with save_pretrained"
+                )
+
+
+def load_workflow_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate Snakemake's ``config`` dict (config.yaml + --config overrides)."""
+    validate(
+        config, read_yaml(SCHEMA_DIR / "config.schema.yaml"), "config/config.yaml (+ --config)"
+    )
+    scale = load_scale(config["scale"], config.get("scale_file"))
+    known = known_papers()
+    papers = resolve_papers(config.get("papers", "all"), known, "config/config.yaml (+ --config)")
+    for paper in scale.get("papers") or {}:
+        if paper not in known:
+            raise ConfigError(
+                f"{_display(config.get('scale_file') or CONFIG_DIR / 'scales' / (config['scale'] + '.yaml'))}: "
+                f"papers.{paper}: not a known paper (known: {', '.join(sorted(known))})"
+            )
+    return {"scale": scale, "papers": papers}
+
+
+def _display(path: str | os.PathLike) -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,17 @@
+"""One exception type for every user-facing error: the message names the file, key and value."""
+
+
+class ClaimbenchError(Exception):
+    """An error caused by the user's input (config, files, model paths), not by a bug."""
+
+
+class ConfigError(ClaimbenchError):
+    """A config file or override has an unknown key, a wrong type or an out-of-range value."""
+
+
+class RecordError(ClaimbenchError):
+    """A run record on disk is corrupted, truncated or violates the contract."""
+
+
+class ModelNotAvailableError(ClaimbenchError):
+    """A model id or path cannot be loaded on this machine (missing folder, hub id offline)."""

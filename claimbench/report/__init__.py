@@ -1,0 +1,13 @@
+"""The HTML leaderboard: self-contained, deterministic pages rendered from the DuckDB store.
+
+``render_report(db_path, out_dir)`` writes ``index.html`` and one ``<paper>.html`` per paper
+with runs or claim checks. A paper-specific section can be added without touching this
+package's code: create ``templates/paper_<paper>.html.j2`` that extends ``paper.html.j2`` and
+overrides ``{% block extra %}``; it receives the same view model as the generic page.
+"""
+
+from __future__ import annotations
+
+from claimbench.report.render import page_name, render_report
+
+__all__ = ["page_name", "render_report"]

@@ -1,0 +1,581 @@
+"""Queries on the DuckDB store and the view models the templates render.
+
+Everything here reads the store only (read-only connection), sorts every query, and formats
+numbers with :func:`claimbench.report.svg.fmt_num`, so the same database gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jinja2
+from markupsafe import Markup
+
+from claimbench.errors import ClaimbenchError
+from claimbench.io import atomic_write_text, stable_hash
+from claimbench.records import SCALES
+from claimbench.report.svg import bar_chart, fmt_num, line_chart
+
+GENERATOR = "claimbench report"
+EXAMPLES_PER_TASK = 5
+MAX_TEXT = 2000  # characters of a prompt / target / response shown per sample
+VERSION_KEYS = ("torch", "transformers", "lm_eval")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def scale_key(scale: str | None) -> tuple[int, str]:
+    """Sort key: tiny, small, paper first (in that order), then any other scale by name."""
+    s = scale or ""
+    return (SCALES.index(s) if s in SCALES else len(SCALES), s)
+
+
+def page_name(paper: str) -> str:
+    """File name of a paper's page (a hash-based name where the id is not a safe file name)."""
+    if _SAFE_NAME.fullmatch(paper) and paper.lower() != "index":
+        return f"{paper}.html"
+    return f"paper-{stable_hash(paper, 10)}.html"
+
+
+def arrow(higher_is_better: bool | None) -> str:
+    """'↑' / '↓' / '' for higher_is_better True / False / unknown."""
+    if higher_is_better is None:
+        return ""
+    return "↑" if higher_is_better else "↓"
+
+
+def value_text(value: float | None, stderr: float | None) -> str:
+    """'value ± stderr' (stderr left out when null)."""
+    if value is None:
+        return "–"
+    return fmt_num(value) if stderr is None else f"{fmt_num(value)} ± {fmt_num(stderr)}"
+
+
+def sort_attr(x: float | int | None) -> str:
+    """Raw number for the ``data-sort`` attribute ('' for null)."""
+    return "" if x is None else repr(float(x))
+
+
+def _clip(text: Any) -> str:
+    if text is None:
+        return ""
+    text = str(text)
+    if len(text) <= MAX_TEXT:
+        return text
+    return text[:MAX_TEXT] + f"\n… ({len(text) - MAX_TEXT} more characters)"
+
+
+def _json(text: str | None, default: Any) -> Any:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def _sample_metrics(text: str | None) -> str:
+    obj = _json(text, {})
+    if not isinstance(obj, dict):
+        return str(obj)
+    parts = []
+    for k in sorted(obj):
+        v = obj[k]
+        shown = fmt_num(v) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+        parts.append(f"{k}={shown}")
+    return ", ".join(parts)
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+    cur = con.execute(sql, list(params))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def incomparable(rows: Iterable[dict]) -> dict[tuple[str, str], list[str]]:
+    """{(scale, task): reasons} where rows of one (scale, task) differ in hash, n or version."""
+    seen: dict[tuple[str, str], dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        key = (r["scale"], r["task"])
+        seen[key]["task hash"].add(r["task_hash"])
+        seen[key]["n"].add(r["n"])
+        seen[key]["harness version"].add(r["harness_version"])
+    out = {}
+    for key in sorted(seen, key=lambda k: (scale_key(k[0]), k[1])):
+        reasons = [what for what, vals in seen[key].items() if len(vals) > 1]
+        if reasons:
+            out[key] = reasons
+    return out
+
+
+def warning_text(reasons: list[str]) -> str:
+    return "not comparable: differing " + " / ".join(reasons)
+
+
+# --------------------------------------------------------------------------- store-wide
+
+
+def store_scales(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT scale FROM runs UNION SELECT scale FROM claim_checks ORDER BY scale"
+    ).fetchall()
+    return sorted((r[0] for r in rows if r[0] is not None), key=scale_key)
+
+
+def present_papers(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Papers with at least one run or claim check, with title/url/summary where known."""
+    return _rows(
+        con,
+        """
+        WITH present AS (SELECT paper FROM runs UNION SELECT paper FROM claim_checks)
+        SELECT pr.paper, p.title, p.url, p.summary, p.package
+        FROM present pr LEFT JOIN papers p USING (paper)
+        WHERE pr.paper IS NOT NULL
+        ORDER BY pr.paper
+        """,
+    )
+
+
+def _nav(papers: list[dict]) -> list[dict]:
+    return [
+        {"paper": p["paper"], "href": page_name(p["paper"]), "title": p["title"] or p["paper"]}
+        for p in papers
+    ]
+
+
+def index_view(con: duckdb.DuckDBPyConnection, papers: list[dict]) -> dict[str, Any]:
+    """View model of index.html."""
+    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(
+        lambda: {"held": 0, "failed": 0, "missing": 0, "runs": 0}
+    )
+    for paper, scale, status, k in con.execute(
+        "SELECT paper, scale, status, count(*) FROM claim_checks GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        counts[(paper, scale)][status] = k
+    for paper, scale, k in con.execute(
+        "SELECT paper, scale, count(*) FROM runs GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        counts[(paper, scale)]["runs"] = k
+    summary = []
+    for p in papers:
+        keys = sorted((k for k in counts if k[0] == p["paper"]), key=lambda k: scale_key(k[1]))
+        for key in keys:
+            summary.append(
+                {
+                    "paper": p["paper"],
+                    "href": page_name(p["paper"]),
+                    "title": p["title"] or "",
+                    "scale": key[1],
+                    **counts[key],
+                }
+            )
+
+    rows = _rows(
+        con,
+        """
+        SELECT scale, paper, variant, method, base_model, suite, task, metric, value, stderr, n,
+               higher_is_better, task_hash, harness_version, run_id
+        FROM leaderboard
+        ORDER BY paper, scale, task, metric, variant, method, base_model, suite, run_id
+        """,
+    )
+    rows.sort(key=lambda r: (scale_key(r["scale"]), r["paper"]))  # stable: keeps SQL order
+    bad = incomparable(rows)
+    leaderboard = []
+    for r in rows:
+        reasons = bad.get((r["scale"], r["task"]))
+        leaderboard.append(
+            {
+                **r,
+                "href": page_name(r["paper"]),
+                "arrow": arrow(r["higher_is_better"]),
+                "text": value_text(r["value"], r["stderr"]),
+                "sort": sort_attr(r["value"]),
+                "n_sort": sort_attr(r["n"]),
+                "warning": warning_text(reasons) if reasons else "",
+            }
+        )
+
+    shas = con.execute(
+        "SELECT git_sha, bool_or(git_dirty), count(*) FROM runs GROUP BY git_sha ORDER BY git_sha"
+    ).fetchall()
+    versions = con.execute(
+        "SELECT harness_version, count(*) FROM runs GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    return {
+        "summary": summary,
+        "leaderboard": leaderboard,
+        "gen": {
+            "shas": [{"sha": s or "unknown", "dirty": bool(d), "runs": k} for s, d, k in shas],
+            "harness_versions": [{"version": v, "runs": k} for v, k in versions],
+            "n_runs": n_runs,
+            "scales": store_scales(con),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- paper page
+
+
+def _claims(con: duckdb.DuckDBPyConnection, paper: str, scales: list[str]) -> list[dict]:
+    claims = _rows(
+        con,
+        """
+        SELECT claim_id, statement, source, scales, paper_model, paper_setting, paper_benchmark,
+               paper_metric, paper_value, check_spec
+        FROM claims WHERE paper = ? ORDER BY rowid
+        """,
+        [paper],
+    )
+    checks = {
+        (r["claim_id"], r["scale"]): r
+        for r in _rows(
+            con,
+            "SELECT scale, claim_id, status, detail FROM claim_checks WHERE paper = ? "
+            "ORDER BY scale, claim_id, status, detail",
+            [paper],
+        )
+    }
+    out = []
+    for c in claims:
+        context = [
+            f"{label}: {c[key]}"
+            for label, key in (
+                ("model", "paper_model"),
+                ("setting", "paper_setting"),
+                ("benchmark", "paper_benchmark"),
+                ("metric", "paper_metric"),
+            )
+            if c[key]
+        ]
+        has_check = _json(c["check_spec"], None) is not None
+        verdicts = []
+        for scale in scales:
+            k = checks.get((c["claim_id"], scale))
+            if k is not None:
+                verdicts.append({"status": k["status"], "detail": k["detail"] or ""})
+            elif scale not in (c["scales"] or []):
+                verdicts.append({"status": "n/a", "detail": "not claimed at this scale"})
+            elif not has_check:
+                verdicts.append({"status": "n/a", "detail": "no automatic check"})
+            else:
+                verdicts.append({"status": "n/a", "detail": "not checked"})
+        out.append(
+            {
+                **c,
+                "paper_value_text": fmt_num(c["paper_value"])
+                if c["paper_value"] is not None
+                else "",
+                "context": context,
+                "verdicts": verdicts,
+            }
+        )
+    return out
+
+
+def _row_labels(runs: list[dict], metrics: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """Result rows of one scale: one per (variant, method, base_model), split by run if needed.
+
+    A (variant, method, base_model) whose runs report the same task.metric twice (several seeds
+    or suites) gets one row per run, labelled with seed, suite and run id.
+    """
+    cells_by_run: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for m in metrics:
+        cells_by_run[m["run_id"]].add((m["task"], m["metric"]))
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["variant"], r["method"], r["base_model"]), []).append(r)
+    rows: list[dict] = []
+    row_of: dict[str, int] = {}
+    for key, group in groups.items():
+        cells = [c for r in group for c in cells_by_run[r["run_id"]]]
+        split = len(cells) != len(set(cells))
+        members = [[r] for r in group] if split else [group]
+        for member in members:
+            note = ""
+            if split:
+                r = member[0]
+                note = f"seed {r['seed']}, {r['suite']}, run {r['run_id'][:8]}"
+            label = key[0] + (f" ({note})" if note else "")
+            rows.append(
+                {
+                    "variant": key[0],
+                    "method": key[1],
+                    "base_model": key[2],
+                    "note": note,
+                    "label": label,
+                    "cells": {},
+                }
+            )
+            for r in member:
+                row_of[r["run_id"]] = len(rows) - 1
+    return rows, row_of
+
+
+def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], dict[str, str]]:
+    """Per scale: results table, bar charts and line charts; and {run_id: row label}."""
+    runs = _rows(
+        con,
+        "SELECT run_id, scale, variant, method, base_model, suite, seed FROM runs "
+        "WHERE paper = ? ORDER BY variant, method, base_model, suite, seed, run_id",
+        [paper],
+    )
+    metrics = _rows(
+        con,
+        """
+        SELECT scale, task, metric, value, stderr, n, higher_is_better, task_hash,
+               harness_version, run_id
+        FROM leaderboard WHERE paper = ?
+        ORDER BY task, metric, variant, method, base_model, suite, run_id
+        """,
+        [paper],
+    )
+    series = _rows(
+        con,
+        """
+        SELECT r.scale, s.name, s.x_label, s.y_label, s.x, s.y, s.run_id
+        FROM series s JOIN runs r USING (run_id) WHERE r.paper = ?
+        ORDER BY s.name, r.variant, r.method, r.base_model, r.suite, r.seed, s.run_id
+        """,
+        [paper],
+    )
+    labels: dict[str, str] = {}
+    sections = []
+    for scale in sorted({r["scale"] for r in runs}, key=scale_key):
+        s_runs = [r for r in runs if r["scale"] == scale]
+        s_metrics = [m for m in metrics if m["scale"] == scale]
+        rows, row_of = _row_labels(s_runs, s_metrics)
+        for run_id, i in row_of.items():
+            labels[run_id] = rows[i]["label"]
+        bad = incomparable(s_metrics)
+        columns: dict[tuple[str, str], dict] = {}
+        for m in s_metrics:
+            col = columns.setdefault(
+                (m["task"], m["metric"]),
+                {"task": m["task"], "metric": m["metric"], "hib": set(), "warning": ""},
+            )
+            col["hib"].add(m["higher_is_better"])
+            reasons = bad.get((scale, m["task"]))
+            col["warning"] = warning_text(reasons) if reasons else ""
+            rows[row_of[m["run_id"]]]["cells"][(m["task"], m["metric"])] = {
+                "text": value_text(m["value"], m["stderr"]),
+                "sort": sort_attr(m["value"]),
+                "value": m["value"],
+                "stderr": m["stderr"],
+                "n": m["n"],
+                "task_hash": m["task_hash"],
+            }
+        cols = []
+        for key in sorted(columns):
+            col = columns.pop(key)
+            hib = col.pop("hib")
+            col["arrow"] = arrow(hib.pop()) if len(hib) == 1 else ""
+            col["key"] = key
+            cols.append(col)
+        charts = []
+        for col in cols:
+            hits = [
+                (r["label"], r["cells"][col["key"]])
+                for r in rows
+                if col["key"] in r["cells"] and r["cells"][col["key"]]["value"] is not None
+            ]
+            charts.append(
+                Markup(
+                    bar_chart(
+                        f"{col['task']} · {col['metric']}"
+                        + (" ⚠ not comparable" if col["warning"] else ""),
+                        [h[0] for h in hits],
+                        [h[1]["value"] for h in hits],
+                        [h[1]["stderr"] for h in hits],
+                        y_label=f"{col['metric']} {col['arrow']}".strip(),
+                        x_label="variant",
+                    )
+                )
+            )
+        lines = []
+        s_series = [s for s in series if s["scale"] == scale]
+        for name in sorted({s["name"] for s in s_series}):
+            group = [s for s in s_series if s["name"] == name]
+            lines.append(
+                Markup(
+                    line_chart(
+                        name,
+                        [(labels.get(s["run_id"], s["run_id"]), s["x"], s["y"]) for s in group],
+                        x_label=group[0]["x_label"] or "x",
+                        y_label=group[0]["y_label"] or "y",
+                    )
+                )
+            )
+        sections.append(
+            {
+                "scale": scale,
+                "columns": cols,
+                "rows": rows,
+                "bars": charts,
+                "lines": lines,
+                "warnings": [(task, warning_text(r)) for (_, task), r in bad.items()],
+            }
+        )
+    return sections, labels
+
+
+def _examples(con: duckdb.DuckDBPyConnection, paper: str, labels: dict[str, str]) -> list[dict]:
+    rows = _rows(
+        con,
+        f"""
+        SELECT r.scale, r.variant, s.task, s.doc_id, s.prompt, s.target, s.response, s.metrics,
+               s.run_id
+        FROM samples s JOIN runs r USING (run_id)
+        WHERE r.paper = ?
+        QUALIFY row_number() OVER (
+            PARTITION BY r.scale, r.variant, s.task
+            ORDER BY s.doc_id NULLS LAST, s.run_id, s.prompt, s.target, s.response
+        ) <= {EXAMPLES_PER_TASK}
+        ORDER BY r.scale, r.variant, s.task, s.doc_id NULLS LAST, s.run_id, s.prompt, s.target,
+                 s.response
+        """,
+        [paper],
+    )
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["scale"], r["variant"], r["task"]), []).append(
+            {
+                "doc_id": "" if r["doc_id"] is None else r["doc_id"],
+                "prompt": _clip(r["prompt"]),
+                "target": _clip(r["target"]),
+                "response": _clip(r["response"]),
+                "metrics": _sample_metrics(r["metrics"]),
+                "run": labels.get(r["run_id"], ""),
+            }
+        )
+    keys = sorted(groups, key=lambda k: (scale_key(k[0]), k[1], k[2]))
+    return [{"scale": k[0], "variant": k[1], "task": k[2], "samples": groups[k]} for k in keys]
+
+
+def _provenance(con: duckdb.DuckDBPyConnection, paper: str) -> list[dict]:
+    rows = _rows(
+        con,
+        """
+        SELECT run_id, scale, variant, method, base_model, suite, seed, git_sha, git_dirty,
+               device, host, started_at, wall_s, config_hash, harness_version, versions
+        FROM runs WHERE paper = ?
+        ORDER BY variant, method, base_model, suite, seed, run_id
+        """,
+        [paper],
+    )
+    rows.sort(key=lambda r: scale_key(r["scale"]))
+    out = []
+    for r in rows:
+        versions = _json(r.pop("versions"), {})
+        versions = versions if isinstance(versions, dict) else {}
+        out.append(
+            {
+                **r,
+                "sha": (r["git_sha"] or "unknown")[:10],
+                "wall": fmt_num(r["wall_s"]),
+                "wall_sort": sort_attr(r["wall_s"]),
+                "versions": [str(versions.get(k, "–")) for k in VERSION_KEYS],
+            }
+        )
+    return out
+
+
+def paper_view(con: duckdb.DuckDBPyConnection, paper: dict, scales: list[str]) -> dict[str, Any]:
+    """View model of <paper>.html."""
+    name = paper["paper"]
+    url = paper.get("url") or ""
+    results, labels = _results(con, name)
+    return {
+        "paper": name,
+        "title": paper.get("title") or name,
+        "summary": paper.get("summary") or "",
+        "url": url,
+        "url_is_link": url.startswith(("https://", "http://")),
+        "scales": scales,
+        "claims": _claims(con, name, scales),
+        "results": results,
+        "examples": _examples(con, name, labels),
+        "provenance": _provenance(con, name),
+        "version_keys": VERSION_KEYS,
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("claimbench.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = fmt_num
+    return env
+
+
+def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
+    """Delete pages this renderer wrote earlier for papers no longer in the store."""
+    for path in sorted(out_dir.glob("*.html")):
+        if path in keep or not path.is_file():
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(2048)
+        if f'<meta name="generator" content="{GENERATOR}">' in head:
+            path.unlink()
+
+
+def render_report(db_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Regenerate reports/index.html and reports/<paper>.html from the DuckDB store alone."""
+    db_path, out_dir = Path(db_path), Path(out_dir)
+    if not db_path.is_file():
+        raise ClaimbenchError(
+            f"{db_path}: no database yet; run the workflow or `claimbench ingest` first"
+        )
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        papers = present_papers(con)
+        scales = store_scales(con)
+        nav = _nav(papers)
+        env = environment()
+        pages: list[tuple[Path, str]] = [
+            (
+                out_dir / "index.html",
+                env.get_template("index.html.j2").render(
+                    nav=nav,
+                    current="index.html",
+                    generator=GENERATOR,
+                    **index_view(con, papers),
+                ),
+            )
+        ]
+        for p in papers:
+            href = page_name(p["paper"])
+            names = ["paper.html.j2"]
+            if _SAFE_NAME.fullmatch(p["paper"]):
+                names.insert(0, f"paper_{p['paper']}.html.j2")  # optional paper-specific page
+            template = env.select_template(names)
+            pages.append(
+                (
+                    out_dir / href,
+                    template.render(
+                        nav=nav, current=href, generator=GENERATOR, **paper_view(con, p, scales)
+                    ),
+                )
+            )
+    finally:
+        con.close()
+    written = [atomic_write_text(path, text) for path, text in pages]
+    _remove_stale(out_dir, set(written))
+    return written

@@ -1,0 +1,109 @@
+# Helpers shared by every .smk file -- validated config, paths, input and params functions.
+import json
+import os
+from pathlib import Path
+
+from claimbench.config import load_workflow_config
+from claimbench.errors import ClaimbenchError
+
+# Offline by default: a stray hub access fails at once instead of hanging (OFFLINE-ASSETS P14).
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+try:
+    RESOLVED = load_workflow_config(config)
+except ClaimbenchError as _err:
+    raise WorkflowError(f"invalid configuration: {_err}") from None
+
+SCALE_NAME = config["scale"]
+SCALE = RESOLVED["scale"]
+PAPERS = RESOLVED["papers"]
+DATA = f"data/{SCALE_NAME}"
+ART = f"artifacts/{SCALE_NAME}"
+RUNS = f"results/runs/{SCALE_NAME}"
+LOGS = f"logs/{SCALE_NAME}"
+DB = "results/claimbench.duckdb"
+JOB_THREADS = SCALE.get("threads", 1)
+GPU = SCALE.get("gpu", 0)
+MODELS = SCALE["models"]
+LM_EVAL = SCALE["eval"]["lm_eval"]
+
+# rules/<paper>.smk for every known paper except the base models (rules/base.smk).
+PAPER_RULE_FILES = sorted(
+    str(p)
+    for p in Path(workflow.basedir, "rules").glob("*.smk")
+    if p.stem not in ("common", "data", "base", "eval", "report")
+)
+
+# Run records each paper contributes to the store; rules/<paper>.smk adds its own.
+RUN_RECORDS = {}
+
+
+def models_of_kind(kind):
+    return sorted(name for name, spec in MODELS.items() if spec["kind"] == kind)
+
+
+def one_of(names):
+    """Wildcard regex matching exactly the given names (never matching when empty)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+def model_spec_json(wildcards):
+    return json.dumps(MODELS[wildcards.name], sort_keys=True)
+
+
+def lm_eval_args(wildcards):
+    """Command-line options of the lm-eval suite for one artifact."""
+    args = [
+        f"--tasks {','.join(LM_EVAL['tasks'])}",
+        f"--batch-size {LM_EVAL['batch_size']}",
+        f"--max-gen-toks {LM_EVAL.get('max_gen_toks', 16)}",
+        f"--seed {SCALE['seed']}",
+        f"--device {SCALE.get('device', 'cpu')}",
+        f"--dtype {LM_EVAL.get('dtype', 'float32')}",
+    ]
+    if LM_EVAL.get("limit"):
+        args.append(f"--limit {LM_EVAL['limit']}")
+    if LM_EVAL.get("num_fewshot") is not None:
+        args.append(f"--num-fewshot {LM_EVAL['num_fewshot']}")
+    if LM_EVAL.get("include_defaults"):
+        args.append("--include-defaults")
+    if wildcards.variant in LM_EVAL.get("chat_template_models", []):
+        args.append("--chat-template")
+    return " ".join(args)
+
+
+def all_run_records(wildcards):
+    return [path for paper in PAPERS for path in RUN_RECORDS.get(paper, [])]
+
+
+def output_dir(wildcards, output):
+    """Folder of the rule's first output (an artifact or data folder)."""
+    return os.path.dirname(output[0])
+
+
+def input_dir(wildcards, input):
+    """Folder of the rule's first input (an artifact folder holding meta.json)."""
+    return os.path.dirname(input[0])
+
+
+def data_dir(wildcards, input):
+    """The scale's data folder, from the task data files (data/<scale>/<dataset>/<file>)."""
+    return os.path.dirname(os.path.dirname(input.data[0]))
+
+
+def methods_dir(wildcards, input):
+    """The methods/ folder, from the claims files (methods/<pkg>/claims.yaml)."""
+    return os.path.dirname(os.path.dirname(input.claims[0]))
+
+
+def model_field(key, default=None):
+    """Params function: one field of the model named by the ``name`` wildcard."""
+
+    def get(wildcards):
+        return MODELS[wildcards.name].get(key, default)
+
+    return get

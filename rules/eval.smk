@@ -1,0 +1,34 @@
+# The lm-eval suite: one job (one process, torch loaded once) per artifact for all its tasks.
+LM_EVAL_DATA = [
+    f"{DATA}/arith/test_id.jsonl",
+    f"{DATA}/arith/test_ood.jsonl",
+    f"{DATA}/arith/mc_test.jsonl",
+    f"{DATA}/text/test.jsonl",
+]
+
+
+rule eval_lm:
+    input:
+        meta=f"{ART}/{{paper}}/{{variant}}/meta.json",
+        data=LM_EVAL_DATA,
+    output:
+        record=f"{RUNS}/{{paper}}/{{variant}}/lm_eval.json",
+        samples=f"{RUNS}/{{paper}}/{{variant}}/lm_eval.samples.jsonl",
+    log:
+        f"{LOGS}/eval/{{paper}}/{{variant}}.lm_eval.log",
+    benchmark:
+        f"{LOGS}/eval/{{paper}}/{{variant}}.lm_eval.benchmark.tsv"
+    threads: JOB_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=GPU,
+    params:
+        args=lm_eval_args,
+        artifact=input_dir,
+        scale=SCALE_NAME,
+        data=data_dir,
+    shell:
+        "python -m benchmarks.lm_eval_suite --artifact {params.artifact} --scale {params.scale} "
+        "--paper {wildcards.paper} --variant {wildcards.variant} --data-dir {params.data} "
+        "{params.args} --threads {threads} --out {output.record} > {log} 2>&1"

@@ -1,0 +1,132 @@
+import pytest
+
+from claimbench.claims import check_all, load_claims_file
+from claimbench.errors import ConfigError
+from tests.helpers import write_claims
+
+
+def m(variant, task, metric, value, stderr=None, scale="tiny", paper="p"):
+    return {
+        "scale": scale,
+        "paper": paper,
+        "method": paper,
+        "variant": variant,
+        "base_model": "b",
+        "suite": "lm_eval",
+        "task": task,
+        "metric": metric,
+        "value": value,
+        "stderr": stderr,
+        "n": 100,
+        "higher_is_better": True,
+        "run_id": variant,
+    }
+
+
+def claim(check, scales=("tiny",)):
+    return {"paper": "p", "id": "c", "statement": "s", "scales": list(scales), "check": check}
+
+
+def verdict(check, lookup, scales=("tiny",), z=1.96):
+    rows = check_all([claim(check)], lookup, list(scales), z=z)
+    return rows[0] if rows else None
+
+
+CMP = {
+    "compare": {
+        "lhs": {"variant": "a", "task": "t", "metric": "ppl"},
+        "op": "<",
+        "rhs": {"variant": "b", "task": "t", "metric": "ppl"},
+    }
+}
+
+
+def test_compare_held_and_failed_without_stderr():
+    assert verdict(CMP, [m("a", "t", "ppl", 1.0), m("b", "t", "ppl", 2.0)])["status"] == "held"
+    assert verdict(CMP, [m("a", "t", "ppl", 3.0), m("b", "t", "ppl", 2.0)])["status"] == "failed"
+
+
+def test_compare_needs_significance_when_stderr_given():
+    # diff 0.1 with combined se 0.1414: right direction, not significant at z=1.96
+    row = verdict(CMP, [m("a", "t", "ppl", 1.9, 0.1), m("b", "t", "ppl", 2.0, 0.1)])
+    assert row["status"] == "failed" and "not significant" in row["detail"]
+    row = verdict(CMP, [m("a", "t", "ppl", 1.0, 0.1), m("b", "t", "ppl", 2.0, 0.1)])
+    assert row["status"] == "held"
+    assert row["observed"]["p/a:t.ppl"] == [1.0, 0.1]
+
+
+def test_non_strict_holds_inside_noise():
+    check = {"compare": {**CMP["compare"], "op": "<="}}
+    assert (
+        verdict(check, [m("a", "t", "ppl", 2.1, 0.1), m("b", "t", "ppl", 2.0, 0.1)])["status"]
+        == "held"
+    )
+    assert (
+        verdict(check, [m("a", "t", "ppl", 3.0, 0.1), m("b", "t", "ppl", 2.0, 0.1)])["status"]
+        == "failed"
+    )
+
+
+def test_threshold_and_within_and_all():
+    thr = {
+        "threshold": {
+            "ref": {"variant": "a", "task": "t", "metric": "acc"},
+            "op": ">",
+            "value": 0.25,
+        }
+    }
+    assert verdict(thr, [m("a", "t", "acc", 0.40, 0.02)])["status"] == "held"
+    assert verdict(thr, [m("a", "t", "acc", 0.27, 0.02)])["status"] == "failed"
+    win = {
+        "within": {
+            "ref": {"variant": "a", "task": "t", "metric": "acc"},
+            "value": 0.5,
+            "tol_abs": 0.05,
+        }
+    }
+    assert verdict(win, [m("a", "t", "acc", 0.53)])["status"] == "held"
+    assert verdict(win, [m("a", "t", "acc", 0.60)])["status"] == "failed"
+    both = {"all": [thr, win]}
+    assert verdict(both, [m("a", "t", "acc", 0.53, 0.01)])["status"] == "held"
+    assert verdict(both, [m("a", "t", "acc", 0.20, 0.01)])["status"] == "failed"
+
+
+def test_missing_and_scale_filtering():
+    assert verdict(CMP, [m("a", "t", "ppl", 1.0)])["status"] == "missing"
+    # a claim for the paper scale produces no verdict at tiny scale
+    assert check_all([claim(CMP, scales=["paper"])], [m("a", "t", "ppl", 1.0)], ["tiny"]) == []
+    # data of another scale does not count
+    lookup = [m("a", "t", "ppl", 1.0, scale="small"), m("b", "t", "ppl", 2.0, scale="small")]
+    assert verdict(CMP, lookup)["status"] == "missing"
+
+
+def test_ambiguous_reference_is_an_error():
+    lookup = [
+        m("a", "t", "ppl", 1.0),
+        m("a", "t", "ppl", 1.1) | {"suite": "other"},
+        m("b", "t", "ppl", 2),
+    ]
+    with pytest.raises(ConfigError, match="matches 2 stored metrics"):
+        verdict(CMP, lookup)
+
+
+def entry(check, **kw):
+    """A claims-file entry (the file names the paper once, at the top)."""
+    return {k: v for k, v in claim(check).items() if k != "paper"} | kw
+
+
+def test_claims_file_validation(tmp_path):
+    good = write_claims(tmp_path, "p", [entry(CMP, id="x")])
+    paper, claims = load_claims_file(good)
+    assert paper["paper"] == "p" and claims[0]["id"] == "x"
+    bad = write_claims(tmp_path, "q", [entry({"compare": {"lhs": {}, "op": "<<", "rhs": {}}})])
+    with pytest.raises(ConfigError, match=r"claims\.yaml"):
+        load_claims_file(bad)
+    dup = write_claims(tmp_path, "r", [entry(CMP, id="x"), entry(CMP, id="x")])
+    with pytest.raises(ConfigError, match="duplicate id"):
+        load_claims_file(dup)
+
+
+def test_repository_claim_files_are_valid(root):
+    for path in sorted((root / "methods").glob("*/claims.yaml")):
+        load_claims_file(path)

@@ -1,0 +1,26 @@
+import json
+
+import pytest
+
+from claimbench.errors import ModelNotAvailableError
+from claimbench.models import check_hub_available, resolve_pretrained
+
+
+def test_hub_id_offline_says_how_to_provide_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(
+        ModelNotAvailableError, match="'meta-llama/Llama-3.1-8B' is not available locally"
+    ) as err:
+        check_hub_available("meta-llama/Llama-3.1-8B")
+    assert "claimbench prefetch" in str(err.value) and "kind: local" in str(err.value)
+
+
+def test_missing_local_model_path(tmp_path):
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "meta.json").write_text(json.dumps({"load": {"path": str(tmp_path / "nope")}}))
+    with pytest.raises(ModelNotAvailableError, match="is not a local model folder"):
+        resolve_pretrained(art)
+    with pytest.raises(ModelNotAvailableError, match="no meta.json"):
+        resolve_pretrained(tmp_path / "missing")

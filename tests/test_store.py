@@ -1,0 +1,94 @@
+import duckdb
+import pytest
+
+from claimbench.errors import RecordError
+from claimbench.store import ingest, query
+from tests.helpers import write_claims, write_record
+
+CLAIM = {
+    "id": "a_beats_b",
+    "statement": "a has higher acc than b",
+    "scales": ["tiny"],
+    "check": {
+        "compare": {
+            "lhs": {"variant": "a", "task": "t", "metric": "acc"},
+            "op": ">",
+            "rhs": {"variant": "b", "task": "t", "metric": "acc"},
+        }
+    },
+}
+
+
+@pytest.fixture
+def store(tmp_path):
+    runs, methods = tmp_path / "runs", tmp_path / "methods"
+    samples = [
+        {
+            "task": "t",
+            "doc_id": i,
+            "prompt": f"q{i}",
+            "target": "1",
+            "response": "1",
+            "metrics": {"acc": 1.0},
+        }
+        for i in range(3)
+    ]
+    write_record(runs, "a", [("t", "acc", 0.9, 0.01), ("u", "ppl", 3.0, None)], samples=samples)
+    write_record(runs, "b", [("t", "acc", 0.5, 0.01)])
+    write_claims(methods, "demo", [CLAIM])
+    return runs, methods, tmp_path / "db" / "store.duckdb"
+
+
+def snapshot(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {
+            t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+            for t in ("metrics", "claims", "claim_checks", "samples")
+        }
+    finally:
+        con.close()
+
+
+def test_ingest_tables_and_verdicts(store):
+    runs, methods, db = store
+    counts = ingest(runs, db, methods)
+    assert counts == {
+        "runs": 2,
+        "metrics": 3,
+        "samples": 3,
+        "series": 0,
+        "claims": 1,
+        "claim_checks": 1,
+    }
+    cols, rows = query(db, "SELECT status FROM claim_checks")
+    assert rows == [("held",)]
+    cols, rows = query(db, "SELECT variant, task, metric, value FROM leaderboard ORDER BY ALL")
+    assert rows == [("a", "t", "acc", 0.9), ("a", "u", "ppl", 3.0), ("b", "t", "acc", 0.5)]
+
+
+def test_ingest_is_idempotent(store):
+    runs, methods, db = store
+    ingest(runs, db, methods)
+    first = snapshot(db)
+    ingest(runs, db, methods)
+    assert snapshot(db) == first
+
+
+def test_corrupted_record_leaves_database_intact(store):
+    runs, methods, db = store
+    ingest(runs, db, methods)
+    before_bytes = db.read_bytes()
+    bad = runs / "tiny" / "demo" / "b" / "lm_eval.json"
+    bad.write_text(bad.read_text()[:40])
+    with pytest.raises(RecordError, match=str(bad)):
+        ingest(runs, db, methods)
+    assert db.read_bytes() == before_bytes
+    assert not [p for p in db.parent.iterdir() if p.name != db.name], "temp files left behind"
+
+
+def test_query_is_read_only(store):
+    runs, methods, db = store
+    ingest(runs, db, methods)
+    with pytest.raises(Exception, match="read-only|read only"):
+        query(db, "DELETE FROM metrics")
