@@ -4,16 +4,31 @@ from methods.lm.model import build_model
 from methods.lm.tokenizer import train_tokenizer
 from methods.lm.train import _split_batch, lr_at, token_stream, train_lm
 
-SPEC = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-        "intermediate_size": 32, "max_position_embeddings": 64}
+SPEC = {
+    "hidden_size": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "intermediate_size": 32,
+    "max_position_embeddings": 64,
+}
 
 
 def _train(tok, seed):
     torch.set_num_threads(1)
     stream = token_stream(["Question: What is 1 + 2?\nAnswer: 3\n"] * 50, tok)
     model = build_model(SPEC, tok, seed=seed)
-    log = train_lm(model, {"a": stream}, {"a": 1.0}, steps=5, batch_size=4, seq_len=16, lr=1e-2,
-                   warmup_steps=2, seed=seed)
+    log = train_lm(
+        model,
+        {"a": stream},
+        {"a": 1.0},
+        steps=5,
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        warmup_steps=2,
+        seed=seed,
+    )
     return model, log
 
 
