@@ -20,11 +20,11 @@ def check_hub_available(model_id: str, revision: str | None = None) -> Path:
         return Path(snapshot_download(model_id, revision=revision, local_files_only=True))
     except Exception as e:  # LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFound...
         raise ModelNotAvailableError(
-            f"model {model_id!r} is not available locally (offline mode, nothing is downloaded at "
-            f"run time). Provide it by running `claimbench prefetch --scale paper` on a machine "
-            f"with network access (it fills the Hugging Face cache under $HF_HOME, which the "
-            f"compute nodes must share), or set the model to `kind: local` with `path:` pointing "
-            f"at a folder saved with save_pretrained. ({type(e).__name__})"
+            f"model {model_id!r} is not available locally (offline mode: nothing is downloaded "
+            f"at run time). Provide it by downloading it into the Hugging Face cache on a machine "
+            f"with network access (`hf download {model_id}`, with HF_HOME on storage the compute "
+            f"nodes share), or set the model to `kind: local` with `path:` pointing at a folder "
+            f"saved with save_pretrained. ({type(e).__name__})"
         ) from e
 
 

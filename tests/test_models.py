@@ -13,7 +13,9 @@ def test_hub_id_offline_says_how_to_provide_it(monkeypatch, tmp_path):
         ModelNotAvailableError, match="'meta-llama/Llama-3.1-8B' is not available locally"
     ) as err:
         check_hub_available("meta-llama/Llama-3.1-8B")
-    assert "claimbench prefetch" in str(err.value) and "kind: local" in str(err.value)
+    assert "hf download meta-llama/Llama-3.1-8B" in str(err.value) and "kind: local" in str(
+        err.value
+    )
 
 
 def test_missing_local_model_path(tmp_path):
@@ -24,3 +26,31 @@ def test_missing_local_model_path(tmp_path):
         resolve_pretrained(art)
     with pytest.raises(ModelNotAvailableError, match="no meta.json"):
         resolve_pretrained(tmp_path / "missing")
+
+
+def test_build_hub_offline_cli_error(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "art"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "methods.lm.build",
+            "hub",
+            "--name",
+            "x",
+            "--id",
+            "org/not-cached",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": ""},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "'org/not-cached' is not available locally" in proc.stderr
+    assert not out.exists()

@@ -92,3 +92,34 @@ def test_query_is_read_only(store):
     ingest(runs, db, methods)
     with pytest.raises(Exception, match="read-only|read only"):
         query(db, "DELETE FROM metrics")
+
+
+def test_cli_ingest_error_is_one_line(store):
+    import subprocess
+    import sys
+
+    runs, methods, db = store
+    ingest(runs, db, methods)
+    before = db.read_bytes()
+    bad = runs / "tiny" / "demo" / "a" / "lm_eval.json"
+    bad.write_text("{not json")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "claimbench.cli",
+            "ingest",
+            "--runs",
+            str(runs),
+            "--db",
+            str(db),
+            "--methods",
+            str(methods),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0]
+    assert db.read_bytes() == before

@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from claimbench import provenance
 from claimbench.assets import fetch_pypi
+from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from claimbench.models import check_hub_available
 
@@ -177,9 +179,9 @@ def build_gguf(args) -> None:
 
 
 def build_hub(args) -> None:
+    snapshot = check_hub_available(args.id, args.revision or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    snapshot = check_hub_available(args.id, args.revision or None)
     _write_meta(
         out,
         {
@@ -238,13 +240,17 @@ def main(argv: list[str] | None = None) -> None:
     for a in ("--name", "--path", "--out"):
         p.add_argument(a, required=True)
     args = ap.parse_args(argv)
-    {
-        "tokenizer": build_tokenizer,
-        "tiny": build_tiny,
-        "gguf": build_gguf,
-        "hub": build_hub,
-        "local": build_local,
-    }[args.what](args)
+    try:
+        {
+            "tokenizer": build_tokenizer,
+            "tiny": build_tiny,
+            "gguf": build_gguf,
+            "hub": build_hub,
+            "local": build_local,
+        }[args.what](args)
+    except (ClaimbenchError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
