@@ -1,0 +1,1 @@
+"""Deterministic, seeded data generators (arithmetic world, English text)."""

@@ -1,0 +1,89 @@
+"""Write the data files of one scale: ``python -m benchmarks.data.cli {arith,text} ...``."""
+
+from __future__ import annotations
+
+import sys
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.data import arith, text
+from claimbench.errors import ClaimbenchError
+from claimbench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_files
+
+
+def build_arith(spec: dict, seed: int, out: Path) -> None:
+    world = arith.build_world(
+        seed=seed,
+        id_families=spec["id_families"],
+        ood_families=spec["ood_families"],
+        n_train_per_family=spec["n_train_per_family"],
+        n_eval_per_family=spec["n_eval_per_family"],
+        max_digits=spec["max_digits"],
+    )
+    files = []
+    for split, problems in world.items():
+        files.append(atomic_write_jsonl(out / f"{split}.jsonl", [p.as_dict() for p in problems]))
+    mc = arith.multiple_choice(world["test_id"], seed=seed)
+    files.append(atomic_write_jsonl(out / "mc_test.jsonl", mc))
+    manifest = {
+        "generator": "benchmarks.data.arith",
+        "seed": seed,
+        "spec": spec,
+        "counts": {split: len(p) for split, p in world.items()} | {"mc_test": len(mc)},
+        "sha256": sha256_files(files),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+
+
+def build_text(spec: dict, sdist: Path, out: Path) -> None:
+    plays = text.read_plays(sdist)
+    splits = text.build_splits(
+        plays,
+        valid_docs=spec["valid_docs"],
+        test_docs=spec["test_docs"],
+        max_train_chars=spec["max_train_chars"],
+        eval_chunk_chars=spec["eval_chunk_chars"],
+        n_eval_chunks=spec["n_eval_chunks"],
+    )
+    files = [atomic_write_text(out / "train.txt", splits["train"])]
+    for split in ("valid", "test"):
+        rows = [{"id": f"{split}-{i:05d}", "text": t} for i, t in enumerate(splits[split])]
+        files.append(atomic_write_jsonl(out / f"{split}.jsonl", rows))
+    manifest = {
+        "source": f"{spec['package']}=={spec['version']}",
+        "source_sha256": spec["sha256"],
+        "spec": spec,
+        "chars": {"train": len(splits["train"])}
+        | {s: sum(map(len, splits[s])) for s in ("valid", "test")},
+        "sha256": sha256_files(files),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("arith")
+    a.add_argument("--spec", required=True, help="JSON of the scale's data.arith section")
+    a.add_argument("--seed", type=int, required=True)
+    a.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("text")
+    t.add_argument("--spec", required=True, help="JSON of the scale's data.text section")
+    t.add_argument("--sdist", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        spec = json.loads(args.spec)
+        if args.what == "arith":
+            build_arith(spec, args.seed, args.out)
+        else:
+            build_text(spec, args.sdist, args.out)
+    except (ClaimbenchError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
