@@ -7,8 +7,10 @@ CORES ?= 2
 SCALE ?= tiny
 STAMP := $(VENV)/.installed
 
-# Rules run `python -m ...`: the venv's interpreter must come first on PATH.
+# Rules run `python -m ...`: the venv's interpreter must come first on PATH, and this
+# checkout's packages first on the import path (also when the venv is shared by worktrees).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

@@ -67,6 +67,14 @@ def _num(rng: random.Random, max_digits: int, min_value: int = 0) -> int:
     return rng.randint(lo, 10**d - 1)
 
 
+def _column_step(i: int, term: str, value: int) -> str:
+    """One column of a written addition or multiplication: write the digit, carry the rest."""
+    word = "First" if i == 0 else "Then"
+    if value >= 10:
+        return f"{word}, {term} = {value}, write {value % 10} and carry {value // 10}."
+    return f"{word}, {term} = {value}, write {value}."
+
+
 def _add_steps(a: int, b: int) -> list[str]:
     da, db = _digits(a), _digits(b)
     steps, carry = [], 0
@@ -74,12 +82,7 @@ def _add_steps(a: int, b: int) -> list[str]:
         x = da[i] if i < len(da) else 0
         y = db[i] if i < len(db) else 0
         s = x + y + carry
-        term = f"{x} + {y}" + (f" + {carry}" if carry else "")
-        word = "First" if i == 0 else "Then"
-        if s >= 10:
-            steps.append(f"{word}, {term} = {s}, write {s % 10} and carry 1.")
-        else:
-            steps.append(f"{word}, {term} = {s}, write {s}.")
+        steps.append(_column_step(i, f"{x} + {y}" + (f" + {carry}" if carry else ""), s))
         carry = s // 10
     if carry:
         steps.append("Then write the carry 1.")
@@ -120,12 +123,7 @@ def gen_mul(rng: random.Random, max_digits: int) -> tuple[str, int, list[str]]:
     steps, carry = [], 0
     for i, y in enumerate(_digits(b)):
         p = a * y + carry
-        term = f"{a} x {y}" + (f" + {carry}" if carry else "")
-        word = "First" if i == 0 else "Then"
-        if p >= 10:
-            steps.append(f"{word}, {term} = {p}, write {p % 10} and carry {p // 10}.")
-        else:
-            steps.append(f"{word}, {term} = {p}, write {p}.")
+        steps.append(_column_step(i, f"{a} x {y}" + (f" + {carry}" if carry else ""), p))
         carry = p // 10
     if carry:
         steps.append(f"Then write the carry {carry}.")
