@@ -1,5 +1,8 @@
 """End to end: the whole tiny reproduce_all path through Snakemake, with a reduced scale file.
 
+It runs the harness's own pipeline (``papers=[base]``: data, tokenizer, base models, lm-eval,
+ingest, report); each paper tests its own pipeline on a micro config in its test module.
+
 ``test_reproduce_all_reduced`` runs in `make test` (about a minute); the from-scratch
 determinism check runs the same workflow twice and is marked slow (`make test-all`).
 """
