@@ -86,6 +86,9 @@ def _read_samples(path: Path | None) -> tuple[list[dict], list[list]]:
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}: line {i} is not valid JSON ({e.msg})") from e
             task = str(row.get("task", ""))
+            doc_id = row.get("doc_id")
+            if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, int)):
+                raise RecordError(f"{path}: line {i}: doc_id {doc_id!r} must be an integer or null")
             counts[task] = counts.get(task, 0) + 1
             if counts[task] <= SAMPLES_PER_TASK:
                 rows.append(row)
@@ -137,6 +140,8 @@ def ingest(
 
 
 def _insert(con, records, papers, claims, z: float) -> None:
+    all_scores: list[list] = []
+    all_samples: list[list] = []
     for path, r in records:
         p = r["provenance"]
         sp = samples_path(path, r)
@@ -196,28 +201,22 @@ def _insert(con, records, papers, claims, z: float) -> None:
                 ],
             )
         rows, scores = _read_samples(sp)
-        if scores:
-            con.executemany(
-                "INSERT INTO sample_scores VALUES (?,?,?,?,?,?)",
-                [[r["run_id"], *x] for x in scores],
-            )
-        if rows:
-            con.executemany(
-                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    [
-                        r["run_id"],
-                        s.get("task"),
-                        s.get("doc_id"),
-                        s.get("prompt"),
-                        s.get("target"),
-                        s.get("response"),
-                        json.dumps(s.get("metrics", {}), sort_keys=True),
-                        s.get("doc_hash"),
-                    ]
-                    for s in rows
-                ],
-            )
+        all_scores += [[r["run_id"], *x] for x in scores]
+        all_samples += [
+            [
+                r["run_id"],
+                x.get("task"),
+                x.get("doc_id"),
+                x.get("prompt"),
+                x.get("target"),
+                x.get("response"),
+                json.dumps(x.get("metrics", {}), sort_keys=True),
+                x.get("doc_hash"),
+            ]
+            for x in rows
+        ]
+    _bulk_insert(con, "sample_scores", SCORE_COLUMNS, all_scores)
+    _bulk_insert(con, "samples", SAMPLE_COLUMNS, all_samples)
     for paper in papers:
         con.execute(
             "INSERT INTO papers VALUES (?,?,?,?,?)",
@@ -263,6 +262,46 @@ def _insert(con, records, papers, claims, z: float) -> None:
                 row["detail"],
             ],
         )
+
+
+SCORE_COLUMNS = {
+    "run_id": "string",
+    "task": "string",
+    "doc_id": "Int64",
+    "metric": "string",
+    "value": "Float64",
+    "weight": "Float64",
+}
+SAMPLE_COLUMNS = {
+    "run_id": "string",
+    "task": "string",
+    "doc_id": "Int64",
+    "prompt": "string",
+    "target": "string",
+    "response": "string",
+    "metrics": "string",
+    "doc_hash": "string",
+}
+
+
+def _bulk_insert(con, table: str, columns: dict[str, str], rows: list[list]) -> None:
+    """Insert many rows at once through a typed DataFrame (executemany is row by row)."""
+    if not rows:
+        return
+    import pandas as pd
+
+    cols = list(zip(*rows, strict=True))
+    frame = pd.DataFrame(
+        {
+            name: pd.array(list(vals), dtype=dtype)
+            for (name, dtype), vals in zip(columns.items(), cols, strict=True)
+        }
+    )
+    con.register("_bulk_rows", frame)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _bulk_rows")
+    finally:
+        con.unregister("_bulk_rows")
 
 
 def _score_reader(con):
