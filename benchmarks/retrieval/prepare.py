@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.retrieval.loaders import FrameStore, load_annotations
+from benchmarks.retrieval.loaders import FrameStore, RetrievalDataError, load_annotations
 from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_files
 
 
 def prepare(
-    annotations: Path, frames: Path, name: str, out: Path, split=None, videos_csv=None
+    annotations: Path, frames: Path, name: str, out: Path, split=None, videos_csv=None, expect=None
 ) -> dict:
     sp = load_annotations(annotations, split=split, videos_csv=videos_csv)
+    for what, got in (("videos", len(sp.videos)), ("captions", len(sp.captions))):
+        want = (expect or {}).get(what)
+        if want is not None and got != want:
+            raise RetrievalDataError(
+                f"{annotations}: split {name!r} has {got} {what}, the config expects {want} "
+                f"(split={split!r}, videos_csv={videos_csv})"
+            )
     store = FrameStore(frames)
     store.check(sp)
     idx = sp.caption_video_index()
@@ -59,16 +67,27 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--annotations", type=Path, required=True)
     ap.add_argument("--frames", type=Path, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--split", default=None, help="MSRVTT_data.json 'split' value to keep")
     ap.add_argument("--videos-csv", type=Path, default=None, help="csv with a video_id column")
+    ap.add_argument("--expect", default="{}", help='JSON {"videos": N, "captions": M} to check')
     args = ap.parse_args(argv)
     try:
-        m = prepare(args.annotations, args.frames, args.name, args.out, args.split, args.videos_csv)
+        m = prepare(
+            args.annotations,
+            args.frames,
+            args.name,
+            args.out,
+            args.split,
+            args.videos_csv,
+            json.loads(args.expect),
+        )
     except ClaimbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -61,8 +61,10 @@ def load_split(data: Path, test: str) -> tuple[list[dict], list[str]]:
     rows = []
     path = data / f"{test}.jsonl"
     if not path.is_file():
-        raise RetrievalDataError(f"{path}: canonical split not found (run benchmarks.retrieval.prepare)")
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        raise RetrievalDataError(
+            f"{path}: canonical split not found (run benchmarks.retrieval.prepare)"
+        )
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             rows.append(json.loads(line))
     videos = _read_json(data / f"{test}.videos.json")
@@ -203,7 +205,9 @@ def run(args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--artifact", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="folder of the canonical splits")
     ap.add_argument("--tests", type=lambda s: [x for x in s.split(",") if x], required=True)

@@ -43,6 +43,12 @@ def _inputs(data: Path, names: list[str]) -> dict:
 
 def pretrain(args) -> None:
     spec = json.loads(args.spec)
+    if "init_from" in spec:
+        raise ClaimbenchError(
+            f"papers.pig.pretrain.init_from: {spec['init_from']!r}: initialising the ViP video "
+            "tower and the text tower from a CLIP checkpoint is not implemented yet (only the "
+            "from-scratch stage-0 stand-in is); see methods/pig/README.md"
+        )
     set_determinism(args.seed, args.threads)
     with provenance.timed() as t:
         data = read_split(args.data, args.split)
@@ -107,7 +113,9 @@ def finetune(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="what", required=True)
     for name in ("pretrain", "finetune"):
         p = sub.add_parser(name)
@@ -117,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, required=True)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--out", type=Path, required=True)
-    sub.choices["pretrain"].add_argument("--vocab-splits", type=lambda s: [x for x in s.split(",") if x], default=[])
+    sub.choices["pretrain"].add_argument(
+        "--vocab-splits", type=lambda s: [x for x in s.split(",") if x], default=[]
+    )
     ft = sub.choices["finetune"]
     ft.add_argument("--arm", required=True)
     ft.add_argument("--init", type=Path, required=True, help="theta_0 artifact folder")

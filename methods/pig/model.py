@@ -81,7 +81,9 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
 
     def forward(self, x, mask, need_probs: bool = False):
         a, probs = self.attn(self.ln_1(x), mask, need_probs)
@@ -143,7 +145,11 @@ class VideoTower(nn.Module):
         x = x.view(b, t, h // p, p, w_ // p, p, ch).permute(0, 1, 2, 4, 3, 5, 6)
         x = self.patch_embed(x.reshape(b, t, c.patches, p * p * ch))
         cls = self.class_embedding.expand(b, t, 1, -1)
-        x = torch.cat([cls, x], dim=2) + self.positional_embedding + self.temporal_embedding[:, None]
+        x = (
+            torch.cat([cls, x], dim=2)
+            + self.positional_embedding
+            + self.temporal_embedding[:, None]
+        )
         x = torch.cat([self.global_embedding.expand(b, -1, -1), x.flatten(1, 2)], dim=1)
         x = self.ln_pre(x)
         probs = None
@@ -200,7 +206,9 @@ class PseudoQueryGenerator(nn.Module):
         self.register_buffer("e_bos", text.token_embedding.weight[BOS].detach().clone())
         self.register_buffer("e_eos", text.token_embedding.weight[EOT].detach().clone())
         self.mapper = nn.Linear(embed_dim, w)
-        self.register_buffer("mask", causal_mask(self.positional_embedding.shape[0]), persistent=False)
+        self.register_buffer(
+            "mask", causal_mask(self.positional_embedding.shape[0]), persistent=False
+        )
 
     def forward(self, x_g: torch.Tensor) -> torch.Tensor:
         b = x_g.shape[0]

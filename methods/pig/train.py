@@ -76,7 +76,9 @@ def read_split(data_dir: str | Path, name: str) -> SplitData:
     videos = json.loads((d / f"{name}.videos.json").read_text(encoding="utf-8"))
     frames = np.load(d / f"{name}.frames.npy", allow_pickle=False)
     if frames.shape[0] != len(videos):
-        raise ClaimbenchError(f"{d / (name + '.frames.npy')}: {frames.shape[0]} videos, expected {len(videos)}")
+        raise ClaimbenchError(
+            f"{d / (name + '.frames.npy')}: {frames.shape[0]} videos, expected {len(videos)}"
+        )
     return SplitData(
         [r["caption"] for r in rows],
         np.array([r["video_index"] for r in rows], dtype=np.int64),
@@ -127,7 +129,10 @@ def train(
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=lr,
         betas=(0.9, 0.98),
     )
@@ -157,7 +162,9 @@ def train(
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % log_every == 0 or step == steps - 1:
-            log.append({"step": step, "loss": loss.item(), "nce": l_nce.item(), "gen": l_gen.item()})
+            log.append(
+                {"step": step, "loss": loss.item(), "nce": l_nce.item(), "gen": l_gen.item()}
+            )
     model.eval()
     return log
 
