@@ -223,12 +223,13 @@ def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
     diffs, wins, observed, per_seed = [], 0, {}, []
     for seed in seeds:
         sub = dict(cmp, lhs=dict(cmp["lhs"], seed=seed), rhs=dict(cmp["rhs"], seed=seed))
-        held, obs, _ = run_check({"compare": sub}, paper, scale, lookup, z, scores)
+        held, obs, how = run_check({"compare": sub}, paper, scale, lookup, z, scores)
+        tag = how[how.rfind(" [") :] if how.endswith("]") else ""
         lhs, rhs = (_find(sub[k], paper, scale, lookup) for k in ("lhs", "rhs"))
         diffs.append(lhs["value"] - rhs["value"] - margin)
         wins += held
         observed |= obs
-        per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {'held' if held else 'failed'}")
+        per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {'held' if held else 'failed'}{tag}")
     n = len(diffs)
     mean = sum(diffs) / n
     se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
