@@ -197,13 +197,11 @@ def _insert(con, records, papers, claims, z: float) -> None:
             )
         rows, scores = _read_samples(sp)
         if scores:
-            con.executemany(
-                "INSERT INTO sample_scores VALUES (?,?,?,?,?,?)",
-                [[r["run_id"], *x] for x in scores],
-            )
+            _bulk_insert(con, "sample_scores", [[r["run_id"], *x] for x in scores])
         if rows:
-            con.executemany(
-                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)",
+            _bulk_insert(
+                con,
+                "samples",
                 [
                     [
                         r["run_id"],
@@ -263,6 +261,21 @@ def _insert(con, records, papers, claims, z: float) -> None:
                 row["detail"],
             ],
         )
+
+
+def _bulk_insert(con, table: str, rows: list[list]) -> None:
+    """Insert many rows at once through a DataFrame (``executemany`` goes row by row)."""
+    import pandas as pd
+
+    cols = [c[0] for c in con.execute(f"DESCRIBE {table}").fetchall()]
+    frame = pd.DataFrame(  # object columns keep None as NULL (a float column would make NaN)
+        {c: pd.Series([row[i] for row in rows], dtype=object) for i, c in enumerate(cols)}
+    )
+    con.register("_bulk_rows", frame)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _bulk_rows")
+    finally:
+        con.unregister("_bulk_rows")
 
 
 def _score_reader(con):
