@@ -6,7 +6,11 @@ lists a paper's headline numbers and, for each, a checkable statement. Checks:
 * ``compare``: ``lhs op rhs (+ margin)`` between two stored metrics;
 * ``threshold``: ``ref op value`` against a constant (e.g. chance level);
 * ``within``: ``|ref - value| <= tol_abs + tol_rel * |value|`` (a paper number at paper scale);
-* ``all``: every sub-check held.
+* ``all``: every sub-check held;
+* ``seeds``: a ``compare`` repeated over several training seeds (refs pick a run by ``seed``):
+  held when the mean over seeds of ``lhs - rhs`` holds (standard error from the spread of the
+  per-seed differences, paired by seed) **and** the per-seed comparison held for at least
+  ``min_held`` seeds (e.g. "above on the mean of 3 seeds and in at least 2 of them").
 
 Verdicts are confidence-aware: where the suite gives a standard error, ``held`` needs the
 inequality to hold by at least ``z`` standard errors (``z`` from the scale's ``claims.z``,
@@ -64,16 +68,18 @@ class Missing(Exception):
 
 def _find(ref: dict, paper: str, scale: str, lookup: list[dict]) -> dict:
     want = {"paper": ref.get("paper", paper), "task": ref["task"], "metric": ref["metric"]}
-    for key in ("method", "variant", "base_model", "suite"):
+    for key in ("method", "variant", "base_model", "suite", "seed"):
         if key in ref:
             want[key] = ref[key]
-    hits = [m for m in lookup if m["scale"] == scale and all(m[k] == v for k, v in want.items())]
+    hits = [
+        m for m in lookup if m["scale"] == scale and all(m.get(k) == v for k, v in want.items())
+    ]
     if not hits:
         raise Missing(_ref_name(ref, paper))
     if len(hits) > 1:
         raise ConfigError(
             f"claim reference {_ref_name(ref, paper)} matches {len(hits)} stored metrics at scale "
-            f"{scale}; add variant/method/suite to make it unique"
+            f"{scale}; add variant/method/suite/seed to make it unique"
         )
     return hits[0]
 
@@ -81,7 +87,8 @@ def _find(ref: dict, paper: str, scale: str, lookup: list[dict]) -> dict:
 def _ref_name(ref: dict, paper: str) -> str:
     parts = [ref.get("paper", paper)]
     parts += [ref[k] for k in ("method", "variant", "suite") if k in ref]
-    return "/".join(parts) + f":{ref['task']}.{ref['metric']}"
+    seed = f"@seed{ref['seed']}" if "seed" in ref else ""
+    return "/".join(parts) + f":{ref['task']}.{ref['metric']}{seed}"
 
 
 def _fmt(x: float | None) -> str:
@@ -196,6 +203,8 @@ def run_check(
             + (f" + {z:g}·se {se:.3g}" if se else "")
         )
         return held, observed, detail
+    if kind == "seeds":
+        return _check_seeds(spec, paper, scale, lookup, z, scores)
     if kind == "all":
         observed, details, held = {}, [], True
         for sub in spec:
@@ -205,6 +214,34 @@ def run_check(
             details.append(("held: " if h else "failed: ") + d)
         return held, observed, " | ".join(details)
     raise ConfigError(f"unknown check kind {kind!r}")
+
+
+def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
+    """``compare`` per seed, then on the mean over seeds (paired by seed) and a count of wins."""
+    cmp, seeds, need = spec["compare"], spec["seeds"], spec.get("min_held", len(spec["seeds"]))
+    margin = cmp.get("margin", 0.0)
+    diffs, wins, observed, per_seed = [], 0, {}, []
+    for seed in seeds:
+        sub = dict(cmp, lhs=dict(cmp["lhs"], seed=seed), rhs=dict(cmp["rhs"], seed=seed))
+        held, obs, how = run_check({"compare": sub}, paper, scale, lookup, z, scores)
+        tag = how[how.rfind(" [") :] if how.endswith("]") else ""
+        lhs, rhs = (_find(sub[k], paper, scale, lookup) for k in ("lhs", "rhs"))
+        diffs.append(lhs["value"] - rhs["value"] - margin)
+        wins += held
+        observed |= obs
+        per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {'held' if held else 'failed'}{tag}")
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
+    mean_held, how = _verdict(mean, se, cmp["op"], z)
+    held = mean_held and wins >= need
+    detail = (
+        f"{_ref_name(cmp['lhs'], paper)} {cmp['op']} {_ref_name(cmp['rhs'], paper)}"
+        + (f" + {margin:g}" if margin else "")
+        + f" over seeds {list(seeds)}: mean {how} ({'held' if mean_held else 'failed'}); "
+        f"per-seed comparison held in {wins}/{n} (need {need}): " + ", ".join(per_seed)
+    )
+    return held, observed, detail
 
 
 def check_all(

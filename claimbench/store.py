@@ -333,8 +333,11 @@ def _metric_lookup(con) -> list[dict]:
         "task_hash",
         "run_id",
     ]
-    rows = con.execute(f"SELECT {', '.join(cols)} FROM leaderboard").fetchall()
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+    rows = con.execute(
+        f"SELECT {', '.join('l.' + c for c in cols)}, r.seed FROM leaderboard l "
+        "JOIN runs r USING (run_id)"
+    ).fetchall()
+    return [dict(zip([*cols, "seed"], r, strict=True)) for r in rows]
 
 
 def connect_read_only(db_path: str | Path):

@@ -1,0 +1,110 @@
+"""The ``seeds`` check: a compare per seed, on the mean over seeds and a count of wins."""
+
+import pytest
+
+from claimbench.claims import check_all, load_claims_file
+from claimbench.errors import ConfigError
+from tests.helpers import write_claims
+
+
+def row(variant, seed, value, stderr=None):
+    return {
+        "scale": "tiny",
+        "paper": "p",
+        "method": "p",
+        "variant": variant,
+        "base_model": "b",
+        "suite": "retrieval",
+        "task": "t2v",
+        "metric": "R1",
+        "value": value,
+        "stderr": stderr,
+        "n": 100,
+        "higher_is_better": True,
+        "run_id": f"{variant}{seed}",
+        "seed": seed,
+    }
+
+
+def seeds_check(min_held=2, seeds=(0, 1, 2)):
+    return {
+        "seeds": {
+            "seeds": list(seeds),
+            "min_held": min_held,
+            "compare": {
+                "lhs": {"variant": "pig", "task": "t2v", "metric": "R1"},
+                "op": ">",
+                "rhs": {"variant": "tt", "task": "t2v", "metric": "R1"},
+            },
+        }
+    }
+
+
+def verdict(check, lookup):
+    c = {"paper": "p", "id": "c", "statement": "s", "scales": ["tiny"], "check": check}
+    return check_all([c], lookup, ["tiny"])[0]
+
+
+def lookup(pig, tt):
+    return [row("pig", s, v) for s, v in enumerate(pig)] + [
+        row("tt", s, v) for s, v in enumerate(tt)
+    ]
+
+
+def test_held_when_mean_and_two_of_three_hold():
+    v = verdict(seeds_check(), lookup([12.0, 13.0, 11.0], [10.0, 10.5, 11.5]))
+    # diffs +2, +2.5, -0.5: mean +1.33, se = sd/sqrt(3) = 0.928; 1.33 < 1.96 * 0.928
+    assert v["status"] == "failed" and "right direction, not significant" in v["detail"]
+    assert "held in 2/3" in v["detail"]
+    v = verdict(seeds_check(), lookup([12.0, 13.0, 11.0], [10.0, 11.0, 11.5]))
+    # diffs +2, +2, -0.5 -> se 0.833, mean 1.167 < 1.63: still not significant
+    assert v["status"] == "failed"
+    v = verdict(seeds_check(), lookup([12.0, 13.0, 12.0], [10.0, 11.0, 10.2]))
+    # diffs +2, +2, +1.8: mean 1.93, se 0.067 -> held; 3/3 seeds
+    assert v["status"] == "held" and "held in 3/3" in v["detail"]
+
+
+def test_failed_when_too_few_seeds_win():
+    # mean clearly positive but only one seed wins
+    v = verdict(seeds_check(min_held=2), lookup([20.0, 10.0, 10.0], [10.0, 10.0, 10.0]))
+    assert v["status"] == "failed" and "held in 1/3 (need 2)" in v["detail"]
+
+
+def test_failed_when_mean_wrong_direction():
+    v = verdict(seeds_check(min_held=0), lookup([9.0, 9.5, 9.0], [10.0, 10.0, 10.0]))
+    assert v["status"] == "failed"
+
+
+def test_missing_seed_is_missing():
+    v = verdict(seeds_check(seeds=(0, 1, 3)), lookup([12.0, 13.0, 12.0], [10.0, 11.0, 10.2]))
+    assert v["status"] == "missing" and "@seed3" in v["detail"]
+
+
+def test_seed_in_ref_disambiguates():
+    lk = lookup([12.0, 13.0], [10.0, 11.0])
+    cmp = {
+        "compare": {
+            "lhs": {"variant": "pig", "task": "t2v", "metric": "R1"},
+            "op": ">",
+            "rhs": {"variant": "tt", "task": "t2v", "metric": "R1"},
+        }
+    }
+    with pytest.raises(ConfigError, match="seed"):
+        verdict(cmp, lk)
+    cmp["compare"]["lhs"]["seed"] = 1
+    cmp["compare"]["rhs"]["seed"] = 1
+    assert verdict(cmp, lk)["status"] == "held"
+
+
+def test_schema_accepts_seeds_and_rejects_bad(tmp_path):
+    p = write_claims(
+        tmp_path, "p", [{"id": "c", "statement": "s", "scales": ["tiny"], "check": seeds_check()}]
+    )
+    load_claims_file(p)
+    bad = seeds_check()
+    bad["seeds"]["seeds"] = "all"
+    p = write_claims(
+        tmp_path, "q", [{"id": "c", "statement": "s", "scales": ["tiny"], "check": bad}]
+    )
+    with pytest.raises(ConfigError, match="seeds"):
+        load_claims_file(p)
