@@ -107,3 +107,27 @@ def model_field(key, default=None):
         return MODELS[wildcards.name].get(key, default)
 
     return get
+
+
+# The slurm executor submits with sbatch and polls with squeue (profiles/slurm); without them
+# the plugin fails late, once per job, on whichever tool it calls first. Say it once, up front.
+SLURM_TOOLS = ("sbatch", "squeue")
+
+
+def check_executor_tools():
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    import shutil
+
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise WorkflowError(
+            f"the slurm executor (--workflow-profile profiles/slurm) needs {' and '.join(missing)} "
+            "on PATH: run on a SLURM login node, or install the SLURM client tools "
+            "(Debian: slurm-client)"
+        )
+
+
+onstart:
+    check_executor_tools()
