@@ -37,8 +37,9 @@ OVERLAY = [
     "--slurm-status-command",
     "squeue",
     # 40 s in the profile (sensible on a busy site); 3 x this must stay <= MinJobAge (300 s).
+    # The plugin adds 10 s to the wait after every poll that finds no finished job.
     "--slurm-init-seconds-before-status-checks",
-    "2",
+    "1",
     "--seconds-between-status-checks",
     "2",
     "--latency-wait",
