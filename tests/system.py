@@ -137,6 +137,16 @@ PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
 GRES_CONF = "AutoDetect=off\nNodeName={host} Name=gpu Type=a100 File={d}/dev/gpu[0-1]\n"
 
 
+def _die_with_parent() -> None:
+    """In the daemon's child process: SIGTERM it when the test process dies (even when pytest
+    itself is killed and never reaches the fixture's teardown)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -168,7 +178,13 @@ class SlurmCluster:
 
     def _start(self, *cmd: str) -> None:
         self.procs.append(
-            subprocess.Popen(cmd, env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
         )
 
     def start(self) -> SlurmCluster:

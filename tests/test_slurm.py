@@ -64,17 +64,22 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
-def slurm_jobs(cluster: SlurmCluster) -> list[tuple[str, str, str]]:
-    """(comment, state, partition) of every job slurmctld still knows (MinJobAge=300); the
-    plugin puts ``rule_<name>_wildcards_...`` in the comment."""
+def slurm_jobs(cluster: SlurmCluster) -> dict[int, tuple[str, str, str]]:
+    """{job id: (comment, state, partition)} of every job slurmctld still knows (MinJobAge=300);
+    the plugin puts ``rule_<name>_wildcards_...`` in the comment."""
     out = subprocess.run(
-        ["squeue", "--states=all", "-h", "-o", "%k|%T|%P"],
+        ["squeue", "--states=all", "-h", "-o", "%i|%k|%T|%P"],
         env=cluster.env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+    jobs = {}
+    for line in out.splitlines():
+        if line.strip():
+            job_id, comment, state, partition = line.split("|")
+            jobs[int(job_id)] = (comment, state, partition)
+    return jobs
 
 
 def test_slurm_run_equals_local_run(slurm, reduced_run, root, tmp_path):
@@ -82,7 +87,7 @@ def test_slurm_run_equals_local_run(slurm, reduced_run, root, tmp_path):
     assert local.returncode == 0, "the local reduced run failed:\n" + tail(local)
     scale_file = reduced_run["scale_file"]
     threads = yaml.safe_load(scale_file.read_text())["threads"]
-    before = len(slurm_jobs(slurm))
+    before = set(slurm_jobs(slurm))
     work = tmp_path / "slurm-work"
     t0 = time.time()
     proc = run_workflow(
@@ -104,7 +109,7 @@ def test_slurm_run_equals_local_run(slurm, reduced_run, root, tmp_path):
     assert proc.returncode == 0, tail(proc)
     print(f"\nSLURM run of the reduced workflow: {wall:.0f} s")
 
-    jobs = slurm_jobs(slurm)[before:]
+    jobs = [j for i, j in sorted(slurm_jobs(slurm).items()) if i not in before]
     names = [j[0] for j in jobs]
     assert all(state == "COMPLETED" for _, state, _ in jobs), jobs
     # Every job that is not a localrule went through sbatch (fetch_text_source only when the
