@@ -20,6 +20,7 @@ those caches on storage the compute nodes share.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -107,17 +108,24 @@ def _dataset(spec) -> tuple[str, dict]:
     return path, {"name": name or None}
 
 
+@functools.cache
+def _task_index(include_defaults: bool) -> dict:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(
+        include_path=str(LOCAL_TASK_DIR), include_defaults=include_defaults
+    ).task_index
+
+
 def task_datasets(tasks: list[str]) -> dict[str, list[tuple[str, dict]] | None]:
     """{task: [(data set path, {name, revision, kwargs})]}; [] for local-file tasks, None when
     lm-eval does not know the task."""
-    from lm_eval.tasks import TaskManager
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    local = TaskManager(include_path=str(LOCAL_TASK_DIR), include_defaults=False)
-    index = local.task_index
+    index = _task_index(False)
     if any(t not in index for t in tasks):  # only then index lm-eval's ~10k task files
-        index = TaskManager(include_path=str(LOCAL_TASK_DIR), include_defaults=True).task_index
+        index = _task_index(True)
 
     def leaves(name: str, seen: set) -> list[str | dict]:
         if name in seen:

@@ -53,15 +53,19 @@ def test_paper_scale_lists_every_model_task_and_data_set(root, capsys):
 def test_list_follows_the_scale_file(root, tmp_path, capsys):
     scale = yaml.safe_load((root / "config/scales/paper.yaml").read_text())
     scale["models"] = {"extra": {"kind": "hub", "id": "org/extra-model", "revision": "abc123"}}
-    scale["eval"]["lm_eval"]["tasks"] = ["arith_id"]  # a local task: its data is built here
+    # A local task (its data is built by the workflow) and an lm-eval tag of two tasks.
+    scale["eval"]["lm_eval"]["tasks"] = ["arith_id", "ai2_arc"]
     path = tmp_path / "paper-edited.yaml"
     path.write_text(yaml.safe_dump(scale))
     main(["prefetch", "--scale", "paper", "--scale-file", str(path), "--dry-run"])
     listed = rows(capsys.readouterr().out)
     assert [r[:3] for r in listed if r[0] in ("model", "dataset")] == [
-        ["model", "org/extra-model", "revision=abc123"]
+        ["model", "org/extra-model", "revision=abc123"],
+        ["dataset", "allenai/ai2_arc", "name=ARC-Challenge"],
+        ["dataset", "allenai/ai2_arc", "name=ARC-Easy"],
     ]
-    assert [r[:3] for r in listed if r[0] == "task"] == [["task", "arith_id", "data=local"]]
+    assert [r[:2] for r in listed if r[0] == "task"] == [["task", "ai2_arc"], ["task", "arith_id"]]
+    assert ["task", "arith_id", "data=local", "files", "eval_lm"] in listed
 
 
 @pytest.mark.parametrize(
