@@ -64,30 +64,31 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
-def slurm_jobs(cluster: SlurmCluster) -> dict[int, tuple[str, str, str]]:
-    """{job id: (comment, state, partition)} of every job slurmctld still knows (MinJobAge=300);
-    the plugin puts ``rule_<name>_wildcards_...`` in the comment."""
+def slurm_jobs(cluster: SlurmCluster, run_id: str) -> list[tuple[str, str, str]]:
+    """(comment, state, partition) of the jobs of one Snakemake run (job name = its SLURM run
+    ID) that slurmctld still knows (MinJobAge=300); the comment is ``rule_<name>_...``."""
     out = subprocess.run(
-        ["squeue", "--states=all", "-h", "-o", "%i|%k|%T|%P"],
+        ["squeue", "--states=all", "-h", "-o", "%i|%j|%k|%T|%P"],
         env=cluster.env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    jobs = {}
+    jobs = []
     for line in out.splitlines():
         if line.strip():
-            job_id, comment, state, partition = line.split("|")
-            jobs[int(job_id)] = (comment, state, partition)
-    return jobs
+            job_id, name, comment, state, partition = line.split("|")
+            if name == run_id:
+                jobs.append((int(job_id), comment, state, partition))
+    return [j[1:] for j in sorted(jobs)]
 
 
-def test_slurm_run_equals_local_run(slurm, reduced_run, root, tmp_path):
+def test_slurm_run_equals_local_run(slurm, failing_run, reduced_run, root, tmp_path):
+    # failing_run: only started here, so it shares the cluster's time with this run.
     local = reduced_run["proc"]
     assert local.returncode == 0, "the local reduced run failed:\n" + tail(local)
     scale_file = reduced_run["scale_file"]
     threads = yaml.safe_load(scale_file.read_text())["threads"]
-    before = set(slurm_jobs(slurm))
     work = tmp_path / "slurm-work"
     t0 = time.time()
     proc = run_workflow(
@@ -109,7 +110,8 @@ def test_slurm_run_equals_local_run(slurm, reduced_run, root, tmp_path):
     assert proc.returncode == 0, tail(proc)
     print(f"\nSLURM run of the reduced workflow: {wall:.0f} s")
 
-    jobs = [j for i, j in sorted(slurm_jobs(slurm).items()) if i not in before]
+    run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout + proc.stderr).group(1)
+    jobs = slurm_jobs(slurm, run_id)
     names = [j[0] for j in jobs]
     assert all(state == "COMPLETED" for _, state, _ in jobs), jobs
     # Every job that is not a localrule went through sbatch (fetch_text_source only when the
@@ -145,26 +147,43 @@ rule fails:
 """
 
 
-def test_failing_slurm_job_ends_with_its_log(slurm, root, tmp_path):
-    (tmp_path / "Snakefile").write_text(FAILING)
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--directory", str(tmp_path)]
+@pytest.fixture(scope="module")
+def failing_run(slurm, root, tmp_path_factory):
+    """A workflow whose one SLURM job exits 3, started in the background as soon as the cluster
+    is up, so that it runs beside the (much longer) end-to-end run instead of after it."""
+    work = tmp_path_factory.mktemp("failing")
+    (work / "Snakefile").write_text(FAILING)
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--directory", str(work)]
     cmd += ["--workflow-profile", str(root / "profiles" / "slurm"), *OVERLAY, "--retries", "0"]
-    t0 = time.time()
-    proc = subprocess.run(
-        ["timeout", "-s", "INT", "-k", "30", "180", *cmd],
-        cwd=tmp_path,
+    out = open(work / "snakemake.out", "w+")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        ["timeout", "-s", "INT", "-k", "30", "300", *cmd],
+        cwd=work,
         env=slurm.env,
-        capture_output=True,
+        stdout=out,
+        stderr=subprocess.STDOUT,
         text=True,
     )
-    wall = time.time() - t0
-    out = proc.stdout + proc.stderr
-    assert proc.returncode not in (0, 124, 137), tail(proc)  # failed, and did not hang
-    print(f"\nfailing SLURM job reported after {wall:.0f} s")
-    assert re.search(r"SLURM-job '\d+' failed, SLURM status is: 'FAILED'", out), tail(proc)
+    try:
+        yield {"proc": proc, "work": work, "out": out, "t0": time.time()}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+def test_failing_slurm_job_ends_with_its_log(failing_run):
+    proc, work = failing_run["proc"], failing_run["work"]
+    rc = proc.wait(timeout=330)
+    failing_run["out"].seek(0)
+    out = failing_run["out"].read()
+    report = f"rc={rc}\n{out[-4000:]}"
+    assert rc not in (0, 124, 137), report  # it failed, and did not hang
+    assert re.search(r"SLURM-job '\d+' failed, SLURM status is: 'FAILED'", out), report
     logs = re.findall(r"(\S*logs/slurm/\S+\.log)", out)
-    assert logs, "no SLURM log path in the output:\n" + tail(proc)
-    log = Path(logs[0]) if Path(logs[0]).is_absolute() else tmp_path / logs[0]
+    assert logs, "no SLURM log path in the output:\n" + report
+    log = Path(logs[0]) if Path(logs[0]).is_absolute() else work / logs[0]
     assert log.is_file(), logs[0]
     assert "from-the-job" in log.read_text()  # the job's own stderr is in that file
     assert "logs/fails.log" in out  # and the rule's log is named too
