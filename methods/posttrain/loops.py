@@ -127,7 +127,11 @@ def train_demos(
                     order = list(range(len(prompts)))
                     rng.shuffle(order)
                 idx.append(order.pop())
-            mbs.append(encode_pairs(tok, [prompts[i] for i in idx], [completions[i] for i in idx]))
+            mbs.append(
+                encode_pairs(tok, [prompts[i] for i in idx], [completions[i] for i in idx]).to(
+                    model.device
+                )
+            )
         snaps = [objective.snapshot(model, mb) for mb in mbs]  # pi_old: once per outer batch
         for mb, snap in zip(mbs, snaps, strict=True):
             logits = shifted_logits(model, mb)
@@ -214,7 +218,7 @@ def train_grpo(
         )
         answers = [chosen[i]["answer"] for i in ro.prompt_index]
         rewards, fails = reward_fn(ro.texts, answers, stats)
-        r = torch.tensor(rewards, dtype=torch.float32)
+        r = torch.tensor(rewards, dtype=torch.float32, device=model.device)
         adv = group_advantages(r, n)
         model.train()
         logits = shifted_logits(model, ro.batch)

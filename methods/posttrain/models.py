@@ -21,7 +21,7 @@ def artifact_dir(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path, trainable: bool = False):
+def load_model(path: str | Path, trainable: bool = False, device: str = "cpu"):
     """(model, tokenizer) from an artifact folder saved with ``save_pretrained``; float32, eval
     mode unless ``trainable``; frozen models get ``requires_grad=False``."""
     p = artifact_dir(path)
@@ -29,7 +29,7 @@ def load_model(path: str | Path, trainable: bool = False):
     tok = AutoTokenizer.from_pretrained(src)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device)
     if trainable:
         model.train()
     else:

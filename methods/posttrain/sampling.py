@@ -68,8 +68,8 @@ def sample(
         else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     )
     out = model.generate(
-        input_ids=ids,
-        attention_mask=att,
+        input_ids=ids.to(model.device),
+        attention_mask=att.to(model.device),
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_ids,
         pad_token_id=tok.pad_token_id,
@@ -92,4 +92,4 @@ def sample(
         masks.append([0] * len(e) + [1] * len(comp))
         texts.append(tok.decode(comp[:-1] if hit else comp))
         trunc.append(not hit)
-    return Rollouts(pad_rows(rows, masks, tok.pad_token_id), texts, trunc, index)
+    return Rollouts(pad_rows(rows, masks, tok.pad_token_id).to(model.device), texts, trunc, index)

@@ -24,6 +24,11 @@ class Batch:
     def select(self, idx) -> Batch:
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.loss_mask[idx])
 
+    def to(self, device) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device)
+        )
+
     @property
     def n_tokens(self) -> int:
         return int(self.loss_mask.sum().item())

@@ -47,15 +47,15 @@ def run(args) -> None:
         raise ValueError(f"unknown PSFT arm {arm!r} (known: {', '.join(ARMS)})")
     lr = cfg["lr"] * (cfg["lowlr_factor"] if arm == "sft_lowlr" else 1.0)
     with provenance.timed() as t:
-        model, tok = load_model(args.start, trainable=True)
+        model, tok = load_model(args.start, trainable=True, device=args.device)
         model.requires_grad_(True)
-        start, _ = load_model(args.start)
+        start, _ = load_model(args.start, device=args.device)
         train = load_problems(args.train, cfg.get("families"))
         prompts, comps = zip(*[demonstration(p, cfg["form"]) for p in train], strict=True)
         valid = load_problems(args.valid, cfg.get("families"), limit=cfg["eval_batch"])
         eval_batch = encode_pairs(
             tok, *map(list, zip(*[demonstration(p, cfg["form"]) for p in valid], strict=True))
-        )
+        ).to(model.device)
         rows = train_demos(
             model,
             tok,
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(a, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     try:
         run(args)
