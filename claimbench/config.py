@@ -75,8 +75,8 @@ def resolve_papers(requested: Any, known: dict[str, Path], where: str) -> list[s
                 raise ConfigError(
                     f"{where}: papers: {name!r} is not a known paper (known: {', '.join(sorted(known))})"
                 )
-    if "base" in known and "base" not in names:
-        names.insert(0, "base")
+    if "base" in known:  # the base models come first, whatever the papers' names sort as
+        names = ["base", *(n for n in names if n != "base")]
     return names
 
 

@@ -1,0 +1,247 @@
+"""G-OPD / ExOPD training from a student with one or more frozen teachers and a reference:
+``python -m methods.gopd.train --student S --teacher [name=]T ... --ref R --lam 1.25 ...``.
+
+Per step: sample ``prompts_per_step`` prompts (n rollouts each, T = 1, top-p 1) from the student
+with the KV cache; per-token log-probs of the sampled tokens under the student (no grad, pi_old),
+the routed teacher and pi_ref; A_t from ``methods.gopd.objective``; one optimiser step on
+-token_mean(A_t log pi_theta). The correctness reward is only logged, never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from claimbench import provenance
+from claimbench.io import atomic_write_json, sha256_file
+from claimbench.records import make_run_record, metric, series, write_run_record
+from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
+from methods.posttrain.cli import save_artifact
+from methods.posttrain.loops import greedy_accuracy
+from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
+from methods.posttrain.rewards import RewardStats, correctness_reward, load_problems
+from methods.posttrain.sampling import sample, stop_token_ids
+from methods.posttrain.tokens import (
+    entropy_from_logits,
+    gather_logp,
+    masked_mean,
+    shifted_logits,
+    token_logprobs,
+)
+
+
+def train_gopd(
+    student,
+    tok,
+    teachers: dict,
+    ref,
+    problems: list[dict],
+    lam: float,
+    cfg: dict,
+    seed: int,
+    routes: dict | None = None,
+):
+    """Returns one log row per optimiser step."""
+    lam = check_lambda(lam)
+    if lam != 1.0 and ref is None:
+        raise ValueError(f"G-OPD with lambda={lam} needs a reference model (pi_ref)")
+    stop = stop_token_ids(tok)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    stats = RewardStats()
+    rows = []
+    for step in range(cfg["steps"]):
+        chosen = [problems[rng.randrange(len(problems))] for _ in range(cfg["prompts_per_step"])]
+        ro = sample(
+            student,
+            tok,
+            [p["prompt"] for p in chosen],
+            n=cfg.get("n", 1),
+            max_new_tokens=cfg["max_new_tokens"],
+            temperature=cfg.get("temperature", 1.0),
+            seed=seed * 100003 + step,
+            stop_ids=stop,
+        )
+        b, mask = ro.batch, ro.batch.loss_mask
+        names = [
+            (routes or {}).get(chosen[i]["family"], "teacher") if routes else next(iter(teachers))
+            for i in ro.prompt_index
+        ]
+        with torch.no_grad():
+            old = token_logprobs(student, b)
+            t_lp = route_teacher(
+                {n: token_logprobs(m, b) for n, m in teachers.items() if n in set(names)}, names
+            )
+            r_lp = token_logprobs(ref, b) if ref is not None else None
+        adv = gopd_advantage(t_lp, old, r_lp, lam) * mask
+        student.train()
+        logits = shifted_logits(student, b)
+        loss = gopd_loss(gather_logp(logits, b.input_ids), adv, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.get("grad_clip", 1.0))
+        opt.step()
+        rewards, fails = correctness_reward(
+            ro.texts, [chosen[i]["answer"] for i in ro.prompt_index], stats
+        )
+        with torch.no_grad():
+            row = {
+                "step": step + 1,
+                "reward": sum(rewards) / len(rewards),
+                "format_failures": int(sum(fails)),
+                "entropy": float(masked_mean(entropy_from_logits(logits.detach()), mask)),
+                "length": float(mask.sum(1).mean()),
+                "adv_mean": float(masked_mean(adv, mask)),
+                "adv_abs_max": float((adv.abs() * mask).max()),
+                "frac_adv_gt5": float(((adv > 5).float() * mask).sum() / mask.sum()),
+            }
+            if r_lp is not None:
+                row["implicit_reward"] = float((((t_lp - r_lp) * mask).sum(1)).mean())
+        rows.append(row)
+    student.eval()
+    return rows, stats
+
+
+def _teachers(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for s in specs:
+        name, _, path = s.rpartition("=")
+        out[name or "teacher"] = path
+    return out
+
+
+def run(args) -> None:
+    cfg = json.loads(args.config)
+    torch.set_num_threads(args.threads)
+    lam = check_lambda(args.lam)
+    with provenance.timed() as t:
+        student, tok = load_model(args.student, trainable=True, device=args.device)
+        student.requires_grad_(True)
+        teachers = {}
+        for name, path in _teachers(args.teacher).items():
+            m, ttok = load_model(path, device=args.device)
+            check_same_tokenizer(tok, ttok, f"teacher {name}")
+            teachers[name] = m
+        ref = None
+        if lam != 1.0:
+            if not args.ref:
+                raise ValueError(f"G-OPD with lambda={lam} needs --ref (pi_ref)")
+            ref, rtok = load_model(args.ref, device=args.device)
+            check_same_tokenizer(tok, rtok, "reference")
+        problems = load_problems(args.train, cfg.get("families"))
+        rows, stats = train_gopd(
+            student, tok, teachers, ref, problems, lam, cfg, args.seed, cfg.get("routes")
+        )
+        save_artifact(student, tok, Path(args.out), rows)
+        acc = greedy_accuracy(
+            student, tok, load_problems(args.valid, cfg.get("families")), cfg["max_new_tokens"]
+        )
+    x = [r["step"] for r in rows]
+    curves = [
+        series(
+            "training reward (correctness, logged only)",
+            x,
+            [r["reward"] for r in rows],
+            "step",
+            "mean reward",
+        ),
+        series("entropy (rollouts)", x, [r["entropy"] for r in rows], "step", "nats/token"),
+        series("response length", x, [r["length"] for r in rows], "step", "tokens"),
+    ]
+    if "implicit_reward" in rows[0]:
+        curves.append(
+            series(
+                "implicit reward sum log pi*/pi_ref",
+                x,
+                [r["implicit_reward"] for r in rows],
+                "step",
+                "nats",
+            )
+        )
+    tail = rows[-max(1, len(rows) // 5) :]
+    metrics = [
+        metric("valid", "greedy_exact_match", acc["accuracy"], n=acc["n"], higher_is_better=True),
+        metric(
+            "train",
+            "reward_final",
+            sum(r["reward"] for r in tail) / len(tail),
+            higher_is_better=True,
+        ),
+        metric("train", "entropy_final", sum(r["entropy"] for r in tail) / len(tail)),
+        metric("train", "length_final", sum(r["length"] for r in tail) / len(tail)),
+        metric("train", "adv_abs_max", max(r["adv_abs_max"] for r in rows)),
+        metric(
+            "train",
+            "format_failure_rate",
+            stats.format_failure_rate,
+            n=stats.n,
+            higher_is_better=False,
+        ),
+    ]
+    prov = provenance.capture(t["started_at"], t["wall_s"])
+    base_name = read_meta(args.student).get("name", Path(args.student).name)
+    cfg_rec = {**cfg, "lambda": lam, "teachers": sorted(teachers), "ref": bool(ref is not None)}
+    write_run_record(
+        args.record,
+        make_run_record(
+            scale=args.scale,
+            paper="gopd",
+            method="opd" if lam == 1.0 else "g-opd",
+            variant=args.variant,
+            base_model=base_name,
+            suite="train",
+            tasks=["train", "valid"],
+            seed=args.seed,
+            config=cfg_rec,
+            metrics=metrics,
+            provenance=prov,
+            series=curves,
+            task_hashes={"train": sha256_file(args.train), "valid": sha256_file(args.valid)},
+        ),
+    )
+    atomic_write_json(
+        Path(args.out) / "meta.json",
+        {
+            "name": args.variant,
+            "method": "g-opd",
+            "paper": "gopd",
+            "base_model": base_name,
+            "inputs": {
+                "student": args.student,
+                "teachers": _teachers(args.teacher),
+                "ref": args.ref,
+                args.train: sha256_file(args.train),
+            },
+            "seed": args.seed,
+            "config": cfg_rec,
+            "provenance": prov,
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    for a in ("--student", "--train", "--valid", "--config", "--out", "--record", "--variant"):
+        ap.add_argument(a, required=True)
+    ap.add_argument("--teacher", action="append", required=True, help="[name=]artifact folder")
+    ap.add_argument("--ref", default="")
+    ap.add_argument("--lam", type=float, required=True)
+    ap.add_argument("--scale", default="tiny")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

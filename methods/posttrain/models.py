@@ -1,0 +1,71 @@
+"""Load causal-LM artifacts and check that models meant to be compared share a tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+
+def artifact_dir(path: str | Path) -> Path:
+    """Accept an artifact folder or its meta.json; the folder must hold a saved model."""
+    p = Path(path)
+    if p.name == "meta.json":
+        p = p.parent
+    if not (p / "config.json").is_file() and not (p / "meta.json").is_file():
+        raise FileNotFoundError(
+            f"{p}: not a causal-LM artifact (no config.json); build it first or check the path"
+        )
+    return p
+
+
+def load_model(path: str | Path, trainable: bool = False, device: str = "cpu"):
+    """(model, tokenizer) from an artifact folder saved with ``save_pretrained``; float32, eval
+    mode unless ``trainable``; frozen models get ``requires_grad=False``."""
+    p = artifact_dir(path)
+    src = model_source(p)
+    tok = AutoTokenizer.from_pretrained(src)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device)
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model, tok
+
+
+def model_source(p: Path) -> str:
+    """What ``from_pretrained`` loads for an artifact: the folder itself, or the hub id / local
+    path its meta.json names (base artifacts of kind hub / local hold no weights)."""
+    if (p / "config.json").is_file():
+        return str(p)
+    load = json.loads((p / "meta.json").read_text()).get("load") or {}
+    if load.get("hub_id"):
+        return load["hub_id"]
+    if load.get("path"):
+        return load["path"]
+    raise FileNotFoundError(
+        f"{p}: meta.json names no weights (no config.json, no load.hub_id/path)"
+    )
+
+
+def read_meta(path: str | Path) -> dict:
+    p = artifact_dir(path) / "meta.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, what: str) -> None:
+    """Per-token log-ratios between two models need the same vocabulary; raise otherwise."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        only_a = len(set(va) - set(vb))
+        only_b = len(set(vb) - set(va))
+        raise ValueError(
+            f"{what}: tokenizer differs from the student's ({len(va)} vs {len(vb)} tokens, "
+            f"{only_a} only in the student, {only_b} only in {what}); per-token log-ratios "
+            f"need a shared tokenizer"
+        )

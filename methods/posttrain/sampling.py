@@ -1,0 +1,95 @@
+"""Rollouts from any causal LM with a KV cache (``model.generate(use_cache=True)``).
+
+Prompts are left-padded for generation; a rollout stops at EOS or at the first token whose text
+contains a newline (the arithmetic world's completions are one line), and the returned ``Batch``
+is re-laid out right-padded with the completion tokens (stop token included) in ``loss_mask``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.posttrain.tokens import Batch, pad_rows
+
+
+def stop_token_ids(tok) -> list[int]:
+    """EOS plus every vocabulary entry that decodes to text containing a newline."""
+    ids = {tok.eos_token_id}
+    for i in range(len(tok)):
+        if "\n" in tok.decode([i]):
+            ids.add(i)
+    return sorted(ids)
+
+
+@dataclass
+class Rollouts:
+    batch: Batch
+    texts: list[str]  # decoded completions, stop token excluded
+    truncated: list[bool]  # hit max_new_tokens without a stop token
+    prompt_index: list[int]  # which prompt each rollout answers
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tok,
+    prompts: list[str],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    stop_ids: list[int] | None = None,
+) -> Rollouts:
+    """``n`` completions per prompt (greedy when ``greedy``), seeded."""
+    if temperature <= 0 and not greedy:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+    stop_ids = stop_ids if stop_ids is not None else stop_token_ids(tok)
+    was_training = model.training
+    model.eval()
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    enc = [e for e in enc for _ in range(n)]
+    index = [i for i in range(len(prompts)) for _ in range(n)]
+    L = max(len(e) for e in enc)
+    ids = torch.full((len(enc), L), tok.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(enc), L), dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, L - len(e) :] = torch.tensor(e)
+        att[i, L - len(e) :] = 1
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    kwargs = (
+        dict(do_sample=False)
+        if greedy
+        else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    )
+    out = model.generate(
+        input_ids=ids.to(model.device),
+        attention_mask=att.to(model.device),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=tok.pad_token_id,
+        use_cache=True,
+        **kwargs,
+    )
+    model.train(was_training)
+    new = out[:, L:].tolist()
+    stop = set(stop_ids)
+    rows, masks, texts, trunc = [], [], [], []
+    for e, toks in zip(enc, new, strict=True):
+        comp = []
+        hit = False
+        for t in toks:
+            comp.append(t)
+            if t in stop:
+                hit = True
+                break
+        rows.append(e + comp)
+        masks.append([0] * len(e) + [1] * len(comp))
+        texts.append(tok.decode(comp[:-1] if hit else comp))
+        trunc.append(not hit)
+    return Rollouts(pad_rows(rows, masks, tok.pad_token_id).to(model.device), texts, trunc, index)

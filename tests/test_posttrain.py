@@ -1,0 +1,194 @@
+"""The shared post-training layer on hand-made tensors and a micro model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods.posttrain.loops import (
+    SFTObjective,
+    group_advantages,
+    train_demos,
+    train_grpo,
+)
+from methods.posttrain.models import check_same_tokenizer, load_model
+from methods.posttrain.rewards import (
+    RewardStats,
+    correctness_reward,
+    demonstration,
+    extract_answer,
+    load_problems,
+)
+from methods.posttrain.sampling import sample
+from methods.posttrain.tokens import (
+    encode_pairs,
+    entropy_from_logits,
+    kl_from_logits,
+    masked_mean,
+    per_token_stats,
+    token_logprobs,
+)
+from tests.posttrain_fixtures import micro_tokenizer, problems, save_micro_model, write_problems
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m") / "lm"
+    save_micro_model(d)
+    return load_model(d)
+
+
+def test_extract_answer_and_format_failures():
+    assert extract_answer(" 132") == 132
+    assert extract_answer(" First, 2 + 3 = 5. So the answer is 42.") == 42
+    assert extract_answer(" -7 apples") == -7
+    assert extract_answer(" no number here") is None
+    assert extract_answer("") is None
+    assert extract_answer(None) is None  # type: ignore[arg-type]
+    stats = RewardStats()
+    r, fails = correctness_reward([" 5", " six", " So the answer is 7.", ""], [5, 6, 8, 1], stats)
+    assert r == [1.0, 0.0, 0.0, 0.0]
+    assert fails == [False, True, False, True]
+    assert (stats.n, stats.correct, stats.format_failures) == (4, 1, 2)
+    with pytest.raises(ValueError):
+        correctness_reward([" 1"], [1, 2])
+
+
+def test_load_problems_and_demonstration(tmp_path):
+    path = write_problems(tmp_path / "a.jsonl", problems(10))
+    rows = load_problems(path, families=["add"])
+    assert rows and all(r["family"] == "add" for r in rows)
+    p, c = demonstration(rows[0], "short")
+    assert p.endswith("Answer:") and c == " " + rows[0]["short"] + "\n"
+    with pytest.raises(ValueError, match="form"):
+        demonstration(rows[0], "medium")
+    with pytest.raises(FileNotFoundError, match="data rule"):
+        load_problems(tmp_path / "missing.jsonl")
+
+
+def test_encode_pairs_masks_prompt_and_padding():
+    tok = micro_tokenizer()
+    b = encode_pairs(tok, ["Question: What is 1 + 2?\nAnswer:", "Q"], [" 3\n", " 12345\n"])
+    for i, (p, c) in enumerate([("Question: What is 1 + 2?\nAnswer:", " 3\n"), ("Q", " 12345\n")]):
+        n_p = len(tok(p, add_special_tokens=False)["input_ids"])
+        n_c = len(tok(c, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        assert b.loss_mask[i, :n_p].sum() == 0
+        assert b.loss_mask[i, n_p : n_p + n_c].sum() == n_c
+        assert b.loss_mask[i, n_p + n_c :].sum() == 0  # padding
+        assert b.attention_mask[i].sum() == n_p + n_c
+        assert b.input_ids[i, n_p + n_c - 1] == tok.eos_token_id
+
+
+def test_token_logprobs_match_manual_and_ignore_padding(micro):
+    model, tok = micro
+    b = encode_pairs(tok, ["Question: What is 1 + 2?\nAnswer:", "Q"], [" 3\n", " 12345\n"])
+    lp = token_logprobs(model, b)
+    single = encode_pairs(tok, ["Q"], [" 12345\n"])
+    with torch.no_grad():
+        logits = model(input_ids=single.input_ids).logits[0]
+    manual = torch.log_softmax(logits[:-1], -1).gather(-1, single.input_ids[0, 1:, None])[:, 0]
+    n = single.input_ids.shape[1]
+    assert torch.allclose(lp[1, 1:n], manual, atol=1e-5)  # row 1 is right-padded in ``b``
+    assert lp.shape == b.input_ids.shape
+
+
+def test_entropy_kl_on_hand_made_logits():
+    uniform = torch.zeros(1, 4)
+    assert torch.allclose(entropy_from_logits(uniform), torch.log(torch.tensor([4.0])))
+    p = torch.tensor([[2.0, 0.0, -1.0]])
+    assert kl_from_logits(p, p).abs().item() < 1e-7
+    q = torch.tensor([[0.0, 0.0, 0.0]])
+    pp = torch.softmax(p, -1)
+    assert torch.allclose(
+        kl_from_logits(p, q), (pp * (pp.log() - torch.log(torch.tensor(1 / 3)))).sum(-1)
+    )
+    assert masked_mean(torch.tensor([1.0, 5.0]), torch.tensor([1.0, 0.0])) == 1.0
+
+
+def test_per_token_stats_under_several_models(micro, tmp_path):
+    model, tok = micro
+    save_micro_model(tmp_path / "other", seed=1, tok=tok)
+    other, _ = load_model(tmp_path / "other")
+    b = encode_pairs(tok, ["Q"], [" 12\n"])
+    st = per_token_stats({"a": model, "b": other, "a2": model}, b)
+    assert set(st) == {
+        "logp_a",
+        "entropy_a",
+        "logp_b",
+        "entropy_b",
+        "kl_b",
+        "logp_a2",
+        "entropy_a2",
+        "kl_a2",
+    }
+    assert st["kl_a2"].abs().max() < 1e-6 and st["kl_b"][0, 1:].min() > 0
+
+
+def test_different_tokenizer_is_refused(micro):
+    _, tok = micro
+    from methods.lm.tokenizer import train_tokenizer
+
+    other = train_tokenizer(["zzz yyy xxx"] * 5, 280)
+    with pytest.raises(ValueError, match="teacher: tokenizer differs"):
+        check_same_tokenizer(tok, other, "teacher")
+    check_same_tokenizer(tok, micro_tokenizer(), "teacher")
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a causal-LM artifact"):
+        load_model(tmp_path / "nope")
+
+
+def test_sampling_kv_cache_greedy_and_seeded(micro):
+    model, tok = micro
+    prompts = ["Question: What is 1 + 2?\nAnswer:", "Question: What is 9 - 4?\nAnswer:"]
+    g = sample(model, tok, prompts, greedy=True, max_new_tokens=6)
+    # greedy with the KV cache picks the arg-max token under a full (no-cache) forward
+    lp_full = model(input_ids=g.batch.input_ids, attention_mask=g.batch.attention_mask).logits
+    for i in range(2):
+        pos = g.batch.loss_mask[i].nonzero()[:, 0]
+        for t in pos.tolist():
+            assert lp_full[i, t - 1].argmax().item() == g.batch.input_ids[i, t].item()
+    s1 = sample(model, tok, prompts, n=3, max_new_tokens=6, seed=5)
+    s2 = sample(model, tok, prompts, n=3, max_new_tokens=6, seed=5)
+    assert s1.texts == s2.texts and s1.prompt_index == [0, 0, 0, 1, 1, 1]
+    assert len(s1.truncated) == 6
+
+
+def test_group_advantages():
+    a = group_advantages(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]), 4)
+    assert torch.allclose(a[4:], torch.zeros(4))  # a constant group carries no signal
+    assert a[:4].sum().abs() < 1e-5 and a[0] > 0 > a[2]
+
+
+def test_sft_loop_learns_and_is_deterministic(micro, tmp_path):
+    _, tok = micro
+    rows = problems(32)
+    pr, co = zip(*[demonstration(p, "short") for p in rows], strict=True)
+
+    def run():
+        save_micro_model(tmp_path / "s", tok=tok)
+        m, _ = load_model(tmp_path / "s", trainable=True)
+        m.requires_grad_(True)
+        return train_demos(
+            m, tok, list(pr), list(co), SFTObjective(), steps=30, minibatch=8, lr=1e-2
+        )
+
+    a, b = run(), run()
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert sum(r["loss"] for r in a[-5:]) < sum(r["loss"] for r in a[:5])
+    assert all(r["tokens"] > 0 for r in a)
+
+
+def test_grpo_counts_rewards_and_format_failures(micro, tmp_path):
+    _, tok = micro
+    save_micro_model(tmp_path / "g", tok=tok)
+    m, _ = load_model(tmp_path / "g", trainable=True)
+    m.requires_grad_(True)
+    rows, stats = train_grpo(
+        m, tok, problems(8), steps=2, prompts_per_step=2, n=4, lr=1e-3, max_new_tokens=4
+    )
+    assert stats.n == 16 and len(rows) == 2
+    assert stats.format_failures == sum(r["format_failures"] for r in rows)
+    with pytest.raises(ValueError, match="n >= 2"):
+        train_grpo(m, tok, problems(8), steps=1, prompts_per_step=1, n=1, lr=1e-3)
