@@ -41,38 +41,22 @@ RUN_RECORDS["mtp_d"] = expand(
 ) + expand(f"{RUNS}/mtp_d/{{variant}}/speculative.json", variant=MTPD_SPEC_CONFIGS)
 
 
-def mtpd_arch_json(wildcards):
-    arch = MTPD["architecture"]
-    spec = MODELS[arch] if isinstance(arch, str) else arch
-    return json.dumps({k: v for k, v in spec.items() if k != "train"}, sort_keys=True)
-
-
-def mtpd_arch_name(wildcards):
-    arch = MTPD["architecture"]
-    return arch if isinstance(arch, str) else "mtp_d-arch"
-
-
-def mtpd_train_json(wildcards):
-    keys = ("heads", "train", "loss")
-    return json.dumps({k: MTPD[k] for k in keys}, sort_keys=True)
-
-
-def mtpd_loop_json(wildcards):
-    return json.dumps(
-        {"loss": MTPD["loss"], "train": MTPD["loop"]["train"]}, sort_keys=True
-    )
-
-
-def mtpd_loop_source(wildcards):
-    return f"{MTPD_ART}/{MTPD_LOOPS[wildcards.variant][0]}/meta.json"
-
-
-def mtpd_tokenizer_dir(wildcards, input):
-    return os.path.dirname(input.tokenizer)
-
-
-def mtpd_loop_factor(wildcards):
-    return MTPD_LOOPS[wildcards.variant][1]
+_arch = MTPD["architecture"]
+MTPD_ARCH_NAME = _arch if isinstance(_arch, str) else "mtp_d-arch"
+MTPD_ARCH_JSON = json.dumps(
+    {
+        k: v
+        for k, v in (MODELS[_arch] if isinstance(_arch, str) else _arch).items()
+        if k != "train"
+    },
+    sort_keys=True,
+)
+MTPD_TRAIN_JSON = json.dumps(
+    {k: MTPD[k] for k in ("heads", "train", "loss")}, sort_keys=True
+)
+MTPD_LOOP_JSON = json.dumps(
+    {"loss": MTPD["loss"], "train": MTPD.get("loop", {}).get("train")}, sort_keys=True
+)
 
 
 rule mtp_d_train:
@@ -94,9 +78,9 @@ rule mtp_d_train:
         runtime=MTPD_RES.get("train_runtime", 30),
         gpu=GPU,
     params:
-        spec=mtpd_arch_json,
-        arch=mtpd_arch_name,
-        config=mtpd_train_json,
+        spec=MTPD_ARCH_JSON,
+        arch=MTPD_ARCH_NAME,
+        config=MTPD_TRAIN_JSON,
         seed=SCALE["seed"],
         long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
         tokenizer=input_dir,
@@ -111,7 +95,7 @@ rule mtp_d_train:
 
 rule mtp_d_extend:
     input:
-        source=mtpd_loop_source,
+        source=lambda w: f"{MTPD_ART}/{MTPD_LOOPS[w.variant][0]}/meta.json",
         tokenizer=f"{ART}/base/tokenizer/meta.json",
         text=MTPD_TEXT,
         arith=f"{DATA}/arith/train.jsonl",
@@ -129,12 +113,12 @@ rule mtp_d_extend:
         runtime=MTPD_RES.get("train_runtime", 30),
         gpu=GPU,
     params:
-        config=mtpd_loop_json,
-        factor=mtpd_loop_factor,
+        config=MTPD_LOOP_JSON,
+        factor=lambda w: MTPD_LOOPS[w.variant][1],
         seed=SCALE["seed"],
         long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
         source=input_dir,
-        tokenizer=mtpd_tokenizer_dir,
+        tokenizer=lambda w, input: os.path.dirname(input.tokenizer),
         out=output_dir,
     shell:
         "python -m methods.mtp_d.build extend --variant {wildcards.variant} "
@@ -162,14 +146,14 @@ rule mtp_d_speculative:
         runtime=MTPD_RES.get("speculative_runtime", 20),
         gpu=GPU,
     params:
-        artifacts=MTPD_ART,
+        artifacts=lambda w, input: os.path.dirname(os.path.dirname(input.metas[0])),
         variants=",".join(MTPD_ARTIFACTS),
         reuse=",".join(MTPD_REUSE),
         config=json.dumps(MTPD["speculative"], sort_keys=True),
         scale=SCALE_NAME,
         seed=SCALE["seed"],
         data=data_dir,
-        out=f"{RUNS}/mtp_d",
+        out=lambda w, output: os.path.dirname(os.path.dirname(output.records[0])),
     shell:
         "python -m methods.mtp_d.speculative --artifacts {params.artifacts} "
         "--variants {params.variants} --reuse '{params.reuse}' --data-dir {params.data} "

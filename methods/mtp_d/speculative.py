@@ -227,6 +227,23 @@ def measure(args) -> None:
             )
             one = stats[ONE_HEAD].tau()
             metrics.append(metric(task, "tau_ratio_vs_mtp1", st.tau() / one, higher_is_better=True))
+            for family in sorted({p["task"] for p in prompts}):  # arith vs text prompts
+                fam = [
+                    r for p, r in zip(prompts, per_prompt[name], strict=True) if p["task"] == family
+                ]
+                steps = sum(r.steps for r in fam)
+                for k in range(depth):
+                    car = sum(r.accepted[k] for r in fam) / steps
+                    metrics.append(
+                        metric(
+                            f"{task}_{family}",
+                            f"car_{k + 1}",
+                            car,
+                            stderr=math.sqrt(car * (1 - car) / steps),
+                            n=steps,
+                            higher_is_better=True,
+                        )
+                    )
             heads_x = list(range(1, depth + 1))
             curves = [
                 series("cumulative acceptance CAR per head", heads_x, st.car(), "head k", "CAR_k"),
@@ -267,14 +284,16 @@ def measure(args) -> None:
             variant=name,
             base_model=meta.get("base_model", ""),
             suite="speculative",
-            tasks=[f"spec_b{b}" for b in cfg["batch_sizes"]],
+            tasks=sorted({m["task"] for m in metrics}),
             seed=args.seed,
             config=config,
             metrics=metrics,
             provenance=provenance.capture(t["started_at"], wall),
             task_hashes={
-                f"spec_b{b}": stable_hash([p["ids"] for p in prompts] + [new_tokens])
-                for b in cfg["batch_sizes"]
+                t: stable_hash([t, new_tokens] + [p["ids"] for p in prompts if p["task"] in t])
+                if t.endswith(("_arith", "_text"))
+                else stable_hash([new_tokens] + [p["ids"] for p in prompts])
+                for t in {m["task"] for m in metrics}
             },
             samples="speculative.samples.jsonl",
             series=curves,
