@@ -252,7 +252,9 @@ def measure(args) -> None:
         for i, p in enumerate(prompts):
             row = {
                 "task": task,
-                "doc_id": p["doc_id"],
+                "doc_id": i,  # integer position of the prompt (the store's doc_id type)
+                "source_id": p["doc_id"],
+                "doc_hash": stable_hash(p["ids"]),
                 "prompt": tok.decode(p["ids"]),
                 "target": tok.decode(greedy_out[v][i]),
                 "response": tok.decode(outputs[name][i]),
