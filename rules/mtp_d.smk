@@ -82,6 +82,7 @@ rule mtp_d_train:
         arch=MTPD_ARCH_NAME,
         config=MTPD_TRAIN_JSON,
         seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
         long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
         tokenizer=input_dir,
         out=output_dir,
@@ -89,7 +90,8 @@ rule mtp_d_train:
         "python -m methods.mtp_d.build train --variant {wildcards.variant} --spec {params.spec:q} "
         "--base-model {params.arch} --config {params.config:q} --tokenizer {params.tokenizer} "
         "--text {input.text} --arith {input.arith} --seed {params.seed} "
-        "--long-fraction {params.long_fraction} --threads {threads} --out {params.out} "
+        "--long-fraction {params.long_fraction} --threads {threads} --device {params.device} "
+        "--out {params.out} "
         "> {log} 2>&1"
 
 
@@ -116,6 +118,7 @@ rule mtp_d_extend:
         config=MTPD_LOOP_JSON,
         factor=lambda w: MTPD_LOOPS[w.variant][1],
         seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
         long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
         source=input_dir,
         tokenizer=lambda w, input: os.path.dirname(input.tokenizer),
@@ -125,7 +128,7 @@ rule mtp_d_extend:
         "--source {params.source} --factor {params.factor} --config {params.config:q} "
         "--tokenizer {params.tokenizer} --text {input.text} --arith {input.arith} "
         "--seed {params.seed} --long-fraction {params.long_fraction} --threads {threads} "
-        "--out {params.out} > {log} 2>&1"
+        "--device {params.device} --out {params.out} > {log} 2>&1"
 
 
 rule mtp_d_speculative:
@@ -152,13 +155,14 @@ rule mtp_d_speculative:
         config=json.dumps(MTPD["speculative"], sort_keys=True),
         scale=SCALE_NAME,
         seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
         data=data_dir,
         out=lambda w, output: os.path.dirname(os.path.dirname(output.records[0])),
     shell:
         "python -m methods.mtp_d.speculative --artifacts {params.artifacts} "
         "--variants {params.variants} --reuse '{params.reuse}' --data-dir {params.data} "
         "--config {params.config:q} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --out-root {params.out} > {log} 2>&1"
+        "--threads {threads} --device {params.device} --out-root {params.out} > {log} 2>&1"
 
 
 rule mtp_d_all:

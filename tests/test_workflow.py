@@ -53,6 +53,7 @@ def run_workflow(snakemake_bin: str, root: Path, workdir: Path, scale_file: Path
         "--config",
         "scale=tiny",
         f"scale_file={scale_file}",
+        "papers=[base]",
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)

@@ -85,6 +85,7 @@ def _meta(args, out: Path, extra: dict, log: list[dict], t: dict) -> None:
         "load": {},
         "seed": args.seed,
         "threads": args.threads,
+        "device": args.device,
         "final_loss": sum(r["loss"] for r in tail) / len(tail),
         "final_main_ce": sum(r["main_ce"] for r in tail) / len(tail),
         "main_weights_sha256": sha256_file(out / "model.safetensors"),
@@ -123,7 +124,7 @@ def build_train(args) -> None:
         torch.manual_seed(args.seed + 1)
         heads = MTPHeads(main.config, k) if k else None
         loss = MTPLoss.from_config(loss_cfg, k, len(tok)) if k else None
-        model = MTPLM(main, heads, loss)
+        model = MTPLM(main, heads, loss).to(args.device)
         log = _train(model, _streams(args, tok), cfg["train"], args.seed, f"mtp_d {args.variant}")
         _save(out, model, tok, log)
     tc = cfg["train"]
@@ -162,7 +163,7 @@ def build_extend(args) -> None:
         old = load_heads(src, main)
         heads = extend_looped(old, args.factor)
         loss = MTPLoss.from_config(cfg.get("loss", {}), heads.num_modules, len(tok))
-        model = MTPLM(main, heads, loss)
+        model = MTPLM(main, heads, loss).to(args.device)
         trainable = freeze_for_extension(model, old.num_modules)
         log = _train(model, _streams(args, tok), cfg["train"], args.seed, f"loop {args.variant}")
         _save(out, model, tok, log)
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--long-fraction", type=float, default=0.3)
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--device", default="cpu")
     p = sub.choices["train"]
     p.add_argument("--spec", required=True, help="main model spec (JSON), as in models.<name>")
     p.add_argument("--base-model", required=True, help="name of the architecture in models")

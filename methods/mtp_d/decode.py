@@ -63,7 +63,7 @@ class _Main:
 
     def extend(self, ids: torch.Tensor):
         n = ids.shape[1]
-        pos = self.pos[:, -1:] + torch.arange(1, n + 1)
+        pos = self.pos[:, -1:] + torch.arange(1, n + 1, device=ids.device)
         self.valid = torch.cat([self.valid, torch.ones_like(ids, dtype=torch.bool)], dim=1)
         self.pos = torch.cat([self.pos, pos], dim=1)
         return self._forward(ids, pos)
@@ -135,6 +135,7 @@ def speculative_decode(
     if not 1 <= depth <= heads.depth:
         raise ValueError(f"draft depth {depth} must be in [1, {heads.depth}]")
     emb = main.get_input_embeddings()
+    dev = ids.device
     m = _Main(main, ids, valid)
     tokens = ids.clone()  # committed columns (prompt, then generated)
     h0 = m.h  # final main hidden state per committed column
@@ -150,10 +151,11 @@ def speculative_decode(
         h_prev, drafts = h0, []
         for k in range(1, depth + 1):
             start = 0 if h_final[k - 1] is None else h_final[k - 1].shape[1]
-            cols = torch.arange(start, n).expand(bsz, -1)
-            mask = causal_mask(cols, torch.arange(n).expand(bsz, -1), m.valid[:, :n], h0.dtype)
+            cols = torch.arange(start, n, device=dev).expand(bsz, -1)
+            kv_cols = torch.arange(n, device=dev)
+            mask = causal_mask(cols, kv_cols.expand(bsz, -1), m.valid[:, :n], h0.dtype)
             mask = mask.masked_fill(
-                (cols[:, :, None] == torch.arange(n)[None, None, :])[:, None], 0.0
+                (cols[:, :, None] == kv_cols[None, None, :])[:, None], 0.0
             )  # pad columns attend to themselves (never NaN)
             h_new = heads.module_at(k)(
                 h_prev[:, start:n],
@@ -183,7 +185,7 @@ def speculative_decode(
         a = int(a_rows.min())
         if stats is not None:
             stats.steps += bsz
-            prev = torch.ones(bsz, dtype=torch.long)
+            prev = torch.ones(bsz, dtype=torch.long, device=dev)
             for k in range(depth):
                 stats.attempted[k] += int(prev.sum())
                 stats.accepted[k] += int(run[:, k].sum())

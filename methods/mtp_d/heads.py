@@ -112,7 +112,11 @@ class MTPHeads(nn.Module):
     def save(self, folder: str | Path) -> Path:
         out = Path(folder) / HEADS_DIR
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.state_dict().items() if "rotary" not in k}
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if "rotary" not in k
+        }
         save_file(state, out / "model.safetensors")
         (out / "config.json").write_text(json.dumps(self.heads_config(), indent=2) + "\n")
         return out
@@ -146,7 +150,8 @@ def load_heads(folder: str | Path, main: LlamaForCausalLM) -> MTPHeads:
             f"{hdir}: weights do not match {heads.num_modules} MTP modules "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return heads.to(next(main.parameters()).dtype)
+    ref = next(main.parameters())
+    return heads.to(device=ref.device, dtype=ref.dtype)
 
 
 def extend_looped(heads: MTPHeads | None, factor: int = 2) -> MTPHeads:
@@ -184,6 +189,6 @@ def causal_mask(
     allowed = kv_pos[:, None, :] <= q_pos[:, :, None]
     if kv_valid is not None:
         allowed = allowed & kv_valid[:, None, :]
-    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]

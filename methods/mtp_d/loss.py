@@ -109,7 +109,7 @@ def run_heads(
     h_prev, out = h0, []
     for k in range(1, heads.depth + 1):
         n = t - k
-        pos = torch.arange(n).expand(b, n)
+        pos = torch.arange(n, device=input_ids.device).expand(b, n)
         mask = causal_mask(pos, pos, None, h0.dtype)
         h_k = heads.module_at(k)(
             h_prev[:, :n], emb[:, k : k + n], mask, heads.rotary(h_prev, pos), cache=None
@@ -133,6 +133,7 @@ class MTPLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> MTPOutput:
         cfg = self.loss_cfg
+        input_ids = input_ids.to(self.main.device)  # the shared trainer samples on the CPU
         train_main = cfg is None or cfg.train_main
         with torch.set_grad_enabled(torch.is_grad_enabled() and train_main):
             h0 = self.main.model(input_ids=input_ids).last_hidden_state

@@ -52,7 +52,7 @@ def load_prompts(data_dir: Path, tok, n: int, prompt_tokens: int) -> list[dict]:
     return rows
 
 
-def load_configs(root: Path, variants: list[str], reuse: list[str]) -> dict:
+def load_configs(root: Path, variants: list[str], reuse: list[str], device: str) -> dict:
     """Decoding configurations: name -> (main model, heads or None, depth)."""
     from transformers import LlamaForCausalLM
 
@@ -61,7 +61,7 @@ def load_configs(root: Path, variants: list[str], reuse: list[str]) -> dict:
     mains, heads, configs = {}, {}, {}
     for v in variants:
         folder = root / v
-        mains[v] = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        mains[v] = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
         if (folder / "mtp_heads").is_dir():
             heads[v] = load_heads(folder, mains[v]).eval()
     if GREEDY not in mains:
@@ -86,6 +86,7 @@ def load_configs(root: Path, variants: list[str], reuse: list[str]) -> dict:
 
 def _decode(main, heads, depth, batch, new_tokens, pad_id, stats=None):
     ids, valid = left_pad([p["ids"] for p in batch], pad_id)
+    ids, valid = ids.to(main.device), valid.to(main.device)
     if heads is None:
         return greedy_decode(main, ids, valid, new_tokens)
     return speculative_decode(main, heads, ids, valid, new_tokens, depth=depth, stats=stats)
@@ -96,6 +97,11 @@ def _run_all(main, heads, depth, prompts, bsz, new_tokens, pad_id, stats=None):
     for i in range(0, len(prompts), bsz):
         outs.append(_decode(main, heads, depth, prompts[i : i + bsz], new_tokens, pad_id, stats))
     return torch.cat(outs)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _median_se(xs: list[float]) -> tuple[float, float | None]:
@@ -115,7 +121,7 @@ def measure(args) -> None:
     with provenance.timed() as t:
         tok = AutoTokenizer.from_pretrained(root / GREEDY)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        mains, configs = load_configs(root, variants, reuse)
+        mains, configs = load_configs(root, variants, reuse, args.device)
         prompts = load_prompts(
             Path(args.data_dir), tok, cfg["n_prompts"], cfg.get("prompt_tokens", 24)
         )
@@ -153,8 +159,10 @@ def measure(args) -> None:
             for b in cfg["batch_sizes"]:
                 for name in order:
                     v, h, depth = configs[name]
+                    _sync(args.device)
                     t0 = time.perf_counter()
                     _run_all(mains[v], h, depth, prompts, b, new_tokens, pad_id)
+                    _sync(args.device)
                     timings[(name, b)].append(time.perf_counter() - t0)
     wall = t["wall_s"]
     n_tok = len(prompts) * new_tokens
@@ -256,8 +264,8 @@ def measure(args) -> None:
                 "source_id": p["doc_id"],
                 "doc_hash": stable_hash(p["ids"]),
                 "prompt": tok.decode(p["ids"]),
-                "target": tok.decode(greedy_out[v][i]),
-                "response": tok.decode(outputs[name][i]),
+                "target": tok.decode(greedy_out[v][i].tolist()),
+                "response": tok.decode(outputs[name][i].tolist()),
                 "metrics": {"lossless": lossless[i]},
             }
             if name in per_prompt:
@@ -272,7 +280,7 @@ def measure(args) -> None:
             "schedule": None if h is None else h.schedule,
             "acceptance_mode": "spec_decode",
             "dtype": "float32",
-            "device": "cpu",
+            "device": args.device,
             "threads": args.threads,
             **cfg,
         }
@@ -316,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out-root", required=True, help="results/runs/<scale>/mtp_d")
     args = ap.parse_args(argv)
     try:
