@@ -1,0 +1,338 @@
+"""Acceptance and real decoding speed of self-speculative decoding (spec §4.2-4.3).
+
+``python -m methods.mtp_d.speculative``: loads every MTP-D artifact in one process and, for
+every decoding configuration, (1) decodes the prompts once at batch 1 untimed, checking the
+output against plain greedy decoding of the same main model and counting per-head acceptance;
+(2) times every configuration at each batch size, interleaved (the order rotates each repeat),
+``repeats`` times. Speedups are per-repeat ratios against plain greedy decoding (of the
+next-token model) and against 1-head MTP (the plain MTP model drafting with its first head
+only), reported as the median with the standard error of the repeats. One run record per
+configuration: ``results/runs/<scale>/mtp_d/<config>/speculative.json`` (``suite: speculative``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from claimbench import provenance
+from claimbench.errors import ClaimbenchError
+from claimbench.io import atomic_write_jsonl, stable_hash
+from claimbench.records import make_run_record, metric, series, write_run_record
+from methods.mtp_d.decode import SpecStats, greedy_decode, left_pad, speculative_decode
+
+GREEDY = "ntp"  # plain next-token model: the plain-decoding reference
+ONE_HEAD = "mtp_1head"  # 1-head MTP reference: plain MTP drafting with module 1 only
+
+
+def load_prompts(data_dir: Path, tok, n: int, prompt_tokens: int) -> list[dict]:
+    """Half arithmetic questions (test_id), half text openings (test), deterministic."""
+    rows = []
+    with open(data_dir / "arith" / "test_id.jsonl", encoding="utf-8") as f:
+        arith = [json.loads(line) for line in f if line.strip()]
+    with open(data_dir / "text" / "test.jsonl", encoding="utf-8") as f:
+        text = [json.loads(line) for line in f if line.strip()]
+    n_arith = n - n // 2
+    for p in arith[:n_arith]:
+        ids = tok(p["prompt"], add_special_tokens=False)["input_ids"]
+        rows.append({"task": "arith", "doc_id": p["id"], "ids": ids})
+    for d in text[: n - n_arith]:
+        ids = tok(d["text"], add_special_tokens=False)["input_ids"][:prompt_tokens]
+        rows.append({"task": "text", "doc_id": d["id"], "ids": ids})
+    if len(rows) < n:
+        raise ClaimbenchError(f"{data_dir}: only {len(rows)} prompts for n_prompts = {n}")
+    return rows
+
+
+def load_configs(root: Path, variants: list[str], reuse: list[str], device: str) -> dict:
+    """Decoding configurations: name -> (main model, heads or None, depth)."""
+    from transformers import LlamaForCausalLM
+
+    from methods.mtp_d.heads import cyclic_schedule, load_heads
+
+    mains, heads, configs = {}, {}, {}
+    for v in variants:
+        folder = root / v
+        mains[v] = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        if (folder / "mtp_heads").is_dir():
+            heads[v] = load_heads(folder, mains[v]).eval()
+    if GREEDY not in mains:
+        raise ClaimbenchError(f"variants {variants} must include the next-token model {GREEDY!r}")
+    if "mtp" not in heads:
+        raise ClaimbenchError(f"variants {variants} must include the plain MTP model 'mtp'")
+    configs[GREEDY] = (GREEDY, None, 0)
+    configs[ONE_HEAD] = ("mtp", heads["mtp"], 1)
+    for v, h in heads.items():
+        configs[v] = (v, h, h.depth)
+    for spec in reuse:  # "<variant>:<depth>": training-free cyclic reuse of its trained modules
+        src, depth = spec.split(":")
+        if src not in heads:
+            raise ClaimbenchError(
+                f"training-free reuse of {src!r}: that variant has no trained MTP heads"
+            )
+        h = copy.copy(heads[src])
+        h.set_schedule(cyclic_schedule(heads[src].num_modules, int(depth)))
+        configs[f"{src}_reuse{depth}"] = (src, h, int(depth))
+    return mains, configs
+
+
+def _decode(main, heads, depth, batch, new_tokens, pad_id, stats=None):
+    ids, valid = left_pad([p["ids"] for p in batch], pad_id)
+    ids, valid = ids.to(main.device), valid.to(main.device)
+    if heads is None:
+        return greedy_decode(main, ids, valid, new_tokens)
+    return speculative_decode(main, heads, ids, valid, new_tokens, depth=depth, stats=stats)
+
+
+def _run_all(main, heads, depth, prompts, bsz, new_tokens, pad_id, stats=None):
+    outs = []
+    for i in range(0, len(prompts), bsz):
+        outs.append(_decode(main, heads, depth, prompts[i : i + bsz], new_tokens, pad_id, stats))
+    return torch.cat(outs)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_se(xs: list[float]) -> tuple[float, float | None]:
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+    return statistics.median(xs), se
+
+
+def measure(args) -> None:
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = json.loads(args.config)
+    root, out_root = Path(args.artifacts), Path(args.out_root)
+    variants = [v for v in args.variants.split(",") if v]
+    reuse = [r for r in args.reuse.split(",") if r]
+    with provenance.timed() as t:
+        tok = AutoTokenizer.from_pretrained(root / GREEDY)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        mains, configs = load_configs(root, variants, reuse, args.device)
+        prompts = load_prompts(
+            Path(args.data_dir), tok, cfg["n_prompts"], cfg.get("prompt_tokens", 24)
+        )
+        new_tokens = cfg["new_tokens"]
+
+        # (1) untimed pass at batch 1: losslessness and per-head acceptance
+        greedy_out = {
+            v: _run_all(m, None, 0, prompts, 1, new_tokens, pad_id) for v, m in mains.items()
+        }
+        stats, outputs, per_prompt = {}, {}, {}
+        for name, (v, h, depth) in configs.items():
+            if h is None:
+                outputs[name] = greedy_out[v]
+                continue
+            stats[name] = SpecStats(depth)
+            rows = []
+            out = []
+            for p in prompts:
+                s = SpecStats(depth)
+                out.append(_decode(mains[v], h, depth, [p], new_tokens, pad_id, s))
+                for k in range(depth):
+                    stats[name].attempted[k] += s.attempted[k]
+                    stats[name].accepted[k] += s.accepted[k]
+                stats[name].steps += s.steps
+                stats[name].accepted_len += s.accepted_len
+                rows.append(s)
+            outputs[name] = torch.cat(out)
+            per_prompt[name] = rows
+
+        # (2) timed, interleaved, repeated
+        names = list(configs)
+        timings = {(n, b): [] for n in names for b in cfg["batch_sizes"]}
+        for r in range(cfg["repeats"]):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for b in cfg["batch_sizes"]:
+                for name in order:
+                    v, h, depth = configs[name]
+                    _sync(args.device)
+                    t0 = time.perf_counter()
+                    _run_all(mains[v], h, depth, prompts, b, new_tokens, pad_id)
+                    _sync(args.device)
+                    timings[(name, b)].append(time.perf_counter() - t0)
+    wall = t["wall_s"]
+    n_tok = len(prompts) * new_tokens
+    for name, (v, h, depth) in configs.items():
+        metrics, samples = [], []
+        lossless = [
+            float(torch.equal(outputs[name][i], greedy_out[v][i])) for i in range(len(prompts))
+        ]
+        for b in cfg["batch_sizes"]:
+            task = f"spec_b{b}"
+            times = timings[(name, b)]
+            tps = [n_tok / s for s in times]
+            vs_greedy = [g / s for g, s in zip(timings[(GREEDY, b)], times, strict=True)]
+            vs_one = [g / s for g, s in zip(timings[(ONE_HEAD, b)], times, strict=True)]
+            for mname, xs in (
+                ("tokens_per_s", tps),
+                ("speedup_vs_greedy", vs_greedy),
+                ("speedup_vs_mtp1", vs_one),
+            ):
+                med, se = _median_se(xs)
+                metrics.append(
+                    metric(task, mname, med, stderr=se, n=len(xs), higher_is_better=True)
+                )
+            metrics.append(
+                metric(task, "tokens_per_s_min", min(tps), n=len(tps), higher_is_better=True)
+            )
+            metrics.append(
+                metric(task, "tokens_per_s_max", max(tps), n=len(tps), higher_is_better=True)
+            )
+        task = f"spec_b{cfg['batch_sizes'][0]}"
+        metrics.append(
+            metric(task, "lossless", sum(lossless) / len(lossless), n=len(lossless))
+            | {"higher_is_better": True}
+        )
+        curves = []
+        if name in stats:
+            st = stats[name]
+            for k, (ar, car) in enumerate(zip(st.ar(), st.car(), strict=True), start=1):
+                n_att = st.attempted[k - 1]
+                metrics.append(
+                    metric(
+                        task,
+                        f"ar_{k}",
+                        ar,
+                        stderr=math.sqrt(ar * (1 - ar) / n_att) if n_att else None,
+                        n=n_att,
+                        higher_is_better=True,
+                    )
+                )
+                metrics.append(
+                    metric(
+                        task,
+                        f"car_{k}",
+                        car,
+                        stderr=math.sqrt(car * (1 - car) / st.steps),
+                        n=st.steps,
+                        higher_is_better=True,
+                    )
+                )
+            lens = [1 + a for a in st.accepted_len]
+            metrics.append(
+                metric(
+                    task,
+                    "tau",
+                    st.tau(),
+                    stderr=statistics.stdev(lens) / math.sqrt(len(lens)),
+                    n=len(lens),
+                    higher_is_better=True,
+                )
+            )
+            one = stats[ONE_HEAD].tau()
+            metrics.append(metric(task, "tau_ratio_vs_mtp1", st.tau() / one, higher_is_better=True))
+            for family in sorted({p["task"] for p in prompts}):  # arith vs text prompts
+                fam = [
+                    r for p, r in zip(prompts, per_prompt[name], strict=True) if p["task"] == family
+                ]
+                steps = sum(r.steps for r in fam)
+                for k in range(depth):
+                    car = sum(r.accepted[k] for r in fam) / steps
+                    metrics.append(
+                        metric(
+                            f"{task}_{family}",
+                            f"car_{k + 1}",
+                            car,
+                            stderr=math.sqrt(car * (1 - car) / steps),
+                            n=steps,
+                            higher_is_better=True,
+                        )
+                    )
+            heads_x = list(range(1, depth + 1))
+            curves = [
+                series("cumulative acceptance CAR per head", heads_x, st.car(), "head k", "CAR_k"),
+                series("conditional acceptance AR per head", heads_x, st.ar(), "head k", "AR_k"),
+            ]
+        for i, p in enumerate(prompts):
+            row = {
+                "task": task,
+                "doc_id": i,  # integer position of the prompt (the store's doc_id type)
+                "source_id": p["doc_id"],
+                "doc_hash": stable_hash(p["ids"]),
+                "prompt": tok.decode(p["ids"]),
+                "target": tok.decode(greedy_out[v][i].tolist()),
+                "response": tok.decode(outputs[name][i].tolist()),
+                "metrics": {"lossless": lossless[i]},
+            }
+            if name in per_prompt:
+                s = per_prompt[name][i]
+                row["metrics"] |= {f"prompt_car_{k + 1}": c for k, c in enumerate(s.car())}
+                row["metrics"]["prompt_tau"] = s.tau()
+            samples.append(row)
+        config = {
+            "decoding": "greedy" if h is None else "self_speculative_greedy",
+            "source_variant": v,
+            "depth": depth,
+            "schedule": None if h is None else h.schedule,
+            "acceptance_mode": "spec_decode",
+            "dtype": "float32",
+            "device": args.device,
+            "threads": args.threads,
+            **cfg,
+        }
+        out = out_root / name / "speculative.json"
+        atomic_write_jsonl(out.parent / "speculative.samples.jsonl", samples)
+        meta = json.loads((root / v / "meta.json").read_text())
+        record = make_run_record(
+            scale=args.scale,
+            paper="mtp_d",
+            method="mtp_d" if v != GREEDY else "ntp",
+            variant=name,
+            base_model=meta.get("base_model", ""),
+            suite="speculative",
+            tasks=sorted({m["task"] for m in metrics}),
+            seed=args.seed,
+            config=config,
+            metrics=metrics,
+            provenance=provenance.capture(t["started_at"], wall),
+            task_hashes={
+                t: stable_hash([t, new_tokens] + [p["ids"] for p in prompts if p["task"] in t])
+                if t.endswith(("_arith", "_text"))
+                else stable_hash([new_tokens] + [p["ids"] for p in prompts])
+                for t in {m["task"] for m in metrics}
+            },
+            samples="speculative.samples.jsonl",
+            series=curves,
+        )
+        write_run_record(out, record)
+        print(
+            f"{name}: " + ", ".join(f"{m['task']}.{m['metric']}={m['value']:.3f}" for m in metrics)
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--artifacts", required=True, help="artifacts/<scale>/mtp_d")
+    ap.add_argument("--variants", required=True, help="comma-separated artifact variants")
+    ap.add_argument("--reuse", default="", help="comma-separated <variant>:<depth> cyclic reuse")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--config", required=True, help="JSON: n_prompts, new_tokens, batch_sizes, ...")
+    ap.add_argument("--scale", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out-root", required=True, help="results/runs/<scale>/mtp_d")
+    args = ap.parse_args(argv)
+    try:
+        measure(args)
+    except (ClaimbenchError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
