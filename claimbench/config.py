@@ -98,7 +98,29 @@ def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[
         if paper_schema.is_file():
             validate(section, read_yaml(paper_schema), f"{where}: papers.{paper}")
     _check_models(data, where)
+    _check_model_references(data, where)
     return data
+
+
+def _check_model_references(data: dict, where: str) -> None:
+    """Every ``*_model`` key in a paper section must name a model of the scale's ``models``."""
+
+    def walk(obj, path):
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if (
+                    key.endswith("_model")
+                    and isinstance(value, str)
+                    and value not in data["models"]
+                ):
+                    raise ConfigError(
+                        f"{where}: {path}.{key}: {value!r} is not one of the scale's models "
+                        f"({', '.join(sorted(data['models']))})"
+                    )
+                walk(value, f"{path}.{key}")
+
+    for paper, section in (data.get("papers") or {}).items():
+        walk(section, f"papers.{paper}")
 
 
 def _check_models(data: dict, where: str) -> None:

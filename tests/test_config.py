@@ -103,3 +103,11 @@ def test_slurm_profile_dry_run(snakemake_bin, root):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
     assert "rule eval_lm" in out and "slurm_partition=gpu" in out and "gpu=1" in out
+
+
+def test_paper_section_model_reference_must_exist(tmp_path):
+    path = bad_scale(tmp_path, lambda d: d["papers"]["psft"].update(start_model="lm-xl"))
+    with pytest.raises(
+        ConfigError, match=r"papers\.psft\.start_model: 'lm-xl' is not one of the scale's models"
+    ):
+        load_scale("tiny", path)

@@ -57,7 +57,10 @@ def test_list_follows_the_scale_file(root, tmp_path, capsys):
     scale["eval"]["lm_eval"]["tasks"] = ["arith_id", "ai2_arc"]
     path = tmp_path / "paper-edited.yaml"
     path.write_text(yaml.safe_dump(scale))
-    main(["prefetch", "--scale", "paper", "--scale-file", str(path), "--dry-run"])
+    # Only the base pipeline: paper sections name models of the shipped file, replaced here.
+    main(
+        ["prefetch", "--scale", "paper", "--scale-file", str(path), "--papers", "base", "--dry-run"]
+    )
     listed = rows(capsys.readouterr().out)
     assert [r[:3] for r in listed if r[0] in ("model", "dataset")] == [
         ["model", "org/extra-model", "revision=abc123"],
