@@ -53,11 +53,11 @@ def test_paper_scale_lists_every_model_task_and_data_set(root, capsys):
 def test_list_follows_the_scale_file(root, tmp_path, capsys):
     scale = yaml.safe_load((root / "config/scales/paper.yaml").read_text())
     scale["models"] = {"extra": {"kind": "hub", "id": "org/extra-model", "revision": "abc123"}}
+    scale["papers"] = {}  # their sections name the shipped file's models, replaced here
     # A local task (its data is built by the workflow) and an lm-eval tag of two tasks.
     scale["eval"]["lm_eval"]["tasks"] = ["arith_id", "ai2_arc"]
     path = tmp_path / "paper-edited.yaml"
     path.write_text(yaml.safe_dump(scale))
-    # Only the base pipeline: paper sections name models of the shipped file, replaced here.
     main(
         ["prefetch", "--scale", "paper", "--scale-file", str(path), "--papers", "base", "--dry-run"]
     )
