@@ -7,6 +7,9 @@ lm-eval's task files name, and editing the scale file changes the list (it is no
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -50,7 +53,7 @@ def test_paper_scale_lists_every_model_task_and_data_set(root, capsys):
     assert f"{len(models)} models" in out.splitlines()[-1]
 
 
-def test_list_follows_the_scale_file(root, tmp_path, capsys):
+def test_list_follows_the_scale_file(root, tmp_path):
     scale = yaml.safe_load((root / "config/scales/paper.yaml").read_text())
     # Paper sections name the shipped models, so keep them and add one.
     scale["models"]["extra"] = {"kind": "hub", "id": "org/extra-model", "revision": "abc123"}
@@ -58,10 +61,28 @@ def test_list_follows_the_scale_file(root, tmp_path, capsys):
     scale["eval"]["lm_eval"]["tasks"] = ["arith_id", "ai2_arc"]
     path = tmp_path / "paper-edited.yaml"
     path.write_text(yaml.safe_dump(scale))
-    main(
-        ["prefetch", "--scale", "paper", "--scale-file", str(path), "--papers", "base", "--dry-run"]
+    # A separate process: Snakemake keeps workflow state between in-process API calls, and other
+    # test modules build workflows in this process with other scale files.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "claimbench.cli",
+            "prefetch",
+            "--scale",
+            "paper",
+            "--scale-file",
+            str(path),
+            "--papers",
+            "base",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
     )
-    listed = rows(capsys.readouterr().out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = rows(proc.stdout)
     assert ["model", "org/extra-model", "revision=abc123"] in [r[:3] for r in listed]
     assert [r[:3] for r in listed if r[0] == "dataset"] == [
         ["dataset", "allenai/ai2_arc", "name=ARC-Challenge"],
