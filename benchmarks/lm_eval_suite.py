@@ -17,11 +17,10 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 from claimbench import provenance
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_jsonl, sha256_files
 from claimbench.models import read_meta, resolve_pretrained
 from claimbench.records import make_run_record, metric, series, write_run_record
@@ -258,11 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bootstrap-iters", type=int, default=1000)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error():
         evaluate(args)
-    except ClaimbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

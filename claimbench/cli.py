@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import exit_on_user_error
 
 DEFAULT_DB = "results/claimbench.duckdb"
 
@@ -184,11 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():
         args.func(args)
-    except ClaimbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from benchmarks.data import arith, text
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_files
 
 
@@ -74,15 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--sdist", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error(ValueError):
         spec = json.loads(args.spec)
         if args.what == "arith":
             build_arith(spec, args.seed, args.out)
         else:
             build_text(spec, args.sdist, args.out)
-    except (ClaimbenchError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

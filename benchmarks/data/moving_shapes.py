@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_files
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
@@ -292,11 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error(ValueError, KeyError):
         build(json.loads(args.spec), args.seed, args.out)
-    except (ClaimbenchError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

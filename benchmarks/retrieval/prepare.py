@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.retrieval.loaders import FrameStore, RetrievalDataError, load_annotations
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_files
 
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--videos-csv", type=Path, default=None, help="csv with a video_id column")
     ap.add_argument("--expect", default="{}", help='JSON {"videos": N, "captions": M} to check')
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error():
         m = prepare(
             args.annotations,
             args.frames,
@@ -88,9 +87,6 @@ def main(argv: list[str] | None = None) -> None:
             args.videos_csv,
             json.loads(args.expect),
         )
-    except ClaimbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"{args.name}: {m['n_captions']} captions, {m['n_videos']} videos ({m['format']})")
 
 

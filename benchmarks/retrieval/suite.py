@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import numpy as np
 from benchmarks.retrieval import metrics as M
 from benchmarks.retrieval.loaders import RetrievalDataError
 from claimbench import provenance
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_bytes, atomic_write_jsonl
 from claimbench.records import make_run_record, metric, write_run_record
 
@@ -215,11 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--paper", required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error():
         path = run(args)
-    except ClaimbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"wrote {path}")
 
 

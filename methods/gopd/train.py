@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
 import torch
 
 from claimbench import provenance
+from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_json, sha256_file
 from claimbench.records import make_run_record, metric, series, write_run_record
 from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
@@ -236,11 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error(ValueError, FileNotFoundError):
         run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from claimbench import provenance
 from claimbench.assets import fetch_pypi
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from claimbench.models import check_hub_available
 
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     for a in ("--name", "--path", "--out"):
         p.add_argument(a, required=True)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error(ValueError):
         {
             "tokenizer": build_tokenizer,
             "tiny": build_tiny,
@@ -248,9 +247,6 @@ def main(argv: list[str] | None = None) -> None:
             "hub": build_hub,
             "local": build_local,
         }[args.what](args)
-    except (ClaimbenchError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
 from claimbench import provenance
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
 
 # Variants trained from scratch: what each changes in the loss (spec §6 runs 1-4).
@@ -206,11 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", required=True, help="artifact with trained MTP heads")
     p.add_argument("--factor", type=int, default=2)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error(ValueError):
         {"train": build_train, "extend": build_extend}[args.what](args)
-    except (ClaimbenchError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from claimbench import provenance
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_jsonl, stable_hash
 from claimbench.records import make_run_record, metric, series, write_run_record
 from methods.mtp_d.decode import SpecStats, greedy_decode, left_pad, speculative_decode
@@ -327,11 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out-root", required=True, help="results/runs/<scale>/mtp_d")
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error(ValueError):
         measure(args)
-    except (ClaimbenchError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

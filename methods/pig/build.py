@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from claimbench import provenance
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_json, sha256_file
 from methods.pig.model import ARMS, RetrievalModel, TowerConfig
 from methods.pig.train import (
@@ -133,11 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ft.add_argument("--init", type=Path, required=True, help="theta_0 artifact folder")
     ft.add_argument("--tests", type=lambda s: [x for x in s.split(",") if x], required=True)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error():
         pretrain(args) if args.what == "pretrain" else finetune(args)
-    except ClaimbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from claimbench import provenance
-from claimbench.errors import ClaimbenchError
+from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.records import make_run_record, metric, write_run_record
 from methods.pig.model import query_scores
 from methods.pig.train import encode_videos, load_model, read_split, set_determinism
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-baseline", type=Path, required=True)
     ap.add_argument("--out-pig", type=Path, required=True)
     args = ap.parse_args(argv)
-    try:
+    with exit_on_user_error():
         set_determinism(0, args.threads)
         with provenance.timed() as t:
             arts = {"baseline": args.baseline, "pig": args.pig}
@@ -161,9 +160,6 @@ def main(argv: list[str] | None = None) -> None:
                 provenance=provenance.capture(t["started_at"], t["wall_s"]),
             )
             write_run_record(out, record)
-    except ClaimbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(
         json.dumps(
             {
