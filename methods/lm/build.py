@@ -62,7 +62,7 @@ def build_tiny(args) -> None:
     from transformers import AutoTokenizer
 
     from methods.lm.model import build_model, n_params
-    from methods.lm.train import arith_examples, text_stream, token_stream, train_lm
+    from methods.lm.train import arith_examples, text_stream, token_stream, train_from_config
 
     torch.set_num_threads(args.threads)
     spec = json.loads(args.spec)
@@ -76,20 +76,9 @@ def build_tiny(args) -> None:
                 arith_examples(args.arith, args.long_fraction, seed=args.seed), tok
             ),
         }
-        frac = train_cfg.get("arith_fraction", 0.5)
         model = build_model(spec, tok, seed=args.seed)
-        log = train_lm(
-            model,
-            streams,
-            {"text": 1 - frac, "arith": frac},
-            steps=train_cfg["steps"],
-            batch_size=train_cfg["batch_size"],
-            seq_len=train_cfg["seq_len"],
-            lr=train_cfg["lr"],
-            weight_decay=train_cfg.get("weight_decay", 0.1),
-            warmup_steps=train_cfg.get("warmup_steps", 20),
-            seed=args.seed,
-            desc=f"train {args.name}",
+        log = train_from_config(
+            model, streams, train_cfg, seed=args.seed, desc=f"train {args.name}"
         )
         _fresh_dir(out)
         model.generation_config.pad_token_id = tok.pad_token_id

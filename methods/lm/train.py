@@ -99,6 +99,31 @@ def train_lm(
     return log
 
 
+def train_from_config(
+    model: torch.nn.Module,
+    streams: dict[str, torch.Tensor],
+    train_cfg: dict,
+    *,
+    seed: int,
+    desc: str,
+) -> list[dict]:
+    """``train_lm`` with the text/arithmetic mix and settings of a scale's ``train`` section."""
+    frac = train_cfg.get("arith_fraction", 0.5)
+    return train_lm(
+        model,
+        streams,
+        {"text": 1 - frac, "arith": frac},
+        steps=train_cfg["steps"],
+        batch_size=train_cfg["batch_size"],
+        seq_len=train_cfg["seq_len"],
+        lr=train_cfg["lr"],
+        weight_decay=train_cfg.get("weight_decay", 0.1),
+        warmup_steps=train_cfg.get("warmup_steps", 20),
+        seed=seed,
+        desc=desc,
+    )
+
+
 def _split_batch(batch_size: int, mix: dict[str, float]) -> dict[str, int]:
     total = sum(mix.values())
     if total <= 0:

@@ -41,22 +41,9 @@ def _streams(args, tok):
 
 
 def _train(model, streams, train_cfg, seed, desc):
-    from methods.lm.train import train_lm
+    from methods.lm.train import train_from_config
 
-    frac = train_cfg.get("arith_fraction", 0.5)
-    log = train_lm(
-        model,
-        streams,
-        {"text": 1 - frac, "arith": frac},
-        steps=train_cfg["steps"],
-        batch_size=train_cfg["batch_size"],
-        seq_len=train_cfg["seq_len"],
-        lr=train_cfg["lr"],
-        weight_decay=train_cfg.get("weight_decay", 0.1),
-        warmup_steps=train_cfg.get("warmup_steps", 20),
-        seed=seed,
-        desc=desc,
-    )
+    log = train_from_config(model, streams, train_cfg, seed=seed, desc=desc)
     for row, parts in zip(log, model.history, strict=True):
         row.update(parts)
     return log
