@@ -1,6 +1,9 @@
 # G-OPD / ExOPD: a student (the tiny base after a short SFT, left with headroom), a same-size
 # teacher improved by GRPO, and G-OPD runs from the student over the lambda grid (reference =
-# the student's start); every artifact evaluated by lm-eval.
+# the student's start); every artifact evaluated by lm-eval. Optional settings (spec gopd.md
+# sections 2.5-2.7, 8): strong-to-weak with reward correction (a larger base, SFT'd, and its
+# GRPO teacher; reference = the student or the teacher's pre-RL base), multi-teacher (one GRPO
+# teacher per domain, routed per sample) and the baselines SFT on teacher samples and ExPO.
 GOPD = SCALE.get("papers", {}).get("gopd")
 GOPD_STUDENT = (
     f"{ART}/gopd/student/meta.json"
@@ -12,21 +15,112 @@ GOPD_TEACHER = (
     if GOPD and GOPD.get("teacher_model")
     else f"{ART}/gopd/teacher/meta.json"
 )
-# {variant: (lambda, seed)}: lam<value>, later seeds get -s<seed>.
-GOPD_VARIANTS = {
-    (f"lam{lam}" if s == GOPD["seeds"][0] else f"lam{lam}-s{s}"): (lam, s)
-    for lam in (GOPD["lambdas"] if GOPD else [])
-    for s in GOPD["seeds"]
-}
+GOPD_S2W = (GOPD or {}).get("strong_to_weak")
+GOPD_MT = (GOPD or {}).get("multi_teacher")
+
+
+def gopd_art(name):
+    """meta.json of a G-OPD input artifact by role name."""
+    return {"student": GOPD_STUDENT, "teacher": GOPD_TEACHER}.get(
+        name, f"{ART}/gopd/{name}/meta.json"
+    )
+
+
+def gopd_runs():
+    """{variant: run spec} for every student run (G-OPD or SFT on teacher samples). The first
+    seed keeps the plain name, later seeds get -s<seed>."""
+    runs = {}
+    if not GOPD:
+        return runs
+    for s in GOPD["seeds"]:
+        sfx = "" if s == GOPD["seeds"][0] else f"-s{s}"
+        one = {"teacher": "teacher"}
+        for lam in GOPD["lambdas"]:
+            runs[f"lam{lam}{sfx}"] = dict(
+                method="gopd", lam=lam, seed=s, teachers=one, ref="student", extra={}
+            )
+        if GOPD_S2W:
+            big = {"teacher": "s2w-teacher"}
+            for lam in GOPD_S2W["lambdas"]:
+                runs[f"s2w-lam{lam}{sfx}"] = dict(
+                    method="gopd",
+                    lam=lam,
+                    seed=s,
+                    teachers=big,
+                    ref="student",
+                    extra={},
+                )
+            for lam in GOPD_S2W.get("rc_lambdas", []):
+                runs[f"s2w-rc-lam{lam}{sfx}"] = dict(
+                    method="gopd",
+                    lam=lam,
+                    seed=s,
+                    teachers=big,
+                    ref="s2w-teacher-base",
+                    extra={},
+                )
+            if GOPD_S2W.get("sft"):
+                runs[f"s2w-sft{sfx}"] = dict(
+                    method="sft", lam=1.0, seed=s, teachers=big, ref=None, extra={}
+                )
+        if GOPD_MT:
+            doms = GOPD_MT["domains"]
+            many = {d: f"mt-teacher-{d}" for d in doms}
+            extra = {
+                "routes": {f: d for d, fams in doms.items() for f in fams},
+                "eval_domains": doms,
+            }
+            for lam in GOPD_MT["lambdas"]:
+                runs[f"mt-lam{lam}{sfx}"] = dict(
+                    method="gopd",
+                    lam=lam,
+                    seed=s,
+                    teachers=many,
+                    ref="student",
+                    extra=extra,
+                )
+            if GOPD_MT.get("sft"):
+                runs[f"mt-sft{sfx}"] = dict(
+                    method="sft", lam=1.0, seed=s, teachers=many, ref=None, extra=extra
+                )
+    return runs
+
+
+def gopd_expo():
+    """{variant: (alpha, teacher role names, extra config)}: ExPO weight extrapolation."""
+    out = {}
+    for a in (GOPD or {}).get("expo_alphas", []):
+        out[f"expo{a}"] = (a, ["teacher"], {})
+    for a in (GOPD_MT or {}).get("expo_alphas", []):
+        doms = GOPD_MT["domains"]
+        out[f"mt-expo{a}"] = (
+            a,
+            [f"mt-teacher-{d}" for d in doms],
+            {"eval_domains": doms},
+        )
+    return out
+
+
+GOPD_RUNS = gopd_runs()
+GOPD_EXPO = gopd_expo()
+GOPD_MT_TEACHERS = [f"mt-teacher-{d}" for d in (GOPD_MT or {}).get("domains", {})]
 GOPD_BUILT = (["student"] if GOPD and GOPD.get("student_sft") else []) + (
     ["teacher"] if GOPD and not GOPD.get("teacher_model") else []
 )
+GOPD_S2W_BUILT = ["s2w-teacher-base", "s2w-teacher"] if GOPD_S2W else []
+# lm-eval for every student run, the same-size student/teacher and the strong-to-weak teacher;
+# the teacher's pre-RL base and the domain teachers carry their validation numbers in their
+# train records only (tiny-scale time budget).
+GOPD_EVALUATED = sorted(GOPD_RUNS) + sorted(GOPD_EXPO) + GOPD_BUILT + GOPD_S2W_BUILT[1:]
 
 if GOPD and "gopd" in PAPERS:
-    RUN_RECORDS["gopd"] = [
-        f"{RUNS}/gopd/{v}/{suite}.json"
-        for v in sorted(GOPD_VARIANTS) + GOPD_BUILT
-        for suite in ("lm_eval", "train")
+    RUN_RECORDS["gopd"] = [f"{RUNS}/gopd/{v}/lm_eval.json" for v in GOPD_EVALUATED] + [
+        f"{RUNS}/gopd/{v}/train.json"
+        for v in sorted(GOPD_RUNS)
+        + sorted(GOPD_EXPO)
+        + GOPD_BUILT
+        + GOPD_S2W_BUILT
+        + GOPD_MT_TEACHERS
     ]
 
 
@@ -92,10 +186,43 @@ rule gopd_teacher:
         "--threads {threads} --device {params.device} > {log} 2>&1"
 
 
-rule gopd_train:
+rule gopd_s2w_base:
     input:
-        student=GOPD_STUDENT,
-        teacher=GOPD_TEACHER,
+        start=lambda w: f"{ART}/base/{GOPD_S2W['teacher_base_model']}/meta.json",
+        train=f"{DATA}/arith/train.jsonl",
+        valid=f"{DATA}/arith/valid.jsonl",
+    output:
+        meta=f"{ART}/gopd/s2w-teacher-base/meta.json",
+        record=f"{RUNS}/gopd/s2w-teacher-base/train.json",
+    log:
+        f"{LOGS}/gopd/s2w-teacher-base.train.log",
+    benchmark:
+        f"{LOGS}/gopd/s2w-teacher-base.train.benchmark.tsv"
+    threads: JOB_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=GPU,
+    params:
+        config=lambda w: json.dumps(GOPD_S2W["teacher_base_sft"], sort_keys=True),
+        start=lambda w, input: os.path.dirname(input.start),
+        out=output_dir,
+        scale=SCALE_NAME,
+        seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
+    shell:
+        "python -m methods.posttrain.cli sft --start {params.start} --train {input.train} "
+        "--valid {input.valid} --config {params.config:q} --out {params.out} "
+        "--variant s2w-teacher-base --paper gopd --record {output.record} "
+        "--scale {params.scale} --seed {params.seed} --threads {threads} "
+        "--device {params.device} > {log} 2>&1"
+
+
+rule gopd_grpo_teacher:
+    input:
+        start=lambda w: gopd_art(
+            "s2w-teacher-base" if w.variant == "s2w-teacher" else "student"
+        ),
         train=f"{DATA}/arith/train.jsonl",
         valid=f"{DATA}/arith/valid.jsonl",
     output:
@@ -106,27 +233,137 @@ rule gopd_train:
     benchmark:
         f"{LOGS}/gopd/{{variant}}.train.benchmark.tsv"
     wildcard_constraints:
-        variant=one_of(sorted(GOPD_VARIANTS)),
+        variant=one_of(GOPD_S2W_BUILT[1:] + GOPD_MT_TEACHERS),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=GPU,
+    params:
+        config=lambda w: json.dumps(
+            (
+                GOPD_S2W["teacher_grpo"]
+                if w.variant == "s2w-teacher"
+                else {
+                    **GOPD_MT["teacher_grpo"],
+                    "families": GOPD_MT["domains"][
+                        w.variant.removeprefix("mt-teacher-")
+                    ],
+                }
+            ),
+            sort_keys=True,
+        ),
+        start=lambda w, input: os.path.dirname(input.start),
+        out=output_dir,
+        scale=SCALE_NAME,
+        seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
+    shell:
+        "python -m methods.posttrain.cli grpo --start {params.start} --train {input.train} "
+        "--valid {input.valid} --config {params.config:q} --out {params.out} "
+        "--variant {wildcards.variant} --paper gopd --record {output.record} "
+        "--scale {params.scale} --seed {params.seed} --threads {threads} "
+        "--device {params.device} > {log} 2>&1"
+
+
+def gopd_run_inputs(w):
+    run = GOPD_RUNS[w.variant]
+    out = {"student": GOPD_STUDENT}
+    out |= {f"teacher_{n}": gopd_art(a) for n, a in run["teachers"].items()}
+    if run["ref"] and not (run["method"] == "gopd" and run["lam"] == 1.0):
+        out["ref"] = gopd_art(run["ref"])
+    return out
+
+
+def gopd_run_args(w, input):
+    run = GOPD_RUNS[w.variant]
+    args = [f"--method {run['method']} --lam {run['lam']}"]
+    args += [
+        f"--teacher {n}={os.path.dirname(getattr(input, f'teacher_{n}'))}"
+        for n in run["teachers"]
+    ]
+    if getattr(input, "ref", None):
+        args.append(f"--ref {os.path.dirname(input.ref)}")
+    return " ".join(args)
+
+
+rule gopd_train:
+    input:
+        unpack(gopd_run_inputs),
+        train=f"{DATA}/arith/train.jsonl",
+        valid=f"{DATA}/arith/valid.jsonl",
+    output:
+        meta=f"{ART}/gopd/{{variant}}/meta.json",
+        record=f"{RUNS}/gopd/{{variant}}/train.json",
+    log:
+        f"{LOGS}/gopd/{{variant}}.train.log",
+    benchmark:
+        f"{LOGS}/gopd/{{variant}}.train.benchmark.tsv"
+    wildcard_constraints:
+        variant=one_of(sorted(GOPD_RUNS)),
     threads: JOB_THREADS
     resources:
         mem_mb=GOPD.get("mem_mb", 4000) if GOPD else 4000,
         runtime=GOPD.get("runtime", 30) if GOPD else 30,
         gpu=GPU,
     params:
-        lam=lambda w: GOPD_VARIANTS[w.variant][0],
-        seed=lambda w: GOPD_VARIANTS[w.variant][1],
-        config=lambda w: json.dumps(GOPD["train"], sort_keys=True),
+        run=gopd_run_args,
+        seed=lambda w: GOPD_RUNS[w.variant]["seed"],
+        config=lambda w: json.dumps(
+            {**GOPD["train"], **GOPD_RUNS[w.variant]["extra"]}, sort_keys=True
+        ),
         student=lambda w, input: os.path.dirname(input.student),
-        teacher=lambda w, input: os.path.dirname(input.teacher),
         scale=SCALE_NAME,
         out=output_dir,
         device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.gopd.train --student {params.student} --teacher {params.teacher} "
-        "--ref {params.student} --lam {params.lam} --train {input.train} --valid {input.valid} "
+        "python -m methods.gopd.train --student {params.student} {params.run} "
+        "--train {input.train} --valid {input.valid} "
         "--config {params.config:q} --out {params.out} --record {output.record} "
         "--variant {wildcards.variant} --scale {params.scale} --seed {params.seed} "
         "--threads {threads} --device {params.device} > {log} 2>&1"
+
+
+rule gopd_expo:
+    input:
+        student=GOPD_STUDENT,
+        teachers=lambda w: [gopd_art(t) for t in GOPD_EXPO[w.variant][1]],
+        valid=f"{DATA}/arith/valid.jsonl",
+    output:
+        meta=f"{ART}/gopd/{{variant}}/meta.json",
+        record=f"{RUNS}/gopd/{{variant}}/train.json",
+    log:
+        f"{LOGS}/gopd/{{variant}}.train.log",
+    benchmark:
+        f"{LOGS}/gopd/{{variant}}.train.benchmark.tsv"
+    wildcard_constraints:
+        variant=one_of(sorted(GOPD_EXPO)),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=10,
+        gpu=GPU,
+    params:
+        alpha=lambda w: GOPD_EXPO[w.variant][0],
+        teachers=lambda w, input: " ".join(
+            f"--teacher {os.path.dirname(t)}" for t in input.teachers
+        ),
+        config=lambda w: json.dumps(
+            {
+                "max_new_tokens": GOPD["train"]["max_new_tokens"],
+                **GOPD_EXPO[w.variant][2],
+            },
+            sort_keys=True,
+        ),
+        student=lambda w, input: os.path.dirname(input.student),
+        scale=SCALE_NAME,
+        seed=SCALE["seed"],
+        out=output_dir,
+    shell:
+        "python -m methods.gopd.expo --student {params.student} {params.teachers} "
+        "--alpha {params.alpha} --valid {input.valid} --config {params.config:q} "
+        "--out {params.out} --record {output.record} --variant {wildcards.variant} "
+        "--scale {params.scale} --seed {params.seed} --threads {threads} > {log} 2>&1"
 
 
 rule gopd_all:

@@ -172,3 +172,119 @@ def test_micro_gopd_pipeline_and_bad_inputs(tmp_path):
                     "x",
                 ]
             )
+
+
+def test_expo_weights_extrapolate_from_the_teacher_mean():
+    from methods.gopd.baselines import expo_weights
+
+    s = {"w": torch.tensor([1.0, 2.0]), "step": torch.tensor([3])}
+    t1 = {"w": torch.tensor([2.0, 2.0]), "step": torch.tensor([7])}
+    t2 = {"w": torch.tensor([4.0, 0.0]), "step": torch.tensor([9])}
+    # one teacher: theta_T + alpha (theta_T - theta_S)
+    assert expo_weights(s, [t1], 0.5)["w"].tolist() == [2.5, 2.0]
+    assert expo_weights(s, [t1], 0.0)["w"].tolist() == [2.0, 2.0]
+    # two teachers: their mean (3, 1) is the anchor
+    assert expo_weights(s, [t1, t2], 0.25)["w"].tolist() == [3.5, 0.75]
+    assert expo_weights(s, [t1], 0.5)["step"].tolist() == [3]  # integer buffers untouched
+    with pytest.raises(ValueError, match="shape"):
+        expo_weights(s, [{"w": torch.zeros(3), "step": torch.tensor([1])}], 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        expo_weights(s, [t1], -0.1)
+
+
+def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
+    """SFT on routed teacher samples, multi-teacher G-OPD with per-domain metrics, ExPO and a
+    reference other than the student (reward correction), on micro models."""
+    import json
+
+    from claimbench.records import load_run_record
+    from methods.gopd import baselines
+    from methods.gopd.expo import main as expo_main
+    from methods.gopd.train import main
+    from methods.posttrain.models import load_model
+    from tests.posttrain_fixtures import problems, save_micro_model, write_problems
+
+    _, tok = save_micro_model(tmp_path / "student")
+    save_micro_model(tmp_path / "ta", seed=3, tok=tok)
+    save_micro_model(tmp_path / "tb", seed=4, tok=tok)
+    save_micro_model(tmp_path / "tbase", seed=5, tok=tok)
+    tr = write_problems(tmp_path / "train.jsonl", problems(32))
+    va = write_problems(tmp_path / "valid.jsonl", problems(8, seed=1))
+    doms = {"a": ["add"], "s": ["sub"]}
+    cfg = {
+        "steps": 2,
+        "prompts_per_step": 4,
+        "lr": 1e-3,
+        "max_new_tokens": 4,
+        "routes": {"add": "a", "sub": "s"},
+        "eval_domains": doms,
+    }
+    # routing: each prompt's completion comes from its own family's teacher
+    ta, _ = load_model(tmp_path / "ta")
+    tb, _ = load_model(tmp_path / "tb")
+    chosen = problems(4)
+    b, _, names = baselines._routed_samples(
+        {"a": ta, "s": tb}, tok, chosen, cfg["routes"], {**cfg, "_stop": None}, seed=0
+    )
+    assert names == ["a" if p["family"] == "add" else "s" for p in chosen]
+    assert b.loss_mask.sum() > 0 and (b.loss_mask * (1 - b.attention_mask)).sum() == 0
+    common = ["--student", str(tmp_path / "student"), "--train", str(tr), "--valid", str(va)]
+    two = ["--teacher", f"a={tmp_path / 'ta'}", "--teacher", f"s={tmp_path / 'tb'}"]
+    for variant, extra in {
+        "mt-sft": ["--method", "sft", *two],
+        "mt-ex": ["--lam", "1.25", "--ref", str(tmp_path / "student"), *two],
+        "rc": [
+            "--lam",
+            "1.25",
+            "--ref",
+            str(tmp_path / "tbase"),
+            "--teacher",
+            str(tmp_path / "ta"),
+        ],
+    }.items():
+        main(
+            [
+                *common,
+                *extra,
+                "--config",
+                json.dumps(cfg if variant != "rc" else {**cfg, "routes": None}),
+                "--out",
+                str(tmp_path / variant),
+                "--record",
+                str(tmp_path / f"{variant}.json"),
+                "--variant",
+                variant,
+            ]
+        )
+        rec = load_run_record(tmp_path / f"{variant}.json")
+        tasks = {m["task"] for m in rec["metrics"]}
+        assert {"valid_a", "valid_s"} <= tasks
+    assert load_run_record(tmp_path / "mt-sft.json")["method"] == "sft-teacher-samples"
+    assert json.loads((tmp_path / "rc" / "meta.json").read_text())["inputs"]["ref"].endswith(
+        "tbase"
+    )
+    expo_main(
+        [
+            "--student",
+            str(tmp_path / "student"),
+            *["--teacher", str(tmp_path / "ta"), "--teacher", str(tmp_path / "tb")],
+            "--alpha",
+            "0.5",
+            "--valid",
+            str(va),
+            "--config",
+            json.dumps({"max_new_tokens": 4, "eval_domains": doms}),
+            "--out",
+            str(tmp_path / "expo"),
+            "--record",
+            str(tmp_path / "expo.json"),
+            "--variant",
+            "expo",
+        ]
+    )
+    m, _ = load_model(tmp_path / "expo")
+    s, _ = load_model(tmp_path / "student")
+    k = "model.embed_tokens.weight"
+    mean = (ta.state_dict()[k] + tb.state_dict()[k]) / 2
+    assert torch.allclose(m.state_dict()[k], mean + 0.5 * (mean - s.state_dict()[k]), atol=1e-6)
+    assert load_run_record(tmp_path / "expo.json")["method"] == "expo"

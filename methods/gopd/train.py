@@ -5,6 +5,11 @@ Per step: sample ``prompts_per_step`` prompts (n rollouts each, T = 1, top-p 1) 
 with the KV cache; per-token log-probs of the sampled tokens under the student (no grad, pi_old),
 the routed teacher and pi_ref; A_t from ``methods.gopd.objective``; one optimiser step on
 -token_mean(A_t log pi_theta). The correctness reward is only logged, never trained on.
+
+``--method sft`` runs the baseline SFT on teacher samples instead (``methods.gopd.baselines``):
+same prompts, steps, optimiser and lr, no reference. ``config.eval_domains`` ({name: families})
+adds greedy exact match on the validation problems of each domain (``valid_<name>``), used by
+the multi-teacher checks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from claimbench import provenance
 from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_json, sha256_file
 from claimbench.records import make_run_record, metric, series, write_run_record
+from methods.gopd.baselines import train_teacher_sft
 from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
 from methods.posttrain.cli import save_artifact
 from methods.posttrain.loops import greedy_accuracy
@@ -115,10 +121,28 @@ def _teachers(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def domain_metrics(model, tok, valid: str, cfg: dict) -> list[dict]:
+    """Greedy exact match on each ``eval_domains`` group of validation problems."""
+    out = []
+    for name, fams in sorted((cfg.get("eval_domains") or {}).items()):
+        acc = greedy_accuracy(model, tok, load_problems(valid, fams), cfg["max_new_tokens"])
+        out.append(
+            metric(
+                f"valid_{name}",
+                "greedy_exact_match",
+                acc["accuracy"],
+                stderr=(acc["accuracy"] * (1 - acc["accuracy"]) / acc["n"]) ** 0.5,
+                n=acc["n"],
+                higher_is_better=True,
+            )
+        )
+    return out
+
+
 def run(args) -> None:
     cfg = json.loads(args.config)
     torch.set_num_threads(args.threads)
-    lam = check_lambda(args.lam)
+    lam = check_lambda(args.lam) if args.method == "gopd" else None
     with provenance.timed() as t:
         student, tok = load_model(args.student, trainable=True, device=args.device)
         student.requires_grad_(True)
@@ -128,23 +152,34 @@ def run(args) -> None:
             check_same_tokenizer(tok, ttok, f"teacher {name}")
             teachers[name] = m
         ref = None
-        if lam != 1.0:
+        if args.method == "gopd" and lam != 1.0:
             if not args.ref:
                 raise ValueError(f"G-OPD with lambda={lam} needs --ref (pi_ref)")
             ref, rtok = load_model(args.ref, device=args.device)
             check_same_tokenizer(tok, rtok, "reference")
         problems = load_problems(args.train, cfg.get("families"))
-        rows, stats = train_gopd(
-            student, tok, teachers, ref, problems, lam, cfg, args.seed, cfg.get("routes")
-        )
+        if args.method == "gopd":
+            rows, stats = train_gopd(
+                student, tok, teachers, ref, problems, lam, cfg, args.seed, cfg.get("routes")
+            )
+        else:
+            rows, stats = train_teacher_sft(
+                student, tok, teachers, problems, cfg, args.seed, cfg.get("routes")
+            )
         save_artifact(student, tok, Path(args.out), rows)
         acc = greedy_accuracy(
             student, tok, load_problems(args.valid, cfg.get("families")), cfg["max_new_tokens"]
         )
+        per_domain = domain_metrics(student, tok, args.valid, cfg)
     x = [r["step"] for r in rows]
+    reward_name = (
+        "training reward (correctness, logged only)"
+        if args.method == "gopd"
+        else "teacher samples' correctness (logged only)"
+    )
     curves = [
         series(
-            "training reward (correctness, logged only)",
+            reward_name,
             x,
             [r["reward"] for r in rows],
             "step",
@@ -174,7 +209,12 @@ def run(args) -> None:
         ),
         metric("train", "entropy_final", sum(r["entropy"] for r in tail) / len(tail)),
         metric("train", "length_final", sum(r["length"] for r in tail) / len(tail)),
-        metric("train", "adv_abs_max", max(r["adv_abs_max"] for r in rows)),
+        *per_domain,
+        *(
+            [metric("train", "adv_abs_max", max(r["adv_abs_max"] for r in rows))]
+            if "adv_abs_max" in rows[0]
+            else []
+        ),
         metric(
             "train",
             "format_failure_rate",
@@ -186,29 +226,33 @@ def run(args) -> None:
     prov = provenance.capture(t["started_at"], t["wall_s"])
     base_name = read_meta(args.student).get("name", Path(args.student).name)
     cfg_rec = {**cfg, "lambda": lam, "teachers": sorted(teachers), "ref": bool(ref is not None)}
+    method = {"sft": "sft-teacher-samples"}.get(args.method) or ("opd" if lam == 1.0 else "g-opd")
     write_run_record(
         args.record,
         make_run_record(
             scale=args.scale,
             paper="gopd",
-            method="opd" if lam == 1.0 else "g-opd",
+            method=method,
             variant=args.variant,
             base_model=base_name,
             suite="train",
-            tasks=["train", "valid"],
+            tasks=["train", "valid", *(m["task"] for m in per_domain)],
             seed=args.seed,
             config=cfg_rec,
             metrics=metrics,
             provenance=prov,
             series=curves,
-            task_hashes={"train": sha256_file(args.train), "valid": sha256_file(args.valid)},
+            task_hashes={
+                "train": sha256_file(args.train),
+                **{t: sha256_file(args.valid) for t in ["valid", *(m["task"] for m in per_domain)]},
+            },
         ),
     )
     atomic_write_json(
         Path(args.out) / "meta.json",
         {
             "name": args.variant,
-            "method": "g-opd",
+            "method": method,
             "paper": "gopd",
             "base_model": base_name,
             "inputs": {
@@ -230,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(a, required=True)
     ap.add_argument("--teacher", action="append", required=True, help="[name=]artifact folder")
     ap.add_argument("--ref", default="")
-    ap.add_argument("--lam", type=float, required=True)
+    ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--method", choices=["gopd", "sft"], default="gopd")
     ap.add_argument("--scale", default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
