@@ -184,3 +184,23 @@ def test_micro_pipeline_writes_artifact_and_record(tmp_path):
                 "x",
             ]
         )
+
+
+def test_warmup_arm_is_sft_then_psft():
+    from methods.posttrain.tokens import Batch
+    from methods.psft.objective import WarmupPSFTObjective
+
+    torch.manual_seed(3)
+    ids = torch.randint(0, 7, (2, 4))
+    b = Batch(ids, torch.ones_like(ids), torch.ones(2, 4))
+    obj = WarmupPSFTObjective(sft_steps=2, inner_steps=2, eps_low=0.2, eps_high=0.28)
+    old = _logp(torch.randn(2, 4, 7), ids)
+    z = torch.randn(2, 4, 7)
+    sft, _ = SFTObjective().loss(z, b, {})
+    ps, _ = PSFTObjective(0.2, 0.28).loss(z, b, {"old_logp": old})
+    got = [obj.loss(z, b, {"old_logp": old}) for _ in range(3)]
+    assert [g[1]["phase_sft"] for g in got] == [1.0, 1.0, 0.0]
+    assert torch.allclose(got[0][0], sft) and torch.allclose(got[2][0], ps)
+    assert not torch.allclose(sft, ps)
+    with pytest.raises(ValueError, match="multiple of inner_steps"):
+        WarmupPSFTObjective(sft_steps=3, inner_steps=2)

@@ -67,3 +67,29 @@ class PSFTObjective:
     def loss(self, logits: torch.Tensor, batch: Batch, snap: dict):
         logp = gather_logp(logits, batch.input_ids)
         return psft_token_loss(logp, snap["old_logp"], batch.loss_mask, self.eps_low, self.eps_high)
+
+
+class WarmupPSFTObjective(PSFTObjective):
+    """PSFT + warm-up (spec psft.md section 2.4): plain SFT for the first ``sft_steps`` optimiser
+    steps "to align pi_old with the data distribution", then PSFT. The switch falls on an
+    outer-batch boundary (``sft_steps`` a multiple of K), so every PSFT step uses a snapshot
+    taken after the warm-up."""
+
+    name = "psft_warmup"
+
+    def __init__(self, sft_steps: int, inner_steps: int, eps_low=0.2, eps_high=0.28):
+        super().__init__(eps_low, eps_high)
+        if sft_steps < 0 or sft_steps % inner_steps:
+            raise ValueError(
+                f"PSFT warm-up steps must be a multiple of inner_steps={inner_steps} (>= 0), "
+                f"got {sft_steps}"
+            )
+        self.sft_steps, self.steps_done = sft_steps, 0
+
+    def loss(self, logits: torch.Tensor, batch: Batch, snap: dict):
+        self.steps_done += 1
+        if self.steps_done <= self.sft_steps:
+            logp = gather_logp(logits, batch.input_ids)
+            return -masked_mean(logp, batch.loss_mask), {"clip_frac": 0.0, "phase_sft": 1.0}
+        loss, stats = super().loss(logits, batch, snap)
+        return loss, {**stats, "phase_sft": 0.0}

@@ -1,5 +1,5 @@
 """Train one arm of the PSFT comparison from a start model on arithmetic-world demonstrations:
-``python -m methods.psft.train --arm {sft,psft,sft_kl,sft_lowlr} ...``.
+``python -m methods.psft.train --arm {sft,psft,sft_kl,sft_lowlr,psft_warmup} ...``.
 
 Writes the artifact (``save_pretrained`` folder, ``train_log.jsonl``, ``meta.json`` last) and a
 run record (suite ``train``) with the final teacher-forced entropy / KL to the start model and
@@ -24,9 +24,9 @@ from methods.posttrain.loops import SFTKLObjective, SFTObjective, train_demos
 from methods.posttrain.models import load_model, read_meta
 from methods.posttrain.rewards import demonstration, load_problems
 from methods.posttrain.tokens import encode_pairs
-from methods.psft.objective import PSFTObjective
+from methods.psft.objective import PSFTObjective, WarmupPSFTObjective
 
-ARMS = ("sft", "psft", "sft_kl", "sft_lowlr")
+ARMS = ("sft", "psft", "sft_kl", "sft_lowlr", "psft_warmup")
 
 
 def build_objective(arm: str, cfg: dict, start_model):
@@ -36,6 +36,10 @@ def build_objective(arm: str, cfg: dict, start_model):
         return PSFTObjective(cfg["eps_low"], cfg["eps_high"])
     if arm == "sft_kl":
         return SFTKLObjective(start_model, cfg["kl_coef"])
+    if arm == "psft_warmup":
+        return WarmupPSFTObjective(
+            cfg["psft_warmup_steps"], cfg["inner_steps"], cfg["eps_low"], cfg["eps_high"]
+        )
     raise ValueError(f"unknown PSFT arm {arm!r} (known: {', '.join(ARMS)})")
 
 
@@ -133,7 +137,7 @@ def run(args) -> None:
             "nats/token",
         ),
     ]
-    if arm == "psft":
+    if arm in ("psft", "psft_warmup"):
         metrics.append(
             metric("train", "clip_frac_mean", sum(r["clip_frac"] for r in rows) / len(rows))
         )
