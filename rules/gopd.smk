@@ -108,10 +108,15 @@ GOPD_BUILT = (["student"] if GOPD and GOPD.get("student_sft") else []) + (
     ["teacher"] if GOPD and not GOPD.get("teacher_model") else []
 )
 GOPD_S2W_BUILT = ["s2w-teacher-base", "s2w-teacher"] if GOPD_S2W else []
-# lm-eval for every student run, the same-size student/teacher and the strong-to-weak teacher;
-# the teacher's pre-RL base and the domain teachers carry their validation numbers in their
-# train records only (tiny-scale time budget).
-GOPD_EVALUATED = sorted(GOPD_RUNS) + sorted(GOPD_EXPO) + GOPD_BUILT + GOPD_S2W_BUILT[1:]
+# lm-eval for the same-size student, teacher and lambda runs; with lm_eval_extra (default) also
+# for every other student run and the strong-to-weak teacher. The teacher's pre-RL base and the
+# domain teachers carry their validation numbers in their train records only.
+GOPD_SAME_SIZE = [v for v in GOPD_RUNS if v.startswith("lam")] + GOPD_BUILT
+GOPD_EVALUATED = (
+    sorted(GOPD_RUNS) + sorted(GOPD_EXPO) + GOPD_BUILT + GOPD_S2W_BUILT[1:]
+    if (GOPD or {}).get("lm_eval_extra", True)
+    else GOPD_SAME_SIZE
+)
 
 if GOPD and "gopd" in PAPERS:
     RUN_RECORDS["gopd"] = [f"{RUNS}/gopd/{v}/lm_eval.json" for v in GOPD_EVALUATED] + [

@@ -200,7 +200,14 @@ def run(args) -> None:
         )
     tail = rows[-max(1, len(rows) // 5) :]
     metrics = [
-        metric("valid", "greedy_exact_match", acc["accuracy"], n=acc["n"], higher_is_better=True),
+        metric(
+            "valid",
+            "greedy_exact_match",
+            acc["accuracy"],
+            stderr=(acc["accuracy"] * (1 - acc["accuracy"]) / acc["n"]) ** 0.5,
+            n=acc["n"],
+            higher_is_better=True,
+        ),
         metric(
             "train",
             "reward_final",
