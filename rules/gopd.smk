@@ -4,6 +4,8 @@
 # sections 2.5-2.7, 8): strong-to-weak with reward correction (a larger base, SFT'd, and its
 # GRPO teacher; reference = the student or the teacher's pre-RL base), multi-teacher (one GRPO
 # teacher per domain, routed per sample) and the baselines SFT on teacher samples and ExPO.
+from methods.gopd import grid as gopd_grid
+
 GOPD = SCALE.get("papers", {}).get("gopd")
 GOPD_STUDENT = (
     f"{ART}/gopd/student/meta.json"
@@ -19,90 +21,11 @@ GOPD_S2W = (GOPD or {}).get("strong_to_weak")
 GOPD_MT = (GOPD or {}).get("multi_teacher")
 
 
-def gopd_art(name):
-    """meta.json of a G-OPD input artifact by role name."""
-    return {"student": GOPD_STUDENT, "teacher": GOPD_TEACHER}.get(
-        name, f"{ART}/gopd/{name}/meta.json"
-    )
-
-
-def gopd_runs():
-    """{variant: run spec} for every student run (G-OPD or SFT on teacher samples). The first
-    seed keeps the plain name, later seeds get -s<seed>."""
-    runs = {}
-    if not GOPD:
-        return runs
-    for s in GOPD["seeds"]:
-        sfx = "" if s == GOPD["seeds"][0] else f"-s{s}"
-        one = {"teacher": "teacher"}
-        for lam in GOPD["lambdas"]:
-            runs[f"lam{lam}{sfx}"] = dict(
-                method="gopd", lam=lam, seed=s, teachers=one, ref="student", extra={}
-            )
-        if GOPD_S2W:
-            big = {"teacher": "s2w-teacher"}
-            for lam in GOPD_S2W["lambdas"]:
-                runs[f"s2w-lam{lam}{sfx}"] = dict(
-                    method="gopd",
-                    lam=lam,
-                    seed=s,
-                    teachers=big,
-                    ref="student",
-                    extra={},
-                )
-            for lam in GOPD_S2W.get("rc_lambdas", []):
-                runs[f"s2w-rc-lam{lam}{sfx}"] = dict(
-                    method="gopd",
-                    lam=lam,
-                    seed=s,
-                    teachers=big,
-                    ref="s2w-teacher-base",
-                    extra={},
-                )
-            if GOPD_S2W.get("sft"):
-                runs[f"s2w-sft{sfx}"] = dict(
-                    method="sft", lam=1.0, seed=s, teachers=big, ref=None, extra={}
-                )
-        if GOPD_MT:
-            doms = GOPD_MT["domains"]
-            many = {d: f"mt-teacher-{d}" for d in doms}
-            extra = {
-                "routes": {f: d for d, fams in doms.items() for f in fams},
-                "eval_domains": doms,
-            }
-            for lam in GOPD_MT["lambdas"]:
-                runs[f"mt-lam{lam}{sfx}"] = dict(
-                    method="gopd",
-                    lam=lam,
-                    seed=s,
-                    teachers=many,
-                    ref="student",
-                    extra=extra,
-                )
-            if GOPD_MT.get("sft"):
-                runs[f"mt-sft{sfx}"] = dict(
-                    method="sft", lam=1.0, seed=s, teachers=many, ref=None, extra=extra
-                )
-    return runs
-
-
-def gopd_expo():
-    """{variant: (alpha, teacher role names, extra config)}: ExPO weight extrapolation."""
-    out = {}
-    for a in (GOPD or {}).get("expo_alphas", []):
-        out[f"expo{a}"] = (a, ["teacher"], {})
-    for a in (GOPD_MT or {}).get("expo_alphas", []):
-        doms = GOPD_MT["domains"]
-        out[f"mt-expo{a}"] = (
-            a,
-            [f"mt-teacher-{d}" for d in doms],
-            {"eval_domains": doms},
-        )
-    return out
-
-
-GOPD_RUNS = gopd_runs()
-GOPD_EXPO = gopd_expo()
+GOPD_ART = lambda role: {"student": GOPD_STUDENT, "teacher": GOPD_TEACHER}.get(
+    role, f"{ART}/gopd/{role}/meta.json"
+)
+GOPD_RUNS = gopd_grid.runs(GOPD)
+GOPD_EXPO = gopd_grid.expo(GOPD)
 GOPD_MT_TEACHERS = [f"mt-teacher-{d}" for d in (GOPD_MT or {}).get("domains", {})]
 GOPD_BUILT = (["student"] if GOPD and GOPD.get("student_sft") else []) + (
     ["teacher"] if GOPD and not GOPD.get("teacher_model") else []
@@ -225,7 +148,7 @@ rule gopd_s2w_base:
 
 rule gopd_grpo_teacher:
     input:
-        start=lambda w: gopd_art(
+        start=lambda w: GOPD_ART(
             "s2w-teacher-base" if w.variant == "s2w-teacher" else "student"
         ),
         train=f"{DATA}/arith/train.jsonl",
@@ -271,30 +194,9 @@ rule gopd_grpo_teacher:
         "--device {params.device} > {log} 2>&1"
 
 
-def gopd_run_inputs(w):
-    run = GOPD_RUNS[w.variant]
-    out = {"student": GOPD_STUDENT}
-    out |= {f"teacher_{n}": gopd_art(a) for n, a in run["teachers"].items()}
-    if run["ref"] and not (run["method"] == "gopd" and run["lam"] == 1.0):
-        out["ref"] = gopd_art(run["ref"])
-    return out
-
-
-def gopd_run_args(w, input):
-    run = GOPD_RUNS[w.variant]
-    args = [f"--method {run['method']} --lam {run['lam']}"]
-    args += [
-        f"--teacher {n}={os.path.dirname(getattr(input, f'teacher_{n}'))}"
-        for n in run["teachers"]
-    ]
-    if getattr(input, "ref", None):
-        args.append(f"--ref {os.path.dirname(input.ref)}")
-    return " ".join(args)
-
-
 rule gopd_train:
     input:
-        unpack(gopd_run_inputs),
+        unpack(lambda w: gopd_grid.run_inputs(GOPD_RUNS[w.variant], GOPD_ART)),
         train=f"{DATA}/arith/train.jsonl",
         valid=f"{DATA}/arith/valid.jsonl",
     output:
@@ -312,7 +214,9 @@ rule gopd_train:
         runtime=GOPD.get("runtime", 30) if GOPD else 30,
         gpu=GPU,
     params:
-        run=gopd_run_args,
+        run=lambda w, input: gopd_grid.run_args(
+            GOPD_RUNS[w.variant], dict(input.items()), os.path.dirname
+        ),
         seed=lambda w: GOPD_RUNS[w.variant]["seed"],
         config=lambda w: json.dumps(
             {**GOPD["train"], **GOPD_RUNS[w.variant]["extra"]}, sort_keys=True
@@ -332,7 +236,7 @@ rule gopd_train:
 rule gopd_expo:
     input:
         student=GOPD_STUDENT,
-        teachers=lambda w: [gopd_art(t) for t in GOPD_EXPO[w.variant][1]],
+        teachers=lambda w: [GOPD_ART(t) for t in GOPD_EXPO[w.variant][1]],
         valid=f"{DATA}/arith/valid.jsonl",
     output:
         meta=f"{ART}/gopd/{{variant}}/meta.json",
