@@ -1,6 +1,6 @@
 """Quantize an artifact with a per-module bit plan:
 
-``python -m methods.quant.apply --model A --plan plan.json --method {rtn,gptq} --group-size G
+``python -m methods.quant.apply --model A (--plan plan.json | --bits B) --method {rtn,gptq} --group-size G
 [--calib text.txt] --out B [--record run.json --scale S --paper P --variant V]``
 
 Writes ``B/packed/`` (compressed-tensors pack-quantized), ``B/`` a float32 copy decoded from
@@ -24,9 +24,10 @@ from methods.quant.model import (
     calibration_ids,
     plan_average_bits,
     read_plan,
+    uniform_plan,
     validate_plan,
 )
-from methods.quant.quantizer import QuantConfigError
+from methods.quant.quantizer import QuantConfigError, check_bits
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -72,17 +73,24 @@ def size_record(args, meta: dict, method: str) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--plan", required=True, help='JSON {"model.layers.0.mlp.down_proj": 2, ...}')
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--plan", help='JSON {"model.layers.0.mlp.down_proj": 2, ...}')
+    which.add_argument("--bits", type=int, help="uniform plan: every decoder Linear at this width")
     ap.add_argument("--method", choices=["rtn", "gptq"], required=True)
     add_common_args(ap)
     args = ap.parse_args(argv)
     with exit_on_user_error(QuantConfigError, FileNotFoundError):
         torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
-        plan_raw = read_plan(args.plan)
+        if args.plan:
+            plan_raw = read_plan(args.plan)
+        else:
+            check_bits(args.bits, "--bits")
         with provenance.timed() as t:
             model, tok, base_meta = load_artifact(args.model)
-            plan = validate_plan(model, plan_raw, args.group_size, where=args.plan)
+            if args.bits is not None:
+                plan_raw = uniform_plan(model, args.bits)
+            plan = validate_plan(model, plan_raw, args.group_size, where=args.plan or "--bits")
             calib = None
             if args.method == "gptq":
                 if not args.calib:
@@ -112,7 +120,7 @@ def main(argv=None) -> None:
                 "seed": args.seed,
                 "config": config,
                 "plan": plan,
-                "inputs": {"plan": args.plan, "calib": args.calib},
+                "inputs": {"plan": args.plan or f"uniform {args.bits}", "calib": args.calib},
             },
             t["started_at"],
             t["wall_s"],
