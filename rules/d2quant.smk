@@ -13,6 +13,7 @@ include: "d2quant_helpers.smk"
 
 
 D2Q_VARIANTS = d2q_variants()
+d2q_check_group_size()
 
 
 if D2Q and "d2quant" in PAPERS:
@@ -51,15 +52,16 @@ rule d2quant_baseline:
         damp=D2Q.get("damp", 0.01) if D2Q else 0,
         clip="--clip" if D2Q and D2Q.get("clip") else "",
         seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
         scale=SCALE_NAME,
         out=output_dir,
     shell:
         "python -m methods.quant.apply --model {params.model} --bits {wildcards.bits} "
         "--method {wildcards.arm} --group-size {params.group_size} --calib {input.calib} "
         "--n-calib {params.n_calib} --seq-len {params.seq_len} --damp {params.damp} {params.clip} "
-        "--seed {params.seed} --threads {threads} --out {params.out} --record {output.record} "
-        "--scale {params.scale} --paper d2quant --variant {wildcards.src}{wildcards.arm}-w{wildcards.bits} "
-        "> {log} 2>&1"
+        "--seed {params.seed} --threads {threads} --device {params.device} --out {params.out} "
+        "--record {output.record} --scale {params.scale} --paper d2quant "
+        "--variant {wildcards.src}{wildcards.arm}-w{wildcards.bits} > {log} 2>&1"
 
 
 rule d2quant_quantize:
@@ -93,6 +95,7 @@ rule d2quant_quantize:
         damp=D2Q.get("damp", 0.01) if D2Q else 0,
         clip="--clip" if D2Q and D2Q.get("clip") else "",
         seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
         scale=SCALE_NAME,
         out=output_dir,
     shell:
@@ -100,7 +103,8 @@ rule d2quant_quantize:
         "{params.flags} --group-size {params.group_size} --calib {input.calib} "
         "--heldout {input.heldout} --n-calib {params.n_calib} --seq-len {params.seq_len} "
         "--iters {params.iters} --damp {params.damp} {params.clip} --seed {params.seed} "
-        "--threads {threads} --out {params.out} --record {output.record} --scale {params.scale} "
+        "--threads {threads} --device {params.device} --out {params.out} --record {output.record} "
+        "--scale {params.scale} "
         "--variant {wildcards.src}{wildcards.arm}-w{wildcards.bits} > {log} 2>&1"
 
 

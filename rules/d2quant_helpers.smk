@@ -24,3 +24,17 @@ def d2q_source(wildcards):
         name = planted_name(D2Q["base_model"], D2Q["planted"])
         return f"{ART}/quant/{name}/meta.json"
     return f"{ART}/base/{D2Q['base_model']}/meta.json"
+
+
+def d2q_check_group_size():
+    """Fail before any job when the group size does not divide a width the scale states."""
+    if not D2Q:
+        return
+    spec = MODELS.get(D2Q["base_model"], {})
+    for key in ("hidden_size", "intermediate_size"):
+        width = spec.get(key)
+        if width and width % D2Q["group_size"]:
+            raise WorkflowError(
+                f"invalid configuration: papers.d2quant.group_size: {D2Q['group_size']} does "
+                f"not divide models.{D2Q['base_model']}.{key} = {width}"
+            )

@@ -138,3 +138,64 @@ def test_pipeline_micro(tmp_path):
     m = {(r["task"], r["metric"]): r["value"] for r in rec["metrics"]}
     assert m[("dac_calib", "shift_after_max")] < 1e-4 < m[("dac_calib", "shift_before_mean")]
     assert m[("dsq", "down_error_ratio_max")] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda s: s.update(bits=[2, 5]),
+            r"papers\.d2quant: bits\.1: 5 is not one of \[2, 3, 4, 8\]",
+        ),
+        (
+            lambda s: s.update(base_model="lm-xl"),
+            r"papers\.d2quant\.base_model: 'lm-xl' is not one",
+        ),
+        (lambda s: s.update(arms=["awq"]), r"papers\.d2quant: arms\.0: 'awq' is not one of"),
+    ],
+)
+def test_bad_config_is_named(tmp_path, mutate, message):
+    import yaml
+
+    from claimbench.config import load_scale
+    from claimbench.errors import ConfigError
+
+    data = yaml.safe_load(open("config/scales/tiny.yaml"))
+    mutate(data["papers"]["d2quant"])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_scale("tiny", path)
+
+
+@pytest.mark.slow
+def test_snakemake_refuses_group_size_not_dividing_width(tmp_path, snakemake_bin, root):
+    import subprocess
+
+    import yaml
+
+    data = yaml.safe_load(open(root / "config/scales/tiny.yaml"))
+    data["papers"]["d2quant"]["group_size"] = 64  # lm-m: 96 % 64 != 0
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    p = subprocess.run(
+        [
+            snakemake_bin,
+            "-n",
+            "--cores",
+            "1",
+            "-d",
+            str(tmp_path / "w"),
+            "-s",
+            str(root / "Snakefile"),
+            "d2quant_all",
+            "--config",
+            f"scale_file={path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode != 0
+    assert "papers.d2quant.group_size: 64 does not divide models.lm-m.hidden_size = 96" in (
+        p.stdout + p.stderr
+    )

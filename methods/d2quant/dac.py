@@ -34,7 +34,11 @@ def bias_into_mlp(layer, mu: torch.Tensor) -> None:
     mlp = layer.mlp
     for name in ("gate_proj", "up_proj", "down_proj"):
         lin = getattr(mlp, name)
-        b = mu @ lin.weight.T if name != "down_proj" else torch.zeros(lin.out_features)
+        b = (
+            mu @ lin.weight.T
+            if name != "down_proj"
+            else torch.zeros(lin.out_features, device=mu.device)
+        )
         if lin.bias is None:
             lin.bias = nn.Parameter(b.to(lin.weight.dtype), requires_grad=False)
         else:

@@ -41,7 +41,7 @@ def c_step(W, W_hat, H, c_prev, prox: float = PROX):
     M = H * (B @ B.T)
     rhs = ((H @ W.T) * B).sum(1)
     lam = prox * M.diagonal().mean().clamp(min=1e-30)
-    M = M + lam * torch.eye(M.shape[0], dtype=M.dtype)
+    M = M + lam * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
     return torch.linalg.solve(M, rhs + lam * c_prev.double()).clamp(min=C_MIN)
 
 
@@ -57,7 +57,7 @@ def dual_scale_quantize(
     """Alternate Q-step and c-step ``iters`` times from ``c = 1``; keep the best iterate, so
     the result is never worse than plain GPTQ on the same ``H``."""
     W64 = W.double()
-    c = torch.ones(W.shape[1], dtype=torch.float64)
+    c = torch.ones(W.shape[1], dtype=torch.float64, device=W.device)
     best, errors = None, []
     for it in range(iters):
         Hc = c[:, None] * H.double() * c[None, :]

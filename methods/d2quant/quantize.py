@@ -67,8 +67,10 @@ def rel_norm(v: torch.Tensor, h: torch.Tensor) -> float:
 
 
 class D2QuantQuantizer(SequentialQuantizer):
-    def __init__(self, model, plan, group_size, calib, dsq=True, dac=True, iters=15, **kw):
-        fp = copy.deepcopy(model) if dac else None
+    def __init__(
+        self, model, plan, group_size, calib, dsq=True, dac=True, iters=15, fp_model=None, **kw
+    ):
+        fp = (fp_model if fp_model is not None else copy.deepcopy(model)) if dac else None
         super().__init__(model, plan, group_size, "gptq", calib, fp_model=fp, **kw)
         self.dsq, self.dac, self.iters = dsq, dac, iters
         self.mu: dict[int, torch.Tensor] = {}
@@ -122,7 +124,10 @@ class D2QuantQuantizer(SequentialQuantizer):
             self.model.config.mlp_bias = True
             for layer in decoder_layers(self.model):
                 if layer.mlp.gate_proj.bias is None:
-                    bias_into_mlp(layer, torch.zeros(layer.mlp.gate_proj.in_features))
+                    bias_into_mlp(
+                        layer,
+                        torch.zeros(layer.mlp.gate_proj.in_features, device=self.calib.device),
+                    )
         return out
 
 
@@ -229,6 +234,7 @@ def main(argv=None) -> None:
     ap.add_argument("--clip", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", required=True)
     ap.add_argument("--record")
     ap.add_argument("--scale", default="tiny")
@@ -243,8 +249,10 @@ def main(argv=None) -> None:
         with provenance.timed() as t:
             model, tok, base_meta = load_artifact(args.model)
             check_model(model)
+            model.to(args.device)
             plan = validate_plan(model, uniform_plan(model, args.bits), args.group_size, "--bits")
             calib = calibration_ids(tok, args.calib, args.n_calib, args.seq_len, args.seed)
+            calib = calib.to(args.device)
             fp = copy.deepcopy(model)
             q = D2QuantQuantizer(
                 model,
@@ -254,6 +262,7 @@ def main(argv=None) -> None:
                 dsq=args.dsq,
                 dac=args.dac,
                 iters=args.iters,
+                fp_model=fp,
                 clip=args.clip,
                 damp=args.damp,
             )
@@ -261,6 +270,7 @@ def main(argv=None) -> None:
             held = {}
             if args.dac and args.heldout:
                 ids = calibration_ids(tok, args.heldout, args.n_calib, args.seq_len, args.seed + 1)
+                ids = ids.to(args.device)
                 held = heldout_shift(fp, model, q.mu, ids)
         method = {(True, True): "d2quant", (True, False): "dsq", (False, True): "dac"}.get(
             (args.dsq, args.dac), "gptq"

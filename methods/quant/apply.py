@@ -40,6 +40,7 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--clip", action="store_true", help="range-clipping search (1.00 -> 0.80)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPTQ on the GPU at paper scale)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--record", help="optional run record (suite 'quant': size and bits)")
     ap.add_argument("--scale", default="tiny")
@@ -88,6 +89,7 @@ def main(argv=None) -> None:
             check_bits(args.bits, "--bits")
         with provenance.timed() as t:
             model, tok, base_meta = load_artifact(args.model)
+            model.to(args.device)
             if args.bits is not None:
                 plan_raw = uniform_plan(model, args.bits)
             plan = validate_plan(model, plan_raw, args.group_size, where=args.plan or "--bits")
@@ -96,6 +98,7 @@ def main(argv=None) -> None:
                 if not args.calib:
                     raise QuantConfigError("--method gptq needs --calib <text file>")
                 calib = calibration_ids(tok, args.calib, args.n_calib, args.seq_len, args.seed)
+                calib = calib.to(args.device)
             quantized = SequentialQuantizer(
                 model, plan, args.group_size, args.method, calib, args.clip, args.damp
             ).run()

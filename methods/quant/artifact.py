@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,10 @@ def load_artifact(path: str | Path):
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     model.requires_grad_(False)
     return model, tok, read_meta(path)
+
+
+def to_cpu(q: QuantizedWeight) -> QuantizedWeight:
+    return replace(q, codes=q.codes.cpu(), scale=q.scale.cpu(), zero=q.zero.cpu())
 
 
 def storage_reference(model, quantized) -> dict[str, torch.Tensor]:
@@ -58,6 +63,8 @@ def write_quantized_artifact(
     wall_s: float,
     extra_files: dict[str, dict] | None = None,
 ) -> dict:
+    model = model.cpu()
+    quantized = {k: to_cpu(q) for k, q in quantized.items()}
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)

@@ -29,18 +29,18 @@ def gptq(
     check_group_size(n, group_size)
     maxq = 2**bits - 1
     W = w.detach().clone().double()
-    H = H.detach().clone().double()
+    H = H.detach().clone().double().to(W.device)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     ng = n // group_size
     block = group_size * max(1, block // group_size)  # groups never straddle a block
-    scale = torch.zeros(out, ng)
-    zero = torch.zeros(out, ng)
-    codes = torch.zeros(out, n, dtype=torch.int16)
+    scale = torch.zeros(out, ng, device=W.device)
+    zero = torch.zeros(out, ng, device=W.device)
+    codes = torch.zeros(out, n, dtype=torch.int16, device=W.device)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
         W1 = W[:, i1:i2].clone()
