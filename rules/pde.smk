@@ -46,7 +46,7 @@ if PDE:
             mem_mb=1000,
             runtime=10,
         params:
-            data=PDE_DATA,
+            data=input_dir,
             regimes=",".join(PDE_REGIMES),
             out=output_dir,
         shell:
