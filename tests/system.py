@@ -121,7 +121,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 KillWait=5
 GresTypes=gpu
 # The node is declared as big as the resources profiles/slurm requests (8 CPUs and 64 GB per

@@ -36,7 +36,7 @@ OVERLAY = [
     # then waits forever); squeue works because MinJobAge keeps finished jobs listed.
     "--slurm-status-command",
     "squeue",
-    # 40 s in the profile (sensible on a busy site); 3 x this must stay <= MinJobAge (300 s).
+    # 40 s in the profile (sensible on a busy site); 3 x this must stay <= MinJobAge (3600 s).
     # The plugin adds 10 s to the wait after every poll that finds no finished job.
     "--slurm-init-seconds-before-status-checks",
     "1",
@@ -66,7 +66,7 @@ def slurm(tmp_path_factory):
 
 def slurm_jobs(cluster: SlurmCluster, run_id: str) -> list[tuple[str, str, str]]:
     """(comment, state, partition) of the jobs of one Snakemake run (job name = its SLURM run
-    ID) that slurmctld still knows (MinJobAge=300); the comment is ``rule_<name>_...``."""
+    ID) that slurmctld still knows (MinJobAge=3600: a run on a loaded machine can take longer than the 300 s default); the comment is ``rule_<name>_...``."""
     out = subprocess.run(
         ["squeue", "--states=all", "-h", "-o", "%i|%j|%k|%T|%P"],
         env=cluster.env,
