@@ -66,7 +66,8 @@ def slurm(tmp_path_factory):
 
 def slurm_jobs(cluster: SlurmCluster, run_id: str) -> list[tuple[str, str, str]]:
     """(comment, state, partition) of the jobs of one Snakemake run (job name = its SLURM run
-    ID) that slurmctld still knows (MinJobAge=3600: a run on a loaded machine can take longer than the 300 s default); the comment is ``rule_<name>_...``."""
+    ID) that slurmctld still knows (MinJobAge=3600, since a run on a loaded machine can outlast
+    the 300 s default); the comment is ``rule_<name>_...``."""
     out = subprocess.run(
         ["squeue", "--states=all", "-h", "-o", "%i|%j|%k|%T|%P"],
         env=cluster.env,
