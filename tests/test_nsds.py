@@ -126,8 +126,14 @@ def test_down_proj_faithful_shape_bug():
     w = torch.randn(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     p_u = torch.linalg.qr(torch.randn(8, 3, dtype=torch.float64))[0]
     assert se_score(w, "down", NSDSOptions(), p_u) > 0  # fixed: one weight per direction
-    with pytest.raises(NSDSInputError, match="k=.*r=3"):
-        se_score(w, "down", NSDSOptions(faithful_to_code=True), p_u)
+    notes = []
+    fixed = se_score(w, "down", NSDSOptions(), p_u)
+    assert se_score(w, "down", NSDSOptions(faithful_to_code=True), p_u, notes) == fixed
+    assert notes and "k=" in notes[0] and "r=3" in notes[0]  # the released code would crash
+    p_u8 = torch.eye(8, dtype=torch.float64)  # r = 8 = k: the code's dim=0 form broadcasts
+    u, s, _ = torch.linalg.svd(w, full_matrices=False)
+    coded = se_score(w, "down", NSDSOptions(faithful_to_code=True, energy=1.0), p_u8)
+    assert coded == pytest.approx(capacity_score(s * torch.linalg.norm(u.T @ p_u8, dim=0)))
 
 
 # ---- §2.4 aggregation ---------------------------------------------------------------------------

@@ -155,6 +155,7 @@ def se_score(
     role: str,
     opts: NSDSOptions,
     p_unembed: torch.Tensor | None = None,
+    notes: list | None = None,
 ) -> float:
     """Role-aware structural expressiveness of one matrix (§2.3 steps 1-3)."""
     u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
@@ -172,15 +173,13 @@ def se_score(
         if p_unembed is None:
             raise NSDSInputError(f"role {role!r} needs the unembedding subspace (lm_head)")
         proj = u_k.T @ p_unembed.double()  # [k, r]
+        beta = torch.linalg.norm(proj, dim=1)  # one weight per singular direction (fixed)
         if role == "down" and opts.faithful_to_code:
-            beta = torch.linalg.norm(proj, dim=0)  # §2.6.2 defect: length r, needs k == r
-            if beta.shape != s_k.shape:
-                raise NSDSInputError(
-                    f"faithful_to_code down_proj writing density: k={k} != r={proj.shape[1]} "
-                    "(the released code's shape bug, spec §2.6.2)"
-                )
-        else:
-            beta = torch.linalg.norm(proj, dim=1)  # one weight per singular direction
+            code_beta = torch.linalg.norm(proj, dim=0)  # §2.6.2 defect: length r, not k
+            if code_beta.shape == s_k.shape:
+                beta = code_beta
+            elif notes is not None:  # the released code raises here; keep the fixed form
+                notes.append(f"down_proj k={k} != r={proj.shape[1]}: released code would crash")
     else:
         raise NSDSInputError(f"unknown role {role!r}")
     return capacity_score(s_k * beta, opts.eps)
@@ -332,7 +331,9 @@ def aggregate(raw: dict[str, dict[str, list[float]]], opts: NSDSOptions) -> dict
 # --------------------------------------------------------------------------------------------
 
 
-def raw_role_scores(model, opts: NSDSOptions) -> dict[str, dict[str, list[float]]]:
+def raw_role_scores(
+    model, opts: NSDSOptions, notes: list | None = None
+) -> dict[str, dict[str, list[float]]]:
     """raw[role][aspect] over layers: NV (kurtosis) and SE (role-aware capacity) per role."""
     geo = model_geometry(model.config)
     layers = decoder_layers(model)
@@ -359,7 +360,7 @@ def raw_role_scores(model, opts: NSDSOptions) -> dict[str, dict[str, list[float]
         ):
             w = layer_weight(layer, proj, i)
             raw[role]["nv"].append(float(excess_kurtosis(w)))
-            raw[role]["se"].append(se_score(w, role, opts, p_u) if need_se else 0.0)
+            raw[role]["se"].append(se_score(w, role, opts, p_u, notes) if need_se else 0.0)
         per_head = {"qk": {"nv": [], "se": []}, "ov": {"nv": [], "se": []}}
         for w_qk, w_ov in head_circuits(layer, geo, i):
             for role, w in (("qk", w_qk), ("ov", w_ov)):
@@ -375,9 +376,10 @@ def raw_role_scores(model, opts: NSDSOptions) -> dict[str, dict[str, list[float]
 def nsds_scores(model, opts: NSDSOptions | None = None) -> dict:
     """Layer sensitivities S_l in (0, 1) (higher = more sensitive) plus every intermediate."""
     opts = opts or NSDSOptions()
-    raw = raw_role_scores(model, opts)
+    notes: list[str] = []
+    raw = raw_role_scores(model, opts, notes)
     agg = aggregate(raw, opts)
     scores = agg["scores"]
     if any(not math.isfinite(s) for s in scores):
         raise NSDSInputError(f"non-finite NSDS scores {scores}")
-    return {"scores": scores, "raw": raw, **agg, "options": opts.as_dict()}
+    return {"scores": scores, "raw": raw, **agg, "options": opts.as_dict(), "notes": notes}
