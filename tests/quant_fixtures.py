@@ -1,0 +1,30 @@
+"""A micro Llama artifact (2 layers, widths divisible by 16) for quantization tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from methods.lm.model import build_model
+from tests.posttrain_fixtures import micro_tokenizer
+
+SPEC = {
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+TEXT = " ".join(f"{a} plus {b} is {a + b}." for a in range(40) for b in range(12))
+
+
+def save_quant_micro(out: Path, seed: int = 0):
+    tok = micro_tokenizer()
+    model = build_model(SPEC, tok, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "meta.json").write_text(json.dumps({"name": "micro", "method": "base"}))
+    (out.parent / "calib.txt").write_text(TEXT)
+    return model, tok
