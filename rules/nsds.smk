@@ -127,12 +127,12 @@ rule nsds_plant:
     params:
         source=input_dir,
         layers=lambda w: ",".join(map(str, NSDS_SOURCES[w.src]["plant"]["layers"])),
-        channels=lambda w: ",".join(map(str, NSDS_SOURCES[w.src]["plant"]["channels"])),
+        channels=lambda w: NSDS_SOURCES[w.src]["plant"]["channels"],
         alpha=lambda w: NSDS_SOURCES[w.src]["plant"]["alpha"],
         seed=SCALE["seed"],
         out=output_dir,
     shell:
-        "python -m methods.nsds.cli plant --model {params.source} --layers {params.layers} "
+        "python -m methods.quant.plant --model {params.source} --layers {params.layers} "
         "--channels {params.channels} --alpha {params.alpha} --seed {params.seed} "
         "--out {params.out} > {log} 2>&1"
 

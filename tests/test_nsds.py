@@ -20,7 +20,7 @@ from methods.nsds.allocate import (
     plan_from_bits,
     uniform_bits,
 )
-from methods.nsds.plant import plant_outliers
+from methods.quant.plant import plant_outliers
 from methods.nsds.scores import (
     NSDSInputError,
     NSDSOptions,
@@ -241,7 +241,7 @@ def test_planted_layers_rank_in_top_half():
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = m(input_ids=ids).logits
-    plant_outliers(m, layers=[1, 4], channels=[3, 17], alpha=12.0)
+    plant_outliers(m, layers=[1, 4], alpha=16.0, channels=4, seed=0)
     with torch.no_grad():
         after = m(input_ids=ids).logits
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)  # function preserved

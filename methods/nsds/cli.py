@@ -1,6 +1,5 @@
 """NSDS command line (one process per Snakemake job):
 
-    python -m methods.nsds.cli plant    --model A --layers 2 --channels 5,40 --alpha 8 --out B
     python -m methods.nsds.cli scores   --model A --methods nsds,zd,... [--calib train.txt] --out D
     python -m methods.nsds.cli study    --model A --scores D --text valid.jsonl --budgets 2.5,3 ...
     python -m methods.nsds.cli quantize --model A --scores D --method nsds --budget 3 --out B ...
@@ -23,7 +22,7 @@ import torch
 
 from claimbench import provenance
 from claimbench.errors import exit_on_user_error
-from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from claimbench.io import atomic_write_json, atomic_write_jsonl
 from claimbench.models import read_meta, resolve_pretrained
 from claimbench.records import make_run_record, metric, series, write_run_record
 from methods.nsds.allocate import (
@@ -52,10 +51,6 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
 def _text_ids(tok, path: str, max_chars: int) -> torch.Tensor:
     p = Path(path)
     if p.suffix == ".jsonl":
@@ -82,36 +77,6 @@ def text_windows(tok, path: str, n: int, seq_len: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def cmd_plant(args) -> None:
-    from methods.nsds.plant import plant_outliers
-
-    torch.manual_seed(args.seed)
-    with provenance.timed() as t:
-        model, tok, src_meta = _load(args.model)
-        planted = plant_outliers(model, _ints(args.layers), _ints(args.channels), args.alpha)
-        out = Path(args.out)
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-    atomic_write_json(
-        out / "meta.json",
-        {
-            "name": out.name,
-            "kind": "planted",
-            "method": "plant_outliers",
-            "base_model": src_meta.get("base_model", src_meta.get("name", "")),
-            "source": args.model,
-            "load": {},
-            "planted": planted,
-            "seed": args.seed,
-            "inputs": {args.model: sha256_file(Path(args.model) / "meta.json")},
-            "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-        },
-    )
 
 
 def cmd_scores(args) -> None:
@@ -405,15 +370,6 @@ def cmd_quantize(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("plant", help="planted-outlier variant of a model (function-preserving)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--layers", required=True, help="comma-separated layer indices")
-    p.add_argument("--channels", required=True, help="comma-separated residual channels")
-    p.add_argument("--alpha", type=float, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_plant)
 
     def common(p):
         p.add_argument("--model", required=True)
