@@ -20,7 +20,6 @@ from methods.nsds.allocate import (
     plan_from_bits,
     uniform_bits,
 )
-from methods.quant.plant import plant_outliers
 from methods.nsds.scores import (
     NSDSInputError,
     NSDSOptions,
@@ -38,6 +37,7 @@ from methods.nsds.scores import (
     soft_or,
     zscore_sigmoid,
 )
+from methods.quant.plant import plant_outliers
 
 
 def micro_llama(n_layers=4, seed=0, d=32, heads=4, kv=2, ff=64, vocab=96, head_dim=None):
