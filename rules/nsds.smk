@@ -3,6 +3,11 @@
 # study (oracle damage, Spearman, random allocations) and real packed artifacts built by the shared
 # quantization layer, each evaluated by the generic lm-eval rule.
 NSDS = SCALE.get("papers", {}).get("nsds")
+
+
+include: "nsds_helpers.smk"
+
+
 NSDS_SOURCES = NSDS["sources"] if NSDS else {}
 NSDS_TRAINED = sorted(s for s, v in NSDS_SOURCES.items() if "train" in v)
 NSDS_PLANTED = sorted(s for s, v in NSDS_SOURCES.items() if "plant" in v)
@@ -10,37 +15,8 @@ NSDS_MEM = NSDS.get("mem_mb", 4000) if NSDS else 4000
 NSDS_RUNTIME = NSDS.get("runtime", 60) if NSDS else 60
 
 
-def nsds_check_sources():
-    """Cross-references the schema cannot check: every source named is defined."""
-    where = f"config/scales/{SCALE_NAME}.yaml: papers.nsds"
-    for key in ("study_sources", "artifact_sources", "eval_sources"):
-        for src in NSDS.get(key, []):
-            if src not in NSDS_SOURCES:
-                raise WorkflowError(
-                    f"{where}.{key}: {src!r} is not a source (sources: {sorted(NSDS_SOURCES)})"
-                )
-    for src in NSDS.get("eval_sources", []):
-        if "base_model" in NSDS_SOURCES[src]:
-            raise WorkflowError(
-                f"{where}.eval_sources: {src!r} is a base model (evaluated by base_all)"
-            )
-    for src in NSDS_PLANTED:
-        if NSDS_SOURCES[src]["plant"]["from"] not in NSDS_SOURCES:
-            raise WorkflowError(
-                f"{where}.sources.{src}.plant.from: {NSDS_SOURCES[src]['plant']['from']!r} is not a source"
-            )
-        if NSDS_SOURCES[src]["plant"]["from"] == src:
-            raise WorkflowError(
-                f"{where}.sources.{src}.plant.from: a source cannot plant into itself"
-            )
-
-
 if NSDS:
     nsds_check_sources()
-
-
-def nsds_budget_name(b):
-    return f"{float(b):g}"
 
 
 # {variant: (source, method, budget)}: <source>-<method>-b<budget>; uniform only at whole budgets.
@@ -71,13 +47,6 @@ if NSDS and "nsds" in PAPERS:
         ]
         + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS.get("eval_sources", [])]
     )
-
-
-def nsds_source_meta(src):
-    spec = NSDS_SOURCES[src]
-    if "base_model" in spec:
-        return f"{ART}/base/{spec['base_model']}/meta.json"
-    return f"{ART}/nsds/{src}/meta.json"
 
 
 rule nsds_train_source:
