@@ -43,7 +43,7 @@ if NSDS and "nsds" in PAPERS:
         + [
             f"{RUNS}/nsds/{v}/{suite}.json"
             for v in sorted(NSDS_VARIANTS)
-            for suite in ("plan", "quant", "lm_eval")
+            for suite in ("plan", "lm_eval")
         ]
         + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS.get("eval_sources", [])]
     )
@@ -147,6 +147,7 @@ rule nsds_study:
         text=f"{DATA}/text/valid.jsonl",
     output:
         record=f"{RUNS}/nsds/{{src}}/alloc.json",
+        details=f"{ART}/nsds/study/{{src}}.json",
     log:
         f"{LOGS}/nsds/{{src}}.study.log",
     benchmark:
@@ -176,7 +177,7 @@ rule nsds_study:
         "--n-windows {params.n_windows} --seq-len {params.seq_len} "
         "--group-size {params.group_size} --n-random {params.n_random} --seed {params.seed} "
         "--threads {threads} --device {params.device} --scale {params.scale} "
-        "--variant {wildcards.src} --out {output.record} > {log} 2>&1"
+        "--variant {wildcards.src} --out {output.record} --details {output.details} > {log} 2>&1"
 
 
 rule nsds_quantize:
@@ -191,7 +192,6 @@ rule nsds_quantize:
     output:
         meta=f"{ART}/nsds/{{variant}}/meta.json",
         record=f"{RUNS}/nsds/{{variant}}/plan.json",
-        quant=f"{RUNS}/nsds/{{variant}}/quant.json",
     log:
         f"{LOGS}/nsds/{{variant}}.quantize.log",
     benchmark:
@@ -222,7 +222,7 @@ rule nsds_quantize:
         "--group-size {params.group_size} --calib {input.calib} --n-calib {params.n_calib} "
         "--seq-len {params.seq_len} --source {params.src} --variant {wildcards.variant} "
         "--seed {params.seed} --threads {threads} --scale {params.scale} --out {params.out} "
-        "--record {output.record} --quant-record {output.quant} > {log} 2>&1"
+        "--record {output.record} > {log} 2>&1"
 
 
 rule nsds_all:

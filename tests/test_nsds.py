@@ -310,3 +310,58 @@ def test_model_baselines_and_lim():
     ids = torch.randint(0, 96, (4, 10), generator=torch.Generator().manual_seed(0))
     scores = baselines.lim(m, ids, batch_size=2)
     assert len(scores) == 3 and all(0.0 <= s <= 2.0 for s in scores)
+
+
+# ---- pipeline on a micro artifact (scores -> study -> quantize) ---------------------------------
+
+
+def test_pipeline_micro(tmp_path):
+    import json
+
+    from claimbench.records import load_run_record
+    from methods.nsds.cli import main
+    from tests.quant_fixtures import SPEC, TEXT, save_quant_micro
+
+    spec = dict(SPEC, num_layers=4)
+    import tests.quant_fixtures as qf
+
+    qf.SPEC = spec
+    try:
+        save_quant_micro(tmp_path / "src")
+    finally:
+        qf.SPEC = SPEC
+    text = tmp_path / "held.jsonl"
+    text.write_text(json.dumps({"text": TEXT}) + "\n")
+    src, scores = str(tmp_path / "src"), str(tmp_path / "scores")
+    main(["scores", "--model", src, "--methods", "nsds,zd,lim,reversed,nsds_code",
+          "--calib", str(tmp_path / "calib.txt"), "--n-calib", "4", "--seq-len", "16", "--out", scores])  # fmt: skip
+    assert json.loads((tmp_path / "scores" / "meta.json").read_text())["methods"] == [
+        "lim", "nsds", "nsds_code", "reversed", "zd"]  # fmt: skip
+    rec = tmp_path / "alloc.json"
+    main(["study", "--model", src, "--scores", scores, "--methods", "nsds,zd,reversed",
+          "--budgets", "2.5,3.0", "--text", str(text), "--n-windows", "2", "--seq-len", "16",
+          "--group-size", "16", "--n-random", "3", "--variant", "micro", "--out", str(rec),
+          "--details", str(tmp_path / "study.json")])  # fmt: skip
+    r = load_run_record(rec)
+    got = {(m["task"], m["metric"]): m["value"] for m in r["metrics"]}
+    assert ("nsds", "ppl_b3") in got and ("random_median", "ppl_b2.5") in got
+    assert ("uniform", "ppl_b3") in got and ("uniform", "ppl_b2.5") not in got
+    details = json.loads((tmp_path / "study.json").read_text())
+    assert len(details["oracle_damage"]) == 4
+    assert details["alloc"]["3"]["nsds"]["avg_bits"] == 3.0
+    out = tmp_path / "q"
+    main(["quantize", "--model", src, "--scores", scores, "--method", "nsds", "--budget", "3.0",
+          "--backend", "rtn", "--group-size", "16", "--source", "micro", "--variant", "micro-nsds-b3",
+          "--out", str(out), "--record", str(tmp_path / "plan.json")])  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["method"] == "nsds" and meta["allocation"]["bits"].count(4) == 2
+    plan = json.loads((out / "plan.json").read_text())
+    assert sorted(set(plan.values())) == [2, 4] and len(plan) == 28
+    assert json.loads((out / "layer_scores.json").read_text())["avg_bits_nominal"] == 3.0
+    p = load_run_record(tmp_path / "plan.json")
+    assert {m["metric"] for m in p["metrics"]} >= {"avg_bits", "file_bytes", "avg_bits_nominal"}
+    with pytest.raises(SystemExit):  # a budget the 2/4-bit plan cannot meet: error before work
+        main(["quantize", "--model", src, "--scores", scores, "--method", "nsds", "--budget", "4.5",
+              "--backend", "rtn", "--group-size", "16", "--source", "micro", "--variant", "x",
+              "--out", str(tmp_path / "bad"), "--record", str(tmp_path / "bad.json")])  # fmt: skip
+    assert not (tmp_path / "bad").exists()

@@ -217,7 +217,7 @@ def cmd_study(args) -> None:
         )
     samples = [
         {
-            "doc_id": f"layer{i}",
+            "doc_id": i,
             "task": "oracle",
             "metrics": {"damage": res["oracle_damage"][i], **{m: scores[m][i] for m in scores}},
         }
@@ -248,7 +248,7 @@ def cmd_study(args) -> None:
         series=sers,
     )
     atomic_write_jsonl(Path(args.out).with_suffix(".samples.jsonl"), samples)
-    atomic_write_json(Path(args.out).with_name(Path(args.out).stem + ".details.json"), res)
+    atomic_write_json(args.details, {"source": args.model, "variant": args.variant, **res})
     write_run_record(args.out, record)
 
 
@@ -290,17 +290,6 @@ def cmd_quantize(args) -> None:
                 "--seq-len",
                 str(args.seq_len),
             ]
-        if args.quant_record:
-            argv += [
-                "--record",
-                args.quant_record,
-                "--scale",
-                args.scale,
-                "--paper",
-                "nsds",
-                "--variant",
-                args.variant,
-            ]
         quant_apply.main(argv)
     layer_scores = {
         "method": args.method,
@@ -314,7 +303,7 @@ def cmd_quantize(args) -> None:
     meta = read_meta(out)
     meta.update(
         {
-            "method": f"nsds:{args.method}",
+            "method": args.method,
             "allocation": {
                 "method": args.method,
                 "budget": b,
@@ -353,13 +342,19 @@ def cmd_quantize(args) -> None:
         variant=args.variant,
         base_model=meta.get("base_model", ""),
         suite="plan",
-        tasks=["plan"],
+        tasks=["plan", "size"],
         seed=args.seed,
         config={"budget": b, "backend": args.backend, "group_size": args.group_size},
         metrics=[
             metric("plan", "avg_bits_nominal", average_bits(bits), higher_is_better=False),
-            metric("plan", "avg_bits_stored", meta["size"]["avg_bits"], higher_is_better=False),
-            metric("plan", "file_bytes", meta["size"]["file_bytes"], higher_is_better=False),
+            metric("plan", "n_high_layers", layer_scores["n_high"], higher_is_better=None),
+            *(
+                metric("size", k, meta["size"][k], higher_is_better=False)
+                for k in ("avg_bits", "nominal_bits", "file_bytes", "size_ratio_vs_fp16")
+            ),
+            metric(
+                "size", "reload_max_abs_diff", meta["reload_max_abs_diff"], higher_is_better=False
+            ),
         ],
         provenance=provenance.capture(t["started_at"], t["wall_s"]),
         series=sers,
@@ -400,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-random", type=int, default=20)
     p.add_argument("--variant", required=True)
     p.add_argument("--out", required=True, help="run record path (suite alloc)")
+    p.add_argument("--details", required=True, help="every measurement of the study (JSON)")
     p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("quantize", help="bit plan from one method's scores + packed artifact")
@@ -416,7 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--record", required=True, help="run record of the plan (suite plan)")
-    p.add_argument("--quant-record", help="size record written by methods.quant.apply")
     p.set_defaults(fn=cmd_quantize)
     return ap
 
