@@ -365,3 +365,11 @@ def test_pipeline_micro(tmp_path):
               "--backend", "rtn", "--group-size", "16", "--source", "micro", "--variant", "x",
               "--out", str(tmp_path / "bad"), "--record", str(tmp_path / "bad.json")])  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_study_group_size_error_names_value():
+    from methods.nsds.study import FakeQuant
+    from methods.quant.quantizer import QuantConfigError
+
+    with pytest.raises(QuantConfigError, match="group size 24 does not divide the layer width 32"):
+        FakeQuant(micro_llama(n_layers=1), group_size=24)

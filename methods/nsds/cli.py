@@ -34,8 +34,9 @@ from methods.nsds.allocate import (
 )
 from methods.nsds.methods import check_methods, score_all
 from methods.nsds.scores import NSDSInputError
+from methods.quant.quantizer import QuantConfigError
 
-USER_ERRORS = (NSDSInputError, BudgetError, FileNotFoundError)
+USER_ERRORS = (NSDSInputError, BudgetError, QuantConfigError, FileNotFoundError)
 
 
 def _load(path: str, device: str = "cpu"):

@@ -36,6 +36,10 @@ class FakeQuant:
             for p in PROJECTIONS
         }
         self.original = {k: m.weight.detach().clone() for k, m in self.modules.items()}
+        from methods.quant.quantizer import check_group_size
+
+        for (i, p), w in self.original.items():
+            check_group_size(w.shape[1], group_size, where=f"model.layers.{i}.{p}")
         self.cache: dict[tuple, torch.Tensor] = {}
 
     def weight(self, key, bits: int) -> torch.Tensor:
