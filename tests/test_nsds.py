@@ -373,3 +373,25 @@ def test_study_group_size_error_names_value():
 
     with pytest.raises(QuantConfigError, match="group size 24 does not divide the layer width 32"):
         FakeQuant(micro_llama(n_layers=1), group_size=24)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("budgets", [3.0, 4.5], r"papers\.nsds.*budgets.*4\.5"),
+        ("study_methods", ["nsds", "hawq"], r"papers\.nsds.*study_methods.*'hawq'"),
+        ("backend", "awq", r"papers\.nsds.*backend.*'awq'"),
+    ],
+)
+def test_scale_section_errors_name_key(tmp_path, root, key, value, message):
+    import yaml
+
+    from claimbench.config import load_scale
+    from claimbench.errors import ConfigError
+
+    data = yaml.safe_load((root / "config/scales/tiny.yaml").read_text())
+    data["papers"]["nsds"][key] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_scale("tiny", path)
