@@ -395,3 +395,16 @@ def test_scale_section_errors_name_key(tmp_path, root, key, value, message):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=message):
         load_scale("tiny", path)
+
+
+def test_raw_cache_gives_same_scores():
+    from methods.nsds.methods import score_all
+
+    m = micro_llama(n_layers=4, seed=5)
+    names = ["nsds", "nsds_nv", "nsds_se", "nsds_mean", "nsds_zscore", "nsds_norole"]
+    shared = score_all(m, names)
+    for name in names:
+        from methods.nsds.methods import NSDS_VARIANTS
+
+        alone = nsds_scores(m, options_from(NSDS_VARIANTS[name]))
+        np.testing.assert_allclose(shared[name]["scores"], alone["scores"], rtol=1e-12)

@@ -51,13 +51,14 @@ def score_all(
     n_layers = len(decoder_layers(model))
     out: dict[str, dict] = {}
     base_opts = dict(nsds_options or {})
+    raw_cache: dict = {}
     wanted = [n for n in names if n != "uniform"]
     if "reversed" in wanted and "nsds" not in wanted:
         wanted = ["nsds", *wanted]
     for name in wanted:
         if name in NSDS_VARIANTS:
             opts = options_from({**base_opts, **NSDS_VARIANTS[name]})
-            res = nsds_scores(model, opts)
+            res = nsds_scores(model, opts, raw_cache)
             out[name] = {"scores": res["scores"], "nsds": res, "data_free": True}
         elif name in DATA_FREE:
             out[name] = {"scores": DATA_FREE[name](model), "data_free": True}

@@ -8,7 +8,7 @@ code + overview figure is the reference.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -372,12 +372,27 @@ def raw_role_scores(
     return raw
 
 
+def raw_key(opts: NSDSOptions) -> tuple:
+    """The options the raw per-role scores depend on (the rest only change the aggregation)."""
+    return (opts.energy, opts.eps, opts.role_reweighting, opts.roles, opts.faithful_to_code)
+
+
 @torch.no_grad()
-def nsds_scores(model, opts: NSDSOptions | None = None) -> dict:
-    """Layer sensitivities S_l in (0, 1) (higher = more sensitive) plus every intermediate."""
+def nsds_scores(model, opts: NSDSOptions | None = None, raw_cache: dict | None = None) -> dict:
+    """Layer sensitivities S_l in (0, 1) (higher = more sensitive) plus every intermediate.
+
+    ``raw_cache`` shares the raw NV/SE scores between variants that only aggregate differently.
+    """
     opts = opts or NSDSOptions()
-    notes: list[str] = []
-    raw = raw_role_scores(model, opts, notes)
+    key = raw_key(opts)
+    if raw_cache is not None and key in raw_cache:
+        raw, notes = raw_cache[key]
+    else:
+        notes: list[str] = []
+        full = opts if raw_cache is None else replace(opts, aspects=("nv", "se"))
+        raw = raw_role_scores(model, full, notes)
+        if raw_cache is not None:
+            raw_cache[key] = (raw, notes)
     agg = aggregate(raw, opts)
     scores = agg["scores"]
     if any(not math.isfinite(s) for s in scores):
