@@ -1,0 +1,400 @@
+"""NSDS: Numerical & Structural Dual-Sensitivity layer scores (spec ../shared/specs/nsds.md §2).
+
+Everything here reads weights only (no data, no forward pass). Equation tags refer to the spec's
+sections; the paper body was not retrievable, so the spec's reconstruction from the official
+code + overview figure is the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+ROLES = ("qk", "ov", "gate", "up", "down")  # §2.1 the five operational roles
+DETECTORS = ("qk", "gate", "up")
+WRITERS = ("ov", "down")
+PROJECTIONS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+MAD_C_PAPER = 1.4826  # §2.4 figure: consistent estimator of sigma
+MAD_C_CODE = 1.0  # §2.4 released code
+EPS = 1e-12
+
+
+class NSDSInputError(ValueError):
+    """A model or option NSDS cannot score (names the offending value)."""
+
+
+@dataclass(frozen=True)
+class NSDSOptions:
+    """Every constant of the method; the defaults are the paper's (spec §2.6 fixes applied)."""
+
+    energy: float = 0.99  # §2.3 step 1 energy threshold (code helper is named "top90")
+    mad_c: float = MAD_C_PAPER  # §2.4 / §2.6.4
+    temperature: float = 1.0  # §2.4 sigmoid temperature T
+    eps: float = EPS
+    soft_or: str = "geometric"  # §2.4: "geometric" (code) or "product" (classical 1 - prod(1-p))
+    normalizer: str = "mad"  # ablation: "zscore" instead of MAD
+    aggregate: str = "soft_or"  # ablation: "mean" instead of Soft-OR
+    aspects: tuple[str, ...] = ("nv", "se")  # ablations: ("nv",) NV only, ("se",) SE only
+    role_reweighting: bool = True  # ablation: beta == 1
+    roles: str = "five"  # ablation: "seven" = the 7 projections treated alike (NV + plain SE)
+    faithful_to_code: bool = False  # reproduce the released code's defects (§2.6.1-3)
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["aspects"] = list(self.aspects)
+        return d
+
+
+def options_from(config: dict | None) -> NSDSOptions:
+    """Options from a config mapping; ``faithful_to_code`` also switches to the code's constants."""
+    config = dict(config or {})
+    if "aspects" in config:
+        config["aspects"] = tuple(config["aspects"])
+    if config.get("faithful_to_code"):
+        config.setdefault("mad_c", MAD_C_CODE)
+    unknown = set(config) - set(NSDSOptions.__dataclass_fields__)
+    if unknown:
+        raise NSDSInputError(f"unknown NSDS option(s): {sorted(unknown)}")
+    opts = NSDSOptions(**config)
+    for key, allowed in (
+        ("soft_or", ("geometric", "product")),
+        ("normalizer", ("mad", "zscore")),
+        ("aggregate", ("soft_or", "mean")),
+        ("roles", ("five", "seven")),
+    ):
+        if getattr(opts, key) not in allowed:
+            raise NSDSInputError(
+                f"NSDS option {key}={getattr(opts, key)!r}: expected one of {allowed}"
+            )
+    if not opts.aspects or set(opts.aspects) - {"nv", "se"}:
+        raise NSDSInputError(
+            f"NSDS option aspects={list(opts.aspects)}: expected a subset of [nv, se]"
+        )
+    if not 0.0 < opts.energy <= 1.0:
+        raise NSDSInputError(f"NSDS option energy={opts.energy}: expected 0 < energy <= 1")
+    return opts
+
+
+# --------------------------------------------------------------------------------------------
+# §2.2 Numerical vulnerability
+# --------------------------------------------------------------------------------------------
+
+
+def excess_kurtosis(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Fisher excess kurtosis with population moments: E[(x-mu)^4] / E[(x-mu)^2]^2 - 3 (§2.2).
+
+    Over all entries (``dim=None``) or along ``dim`` (one value per vector). A constant input has
+    no defined kurtosis; it gives 0 here (no tail at all, treated as not vulnerable).
+    """
+    x = x.detach().double()
+    if dim is None:
+        x = x.reshape(-1)
+        dim = 0
+    m = x - x.mean(dim=dim, keepdim=True)
+    m2 = (m**2).mean(dim=dim)
+    m4 = (m**4).mean(dim=dim)
+    safe = m2 > 0
+    out = torch.where(safe, m4 / torch.where(safe, m2, torch.ones_like(m2)) ** 2 - 3.0, 0 * m2)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# §2.3 Structural expressiveness
+# --------------------------------------------------------------------------------------------
+
+
+def energy_rank(sigma: torch.Tensor, energy: float = 0.99) -> int:
+    """Number of kept singular triplets (§2.3 step 1), as the released code counts them.
+
+    ``searchsorted(cumsum(sigma^2), energy * total) + 1``, then at least 2 and at most len(sigma).
+    """
+    e = sigma.double() ** 2
+    cum = torch.cumsum(e, 0)
+    k = int(torch.searchsorted(cum, energy * cum[-1]).item()) + 1
+    return min(max(k, 2), len(sigma))
+
+
+def effective_rank(s: torch.Tensor, eps: float = EPS) -> float:
+    """ER = exp(-sum p_i log p_i), p_i = s_i / sum s (§2.3 step 3)."""
+    s = s.double()
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    return float(torch.exp(-(p * torch.log(p + eps)).sum()))
+
+
+def capacity_score(s: torch.Tensor, eps: float = EPS) -> float:
+    """SE = (sum_i s_i) / ER(s) with s_i = sigma_i * beta_i (§2.3 step 3)."""
+    s = s.double()
+    if len(s) == 0 or s.sum() <= 0:
+        return 0.0
+    return float(s.sum()) / effective_rank(s, eps)
+
+
+def unembedding_subspace(w_u: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
+    """P in R^{d x r}: right singular vectors of W_U covering ``energy`` (§2.3 Writing Density)."""
+    _, s, vh = torch.linalg.svd(w_u.double(), full_matrices=False)
+    return vh.T[:, : energy_rank(s, energy)]
+
+
+def se_score(
+    w: torch.Tensor,
+    role: str,
+    opts: NSDSOptions,
+    p_unembed: torch.Tensor | None = None,
+    notes: list | None = None,
+) -> float:
+    """Role-aware structural expressiveness of one matrix (§2.3 steps 1-3)."""
+    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    k = energy_rank(s, opts.energy)
+    s_k, u_k, v_k = s[:k], u[:, :k], vh.T[:, :k]
+    if not opts.role_reweighting or role == "plain":
+        beta = torch.ones_like(s_k)
+    elif role in ("gate", "up"):  # Detection Specificity on input-side singular vectors
+        beta = torch.log1p(torch.relu(excess_kurtosis(v_k, dim=0)))
+    elif role == "qk":
+        beta = torch.log1p(
+            torch.relu(excess_kurtosis(u_k, dim=0)) * torch.relu(excess_kurtosis(v_k, dim=0))
+        )
+    elif role in ("ov", "down"):  # Writing Density: ||P^T u_i||_2
+        if p_unembed is None:
+            raise NSDSInputError(f"role {role!r} needs the unembedding subspace (lm_head)")
+        proj = u_k.T @ p_unembed.double()  # [k, r]
+        beta = torch.linalg.norm(proj, dim=1)  # one weight per singular direction (fixed)
+        if role == "down" and opts.faithful_to_code:
+            code_beta = torch.linalg.norm(proj, dim=0)  # §2.6.2 defect: length r, not k
+            if code_beta.shape == s_k.shape:
+                beta = code_beta
+            elif notes is not None:  # the released code raises here; keep the fixed form
+                notes.append(f"down_proj k={k} != r={proj.shape[1]}: released code would crash")
+    else:
+        raise NSDSInputError(f"unknown role {role!r}")
+    return capacity_score(s_k * beta, opts.eps)
+
+
+# --------------------------------------------------------------------------------------------
+# §2.1 Role matrices
+# --------------------------------------------------------------------------------------------
+
+
+def model_geometry(config) -> dict:
+    """Heads, KV heads, head dim (``config.head_dim`` when present, §2.6.6) and layer count."""
+    n_heads = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    if n_heads % n_kv:
+        raise NSDSInputError(
+            f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}"
+        )
+    return {
+        "n_layers": config.num_hidden_layers,
+        "n_heads": n_heads,
+        "n_kv": n_kv,
+        "head_dim": head_dim,
+    }
+
+
+def decoder_layers(model) -> list:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise NSDSInputError(
+            f"{type(model).__name__} has no model.layers (a Llama-style decoder is needed)"
+        )
+    return list(layers)
+
+
+def layer_weight(layer, proj: str, layer_idx: int) -> torch.Tensor:
+    obj = layer
+    for part in proj.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise NSDSInputError(f"layer {layer_idx} has no {proj} (needed for the NSDS roles)")
+    return obj.weight.detach().double()
+
+
+def head_circuits(layer, geo: dict, layer_idx: int):
+    """Yield (W_QK^h, W_OV^h) per attention head, GQA-aware (§2.1)."""
+    wq = layer_weight(layer, "self_attn.q_proj", layer_idx)
+    wk = layer_weight(layer, "self_attn.k_proj", layer_idx)
+    wv = layer_weight(layer, "self_attn.v_proj", layer_idx)
+    wo = layer_weight(layer, "self_attn.o_proj", layer_idx)
+    dh, group = geo["head_dim"], geo["n_heads"] // geo["n_kv"]
+    for h in range(geo["n_heads"]):
+        g = h // group
+        q = wq[h * dh : (h + 1) * dh]
+        k = wk[g * dh : (g + 1) * dh]
+        v = wv[g * dh : (g + 1) * dh]
+        o = wo[:, h * dh : (h + 1) * dh]
+        yield q.T @ k, o @ v
+
+
+# --------------------------------------------------------------------------------------------
+# §2.4 Robust aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def mad_sigmoid(
+    r, c: float = MAD_C_PAPER, temperature: float = 1.0, eps: float = EPS
+) -> np.ndarray:
+    """P_l = sigmoid(((r_l - median r) / (c * MAD(r) + eps)) / T) (§2.4)."""
+    r = np.asarray(r, dtype=np.float64)
+    med = np.median(r)
+    mad = np.median(np.abs(r - med))
+    return sigmoid((r - med) / (c * mad + eps) / temperature)
+
+
+def zscore_sigmoid(r, temperature: float = 1.0, eps: float = EPS) -> np.ndarray:
+    """Ablation: mean / standard deviation instead of median / MAD."""
+    r = np.asarray(r, dtype=np.float64)
+    return sigmoid((r - r.mean()) / (r.std() + eps) / temperature)
+
+
+def soft_or(p, axis: int = 0, form: str = "geometric", eps: float = EPS) -> np.ndarray:
+    """Soft-OR along ``axis`` (§2.4).
+
+    geometric (code): 1 - exp(mean_i log(1 - p_i + eps)), in [min p, max p];
+    product (classical): 1 - prod_i (1 - p_i), >= max p.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if form == "geometric":
+        return 1.0 - np.exp(np.mean(np.log(1.0 - p + eps), axis=axis))
+    if form == "product":
+        return 1.0 - np.prod(1.0 - p, axis=axis)
+    raise NSDSInputError(f"unknown Soft-OR form {form!r}")
+
+
+def _normalize(r, opts: NSDSOptions) -> np.ndarray:
+    if opts.normalizer == "zscore":
+        return zscore_sigmoid(r, opts.temperature, opts.eps)
+    return mad_sigmoid(r, opts.mad_c, opts.temperature, opts.eps)
+
+
+def _combine(rows: list[np.ndarray], opts: NSDSOptions) -> np.ndarray:
+    stacked = np.stack(rows)  # [modules, L]
+    if opts.aggregate == "mean":
+        return stacked.mean(axis=0)
+    if opts.faithful_to_code:
+        # §2.6.1 defect: the mean runs over all entries, so every layer gets the same score.
+        scalar = soft_or(stacked.reshape(-1), axis=0, form=opts.soft_or, eps=opts.eps)
+        return np.full(stacked.shape[1], float(scalar))
+    return soft_or(stacked, axis=0, form=opts.soft_or, eps=opts.eps)
+
+
+def aggregate(raw: dict[str, dict[str, list[float]]], opts: NSDSOptions) -> dict:
+    """raw[role][aspect] -> per-layer P per role/aspect, per aspect, and S_l (§2.4)."""
+    normalized: dict[str, dict[str, list[float]]] = {}
+    per_aspect: dict[str, np.ndarray] = {}
+    for aspect in opts.aspects:
+        rows = []
+        for role, by_aspect in raw.items():
+            r = np.asarray(by_aspect[aspect], dtype=np.float64)
+            if not np.any(r != 0.0):  # missing / all-zero module types are skipped (code)
+                continue
+            p = _normalize(r, opts)
+            normalized.setdefault(role, {})[aspect] = p.tolist()
+            rows.append(p)
+        if not rows:
+            raise NSDSInputError(f"no module type has a non-zero {aspect.upper()} score")
+        per_aspect[aspect] = _combine(rows, opts)
+    final = (
+        per_aspect[opts.aspects[0]]
+        if len(per_aspect) == 1
+        else _combine([per_aspect[a] for a in opts.aspects], opts)
+    )
+    return {
+        "normalized": normalized,
+        "aspect": {a: v.tolist() for a, v in per_aspect.items()},
+        "scores": final.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Whole model
+# --------------------------------------------------------------------------------------------
+
+
+def raw_role_scores(
+    model, opts: NSDSOptions, notes: list | None = None
+) -> dict[str, dict[str, list[float]]]:
+    """raw[role][aspect] over layers: NV (kurtosis) and SE (role-aware capacity) per role."""
+    geo = model_geometry(model.config)
+    layers = decoder_layers(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "weight", None) is None:
+        raise NSDSInputError(
+            f"{type(model).__name__} has no lm_head (NSDS writing density needs W_U)"
+        )
+    need_se = "se" in opts.aspects
+    p_u = unembedding_subspace(head.weight.detach(), opts.energy) if need_se else None
+    names = ROLES if opts.roles == "five" else tuple(p.split(".")[1] for p in PROJECTIONS)
+    raw = {r: {"nv": [], "se": []} for r in names}
+    for i, layer in enumerate(layers):
+        if opts.roles == "seven":  # ablation: the 7 projections alike, beta == 1
+            for proj in PROJECTIONS:
+                w = layer_weight(layer, proj, i)
+                raw[proj.split(".")[1]]["nv"].append(float(excess_kurtosis(w)))
+                raw[proj.split(".")[1]]["se"].append(se_score(w, "plain", opts) if need_se else 0.0)
+            continue
+        for role, proj in (
+            ("gate", "mlp.gate_proj"),
+            ("up", "mlp.up_proj"),
+            ("down", "mlp.down_proj"),
+        ):
+            w = layer_weight(layer, proj, i)
+            raw[role]["nv"].append(float(excess_kurtosis(w)))
+            raw[role]["se"].append(se_score(w, role, opts, p_u, notes) if need_se else 0.0)
+        per_head = {"qk": {"nv": [], "se": []}, "ov": {"nv": [], "se": []}}
+        for w_qk, w_ov in head_circuits(layer, geo, i):
+            for role, w in (("qk", w_qk), ("ov", w_ov)):
+                per_head[role]["nv"].append(float(excess_kurtosis(w)))
+                per_head[role]["se"].append(se_score(w, role, opts, p_u) if need_se else 0.0)
+        for role in ("qk", "ov"):  # circuit scores averaged over heads (code)
+            for aspect in ("nv", "se"):
+                raw[role][aspect].append(float(np.mean(per_head[role][aspect])))
+    return raw
+
+
+def raw_key(opts: NSDSOptions) -> tuple:
+    """The options the raw per-role scores depend on (the rest only change the aggregation)."""
+    return (opts.energy, opts.eps, opts.role_reweighting, opts.roles, opts.faithful_to_code)
+
+
+@torch.no_grad()
+def nsds_scores(model, opts: NSDSOptions | None = None, raw_cache: dict | None = None) -> dict:
+    """Layer sensitivities S_l in (0, 1) (higher = more sensitive) plus every intermediate.
+
+    ``raw_cache`` shares the raw NV/SE scores between variants that only aggregate differently.
+    """
+    opts = opts or NSDSOptions()
+    key = raw_key(opts)
+    if raw_cache is not None and key in raw_cache:
+        raw, notes = raw_cache[key]
+    else:
+        notes: list[str] = []
+        full = opts if raw_cache is None else replace(opts, aspects=("nv", "se"))
+        raw = raw_role_scores(model, full, notes)
+        if raw_cache is not None:
+            raw_cache[key] = (raw, notes)
+    agg = aggregate(raw, opts)
+    scores = agg["scores"]
+    if any(not math.isfinite(s) for s in scores):
+        raise NSDSInputError(f"non-finite NSDS scores {scores}")
+    return {"scores": scores, "raw": raw, **agg, "options": opts.as_dict(), "notes": notes}

@@ -1,0 +1,231 @@
+# NSDS (data-free layer-wise 2/4-bit allocation): source models (a tiny Llama trained here, its
+# planted-outlier variant, or a base model), every method's layer scores, the in-memory allocation
+# study (oracle damage, Spearman, random allocations) and real packed artifacts built by the shared
+# quantization layer, each evaluated by the generic lm-eval rule.
+NSDS = SCALE.get("papers", {}).get("nsds")
+
+
+include: "nsds_helpers.smk"
+
+
+NSDS_SOURCES = NSDS["sources"] if NSDS else {}
+NSDS_TRAINED = sorted(s for s, v in NSDS_SOURCES.items() if "train" in v)
+NSDS_PLANTED = sorted(s for s, v in NSDS_SOURCES.items() if "plant" in v)
+NSDS_MEM = NSDS.get("mem_mb", 4000) if NSDS else 4000
+NSDS_RUNTIME = NSDS.get("runtime", 60) if NSDS else 60
+
+
+if NSDS:
+    nsds_check_sources()
+
+
+# {variant: (source, method, budget)}: <source>-<method>-b<budget>; uniform only at whole budgets.
+NSDS_VARIANTS = {
+    f"{src}-{m}-b{nsds_budget_name(b)}": (src, m, float(b))
+    for src in (NSDS["artifact_sources"] if NSDS else [])
+    for m in NSDS["methods"]
+    for b in NSDS["budgets"]
+    if m != "uniform" or float(b) == int(b)
+}
+NSDS_STUDIED = sorted(NSDS["study_sources"]) if NSDS else []
+NSDS_SCORED = sorted(
+    set(NSDS_STUDIED) | {v[0] for v in NSDS_VARIANTS.values() if v[1] != "uniform"}
+)
+NSDS_SCORE_METHODS = (
+    sorted((set(NSDS["study_methods"]) | set(NSDS["methods"])) - {"uniform"})
+    if NSDS
+    else []
+)
+
+if NSDS and "nsds" in PAPERS:
+    RUN_RECORDS["nsds"] = (
+        [f"{RUNS}/nsds/{s}/alloc.json" for s in NSDS_STUDIED]
+        + [
+            f"{RUNS}/nsds/{v}/{suite}.json"
+            for v in sorted(NSDS_VARIANTS)
+            for suite in ("plan", "lm_eval")
+        ]
+        + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS.get("eval_sources", [])]
+    )
+
+
+rule nsds_train_source:
+    input:
+        tokenizer=f"{ART}/base/tokenizer/meta.json",
+        text=f"{DATA}/text/train.txt",
+        arith=f"{DATA}/arith/train.jsonl",
+    output:
+        meta=f"{ART}/nsds/{{src}}/meta.json",
+    log:
+        f"{LOGS}/nsds/{{src}}.train.log",
+    benchmark:
+        f"{LOGS}/nsds/{{src}}.train.benchmark.tsv"
+    wildcard_constraints:
+        src=one_of(NSDS_TRAINED),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=GPU,
+    params:
+        spec=lambda w: json.dumps(NSDS_SOURCES[w.src]["train"], sort_keys=True),
+        seed=SCALE["seed"],
+        long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
+        tokenizer=input_dir,
+        out=output_dir,
+    shell:
+        "python -m methods.lm.build tiny --name {wildcards.src} --spec {params.spec:q} "
+        "--tokenizer {params.tokenizer} --text {input.text} --arith {input.arith} "
+        "--seed {params.seed} --long-fraction {params.long_fraction} --threads {threads} "
+        "--out {params.out} > {log} 2>&1"
+
+
+rule nsds_plant:
+    input:
+        source=lambda w: nsds_source_meta(NSDS_SOURCES[w.src]["plant"]["from"]),
+    output:
+        meta=f"{ART}/nsds/{{src}}/meta.json",
+    log:
+        f"{LOGS}/nsds/{{src}}.plant.log",
+    wildcard_constraints:
+        src=one_of(NSDS_PLANTED),
+    threads: 1
+    resources:
+        mem_mb=NSDS_MEM,
+        runtime=10,
+    params:
+        source=input_dir,
+        layers=lambda w: ",".join(map(str, NSDS_SOURCES[w.src]["plant"]["layers"])),
+        channels=lambda w: NSDS_SOURCES[w.src]["plant"]["channels"],
+        alpha=lambda w: NSDS_SOURCES[w.src]["plant"]["alpha"],
+        seed=SCALE["seed"],
+        out=output_dir,
+    shell:
+        "python -m methods.quant.plant --model {params.source} --layers {params.layers} "
+        "--channels {params.channels} --alpha {params.alpha} --seed {params.seed} "
+        "--out {params.out} > {log} 2>&1"
+
+
+rule nsds_scores:
+    input:
+        source=lambda w: nsds_source_meta(w.src),
+        calib=f"{DATA}/text/train.txt",
+    output:
+        meta=f"{ART}/nsds/scores/{{src}}/meta.json",
+    log:
+        f"{LOGS}/nsds/{{src}}.scores.log",
+    benchmark:
+        f"{LOGS}/nsds/{{src}}.scores.benchmark.tsv"
+    wildcard_constraints:
+        src=one_of(NSDS_SCORED),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NSDS_MEM,
+        runtime=NSDS_RUNTIME,
+        gpu=GPU,
+    params:
+        source=input_dir,
+        methods=",".join(NSDS_SCORE_METHODS),
+        options=lambda w: json.dumps(NSDS.get("nsds", {}), sort_keys=True),
+        n_calib=lambda w: NSDS["calib"]["n"],
+        seq_len=lambda w: NSDS["calib"]["seq_len"],
+        seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
+        scale=SCALE_NAME,
+        out=output_dir,
+    shell:
+        "python -m methods.nsds.cli scores --model {params.source} --methods {params.methods} "
+        "--nsds-options {params.options:q} --calib {input.calib} --n-calib {params.n_calib} "
+        "--seq-len {params.seq_len} --seed {params.seed} --threads {threads} "
+        "--device {params.device} --scale {params.scale} --out {params.out} > {log} 2>&1"
+
+
+rule nsds_study:
+    input:
+        source=lambda w: nsds_source_meta(w.src),
+        scores=f"{ART}/nsds/scores/{{src}}/meta.json",
+        text=f"{DATA}/text/valid.jsonl",
+    output:
+        record=f"{RUNS}/nsds/{{src}}/alloc.json",
+        details=f"{ART}/nsds/study/{{src}}.json",
+    log:
+        f"{LOGS}/nsds/{{src}}.study.log",
+    benchmark:
+        f"{LOGS}/nsds/{{src}}.study.benchmark.tsv"
+    wildcard_constraints:
+        src=one_of(NSDS_STUDIED),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NSDS_MEM,
+        runtime=2 * NSDS_RUNTIME,
+        gpu=GPU,
+    params:
+        source=input_dir,
+        scores=lambda w, input: os.path.dirname(input.scores),
+        methods=lambda w: ",".join(NSDS["study_methods"]),
+        budgets=lambda w: ",".join(map(str, NSDS["study_budgets"])),
+        group_size=lambda w: NSDS["group_size"],
+        n_random=lambda w: NSDS["n_random"],
+        n_windows=lambda w: NSDS["study"]["n_windows"],
+        seq_len=lambda w: NSDS["study"]["seq_len"],
+        seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
+        scale=SCALE_NAME,
+    shell:
+        "python -m methods.nsds.cli study --model {params.source} --scores {params.scores} "
+        "--methods {params.methods} --budgets {params.budgets} --text {input.text} "
+        "--n-windows {params.n_windows} --seq-len {params.seq_len} "
+        "--group-size {params.group_size} --n-random {params.n_random} --seed {params.seed} "
+        "--threads {threads} --device {params.device} --scale {params.scale} "
+        "--variant {wildcards.src} --out {output.record} --details {output.details} > {log} 2>&1"
+
+
+rule nsds_quantize:
+    input:
+        source=lambda w: nsds_source_meta(NSDS_VARIANTS[w.variant][0]),
+        scores=lambda w: (
+            []
+            if NSDS_VARIANTS[w.variant][1] == "uniform"
+            else f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}/meta.json"
+        ),
+        calib=f"{DATA}/text/train.txt",
+    output:
+        meta=f"{ART}/nsds/{{variant}}/meta.json",
+        record=f"{RUNS}/nsds/{{variant}}/plan.json",
+    log:
+        f"{LOGS}/nsds/{{variant}}.quantize.log",
+    benchmark:
+        f"{LOGS}/nsds/{{variant}}.quantize.benchmark.tsv"
+    wildcard_constraints:
+        variant=one_of(sorted(NSDS_VARIANTS)),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NSDS_MEM,
+        runtime=NSDS_RUNTIME,
+        gpu=GPU,
+    params:
+        source=input_dir,
+        scores=lambda w: f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}",
+        src=lambda w: NSDS_VARIANTS[w.variant][0],
+        method=lambda w: NSDS_VARIANTS[w.variant][1],
+        budget=lambda w: NSDS_VARIANTS[w.variant][2],
+        backend=lambda w: NSDS["backend"],
+        group_size=lambda w: NSDS["group_size"],
+        n_calib=lambda w: NSDS["calib"]["n"],
+        seq_len=lambda w: NSDS["calib"]["seq_len"],
+        seed=SCALE["seed"],
+        scale=SCALE_NAME,
+        out=output_dir,
+    shell:
+        "python -m methods.nsds.cli quantize --model {params.source} --scores {params.scores} "
+        "--method {params.method} --budget {params.budget} --backend {params.backend} "
+        "--group-size {params.group_size} --calib {input.calib} --n-calib {params.n_calib} "
+        "--seq-len {params.seq_len} --source {params.src} --variant {wildcards.variant} "
+        "--seed {params.seed} --threads {threads} --scale {params.scale} --out {params.out} "
+        "--record {output.record} > {log} 2>&1"
+
+
+rule nsds_all:
+    input:
+        RUN_RECORDS.get("nsds", []),
+    localrule: True
