@@ -212,3 +212,26 @@ def test_micro_pipeline(tmp_path, algo):
     with pytest.raises(SystemExit) as e:
         main([*args, "--reward", json.dumps({"kind": "correct", "flip_p": 1.2})])
     assert e.value.code != 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda s: s.update(flip_ps=[0.0, 1.5]),
+            r"scale\.yaml: papers\.noisy_rewards: flip_ps\.1: 1\.5 is greater than the maximum of 1",
+        ),
+        (
+            lambda s: s["rpr"].update(phrases=[]),
+            r"papers\.noisy_rewards: rpr\.phrases: \[\] should be non-empty",
+        ),
+    ],
+)
+def test_bad_scale_values_name_file_and_key(tmp_path, edit, message):
+    from claimbench.config import load_scale
+    from claimbench.errors import ConfigError
+    from tests.test_config import bad_scale
+
+    path = bad_scale(tmp_path, lambda d: edit(d["papers"]["noisy_rewards"]))
+    with pytest.raises(ConfigError, match=message):
+        load_scale("tiny", path)
