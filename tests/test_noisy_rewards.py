@@ -235,3 +235,41 @@ def test_bad_scale_values_name_file_and_key(tmp_path, edit, message):
     path = bad_scale(tmp_path, lambda d: edit(d["papers"]["noisy_rewards"]))
     with pytest.raises(ConfigError, match=message):
         load_scale("tiny", path)
+
+
+def test_summary_steps_to_threshold_and_derived_metrics():
+    from methods.noisy_rewards.summary import monotone_violations, steps_to_threshold, summarise
+
+    def rec(variant, curve, seed=0):
+        y = [a for _, a in curve]
+        return {
+            "variant": variant,
+            "seed": seed,
+            "base_model": "b",
+            "metrics": [
+                {"metric": "start_accuracy", "value": y[0]},
+                {"metric": "peak_accuracy", "value": max(y)},
+                {"metric": "final_accuracy", "value": y[-1]},
+            ],
+            "series": [{"name": "greedy accuracy", "x": [s for s, _ in curve], "y": y}],
+        }
+
+    steps = [0, 5, 10, 15, 20]
+    recs = [
+        rec("p0.0", list(zip(steps, [0.2, 0.3, 0.4, 0.4, 0.4], strict=True))),
+        rec("p0.4", list(zip(steps, [0.2, 0.25, 0.3, 0.38, 0.39], strict=True))),
+        rec("p0.5", list(zip(steps, [0.2, 0.2, 0.21, 0.2, 0.2], strict=True))),
+        rec("rpr", list(zip(steps, [0.2, 0.3, 0.35, 0.3, 0.25], strict=True))),
+        rec("weak_p0.0", list(zip(steps, [0.1, 0.2, 0.3, 0.3, 0.3], strict=True))),
+        rec("weak_p0.4", list(zip(steps, [0.1, 0.1, 0.15, 0.15, 0.15], strict=True))),
+    ]
+    m = {(x["task"], x["metric"]): x["value"] for x in summarise(recs)[0]}
+    # threshold 0.2 + 0.9 * 0.2 = 0.38: clean at step 10, p=0.4 at 15, p=0.5 never (20 + 5)
+    assert m[("base", "steps_to_threshold@p0.0")] == 10
+    assert m[("base", "steps_to_threshold@p0.4")] == 15
+    assert m[("base", "steps_to_threshold@p0.5")] == 25
+    assert m[("base", "n3_monotone_violations")] == 0
+    assert m[("base", "n4_rpr_gain_fraction")] == pytest.approx(0.15 / 0.2)
+    assert m[("weak", "n5_gap_difference")] == pytest.approx(0.15 - 0.01)
+    assert monotone_violations([10, 15, 12, 30]) == 1
+    assert steps_to_threshold([0, 5], [0.9, 0.1], 0.5, 10) == 10  # step 0 never counts
