@@ -1,0 +1,174 @@
+# Noisy rewards in RL for reasoning: B (the start model after SFT on step-by-step traces) and a
+# weaker B_weak; PPO-with-critic runs with group reward flips over p, RPR only, a simulated RM of
+# controlled accuracy with and without RPR calibration, GRPO as a named variant; every final
+# policy evaluated by the lm-eval suite on step-by-step answers; one summary record (N3-N5).
+NR = SCALE.get("papers", {}).get("noisy_rewards")
+NR_SFT_KEY = {"base": "start_sft", "weak": "weak_sft"}
+
+
+include: "noisy_rewards_helpers.smk"
+
+
+NR_ARMS = _nr_arms()
+# {variant: (arm, seed)}: the first seed keeps the arm's name, later seeds get -s<seed>.
+NR_VARIANTS = (
+    {
+        (arm if s == NR["seeds"][0] else f"{arm}-s{s}"): (arm, s)
+        for arm in NR_ARMS
+        for s in NR["seeds"]
+    }
+    if NR
+    else {}
+)
+NR_BUILT = [w for w in ("base", "weak") if NR and NR.get(NR_SFT_KEY[w])]
+NR_EVAL_ARMS = set(NR["lm_eval"].get("variants", NR_ARMS)) if NR else set()
+NR_EVALUATED = NR_BUILT + sorted(
+    v for v, (a, _) in NR_VARIANTS.items() if a in NR_EVAL_ARMS
+)
+NR_SUMMARY_ARMS = [
+    a for a in NR_ARMS if a == "rpr" or a[0] == "p" or a.startswith("weak_p")
+]
+
+if NR and "noisy_rewards" in PAPERS:
+    RUN_RECORDS["noisy_rewards"] = (
+        [f"{RUNS}/noisy_rewards/{v}/train.json" for v in NR_BUILT + sorted(NR_VARIANTS)]
+        + [f"{RUNS}/noisy_rewards/{v}/lm_eval.json" for v in NR_EVALUATED]
+        + [f"{RUNS}/noisy_rewards/summary/summary.json"]
+    )
+
+
+ruleorder: noisy_rewards_eval > eval_lm
+
+
+rule noisy_rewards_start:
+    input:
+        start=lambda w: f"{ART}/base/{NR.get('weak_model', NR['start_model']) if w.which == 'weak' else NR['start_model']}/meta.json",
+        train=f"{DATA}/arith/train.jsonl",
+        valid=f"{DATA}/arith/valid.jsonl",
+    output:
+        meta=f"{ART}/noisy_rewards/{{which}}/meta.json",
+        record=f"{RUNS}/noisy_rewards/{{which}}/train.json",
+    log:
+        f"{LOGS}/noisy_rewards/{{which}}.train.log",
+    benchmark:
+        f"{LOGS}/noisy_rewards/{{which}}.train.benchmark.tsv"
+    wildcard_constraints:
+        which=one_of(NR_BUILT),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NR.get("mem_mb", 4000) if NR else 4000,
+        runtime=NR.get("runtime", 30) if NR else 30,
+        gpu=GPU,
+    params:
+        config=lambda w: json.dumps(NR[NR_SFT_KEY[w.which]], sort_keys=True),
+        start=lambda w, input: os.path.dirname(input.start),
+        out=output_dir,
+        scale=SCALE_NAME,
+        seed=SCALE["seed"],
+        device=SCALE.get("device", "cpu"),
+    shell:
+        "python -m methods.posttrain.cli sft --start {params.start} --train {input.train} "
+        "--valid {input.valid} --config {params.config:q} --out {params.out} "
+        "--variant {wildcards.which} --paper noisy_rewards --record {output.record} "
+        "--scale {params.scale} --seed {params.seed} --threads {threads} "
+        "--device {params.device} > {log} 2>&1"
+
+
+rule noisy_rewards_train:
+    input:
+        start=lambda w: _nr_start(NR_ARMS[NR_VARIANTS[w.variant][0]][0]),
+        train=f"{DATA}/arith/train.jsonl",
+        valid=f"{DATA}/arith/valid.jsonl",
+    output:
+        meta=f"{ART}/noisy_rewards/{{variant}}/meta.json",
+        record=f"{RUNS}/noisy_rewards/{{variant}}/train.json",
+    log:
+        f"{LOGS}/noisy_rewards/{{variant}}.train.log",
+    benchmark:
+        f"{LOGS}/noisy_rewards/{{variant}}.train.benchmark.tsv"
+    wildcard_constraints:
+        variant=one_of(sorted(NR_VARIANTS)),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NR.get("mem_mb", 4000) if NR else 4000,
+        runtime=NR.get("runtime", 30) if NR else 30,
+        gpu=GPU,
+    params:
+        config=lambda w: json.dumps(
+            dict(NR["rl"], algo=NR_ARMS[NR_VARIANTS[w.variant][0]][2]), sort_keys=True
+        ),
+        reward=lambda w: json.dumps(
+            NR_ARMS[NR_VARIANTS[w.variant][0]][1], sort_keys=True
+        ),
+        seed=lambda w: NR_VARIANTS[w.variant][1],
+        start=lambda w, input: os.path.dirname(input.start),
+        out=output_dir,
+        scale=SCALE_NAME,
+        device=SCALE.get("device", "cpu"),
+    shell:
+        "python -m methods.noisy_rewards.train --start {params.start} --train {input.train} "
+        "--valid {input.valid} --config {params.config:q} --reward {params.reward:q} "
+        "--out {params.out} --record {output.record} --variant {wildcards.variant} "
+        "--scale {params.scale} --seed {params.seed} --threads {threads} "
+        "--device {params.device} > {log} 2>&1"
+
+
+# The lm-eval suite on this paper's artifacts with its own tasks and generation length (the
+# step-by-step answers need more tokens than the scale's default; scored on "answer is N").
+rule noisy_rewards_eval:
+    input:
+        meta=f"{ART}/noisy_rewards/{{variant}}/meta.json",
+        data=LM_EVAL_DATA,
+    output:
+        record=f"{RUNS}/noisy_rewards/{{variant}}/lm_eval.json",
+        samples=f"{RUNS}/noisy_rewards/{{variant}}/lm_eval.samples.jsonl",
+    log:
+        f"{LOGS}/eval/noisy_rewards/{{variant}}.lm_eval.log",
+    benchmark:
+        f"{LOGS}/eval/noisy_rewards/{{variant}}.lm_eval.benchmark.tsv"
+    wildcard_constraints:
+        variant=one_of(NR_EVALUATED),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NR.get("mem_mb", 4000) if NR else 4000,
+        runtime=60,
+        gpu=GPU,
+    params:
+        lm_eval_tasks=",".join(NR["lm_eval"]["tasks"]) if NR else "",
+        args=lambda w: _nr_eval_args(w),
+        artifact=input_dir,
+        scale=SCALE_NAME,
+        data=data_dir,
+    shell:
+        "python -m benchmarks.lm_eval_suite --artifact {params.artifact} --scale {params.scale} "
+        "--paper noisy_rewards --variant {wildcards.variant} --data-dir {params.data} "
+        "--tasks {params.lm_eval_tasks} "
+        "{params.args} --threads {threads} --out {output.record} > {log} 2>&1"
+
+
+rule noisy_rewards_summary:
+    input:
+        [
+            f"{RUNS}/noisy_rewards/{v}/train.json"
+            for v, (a, _) in NR_VARIANTS.items()
+            if a in NR_SUMMARY_ARMS
+        ],
+    output:
+        f"{RUNS}/noisy_rewards/summary/summary.json",
+    log:
+        f"{LOGS}/noisy_rewards/summary.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        scale=SCALE_NAME,
+    shell:
+        "python -m methods.noisy_rewards.summary --records {input} --out {output} "
+        "--scale {params.scale} > {log} 2>&1"
+
+
+rule noisy_rewards_all:
+    input:
+        RUN_RECORDS.get("noisy_rewards", []),
+    localrule: True
