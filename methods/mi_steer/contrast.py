@@ -90,11 +90,14 @@ def score(lp: torch.Tensor, pos_ids: list[int], neg_ids: list[int]) -> torch.Ten
 
 
 def text_windows(tok, path: str, n: int, length: int, device: str) -> torch.Tensor:
-    ids = tok(Path(path).read_text(encoding="utf-8")[: 400 * n * length // 100 + 20000])[
-        "input_ids"
-    ]
-    if len(ids) < n * length:
-        n = max(1, len(ids) // length)
+    """``n`` windows of ``length`` tokens from a text file, or from the ``text`` fields of a JSONL."""
+    raw = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".jsonl"):
+        raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
+    ids = tok(raw[: 8 * n * length + 20000])["input_ids"]
+    n = min(n, len(ids) // length)
+    if n < 1:
+        raise ValueError(f"neutral text {path} has fewer than {length} tokens")
     return torch.tensor([ids[i * length : (i + 1) * length] for i in range(n)], device=device)
 
 

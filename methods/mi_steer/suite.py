@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 from pathlib import Path
 
 import numpy as np
@@ -289,9 +290,18 @@ def run_locate(args, cfg: dict) -> None:
         for lens_name, lg in (("logit_lens", lens_logits), ("tuned_lens", tuned)):
             rows = [L.lens_metrics(x[:, half - 1 : -1], final[:, half - 1 : -1], tgt) for x in lg]
             p = [r["p_target"] for r in rows]
-            for i, r in enumerate(rows):
-                for k, v in r.items():
-                    metrics.append(metric(lens_name, f"{k}_site{i}", v, n=int(tgt.numel())))
+            last_site = rows[-1]
+            metrics.append(
+                metric(lens_name, "p_target_embed", rows[0]["p_target"], n=int(tgt.numel()))
+            )
+            metrics.append(
+                metric(lens_name, "p_target_last", last_site["p_target"], n=int(tgt.numel()))
+            )
+            metrics.append(
+                metric(
+                    lens_name, "kl_to_final_first_layer", rows[1]["kl_to_final"], n=int(tgt.numel())
+                )
+            )
             metrics.append(
                 metric(
                     lens_name,
@@ -405,20 +415,6 @@ def run_probe(args, cfg: dict) -> None:
                         f"{name} accuracy",
                     )
                 )
-            for i in sites:
-                metrics.append(
-                    metric(
-                        f"probe_{name}", f"acc_site{i}", acc[name, "task", i], n=len(rows) - n_tr
-                    )
-                )
-                metrics.append(
-                    metric(
-                        f"probe_{name}",
-                        f"selectivity_site{i}",
-                        acc[name, "task", i] - acc[name, "control", i],
-                        n=len(rows) - n_tr,
-                    )
-                )
         best = max(range(1, lm.n_layers + 1), key=lambda i: acc["trained", "task", i])
         metrics += [
             metric("probe", "best_site", best),
@@ -514,8 +510,21 @@ def run_steer(args, cfg: dict) -> None:
         alphas = cfg["alphas"]
         n_new = cfg["max_new_tokens"]
 
+        upper = [vocab.id(c) for c in string.ascii_uppercase]
+        lower = [vocab.id(c) for c in string.ascii_lowercase]
+        space = torch.full((1, 1), vocab.id(" "))
+
+        @torch.no_grad()
         def rate(ids, edits=()):
-            return upper_rate(vocab, S.generate(lm, ids, n_new, edits).tolist())
+            """Expected fraction of <U>-style letters: p(upper | letter) at the first letter of the
+            continuation (the style is fixed from there on); mean over prompts and per prompt."""
+            x = torch.cat([ids, space.expand(ids.shape[0], 1)], 1)
+            p = torch.softmax(lm.run(x, edits=edits)[0][:, -1], -1)
+            per = p[:, upper].sum(-1) / (p[:, upper].sum(-1) + p[:, lower].sum(-1))
+            return float(per.mean()), per.tolist()
+
+        def greedy_rate(ids, edits=()):
+            return upper_rate(vocab, S.generate(lm, ids, n_new, edits).tolist())[0]
 
         base_free, base_per = rate(free)
         vs = {
@@ -528,7 +537,7 @@ def run_steer(args, cfg: dict) -> None:
             sweep[layer] = [rate(free, S.steering_edits(lm, v, a, layer))[0] for a in alphas]
             curves.append(
                 series(
-                    "dose-response: upper-case rate vs alpha (CAA, per layer)",
+                    "dose-response: expected upper-case fraction vs alpha (CAA per layer, random controls)",
                     alphas,
                     sweep[layer],
                     "alpha (units of v)",
@@ -548,13 +557,22 @@ def run_steer(args, cfg: dict) -> None:
             rand_rates.append(rr)
             curves.append(
                 series(
-                    "dose-response: upper-case rate vs alpha (CAA, per layer)",
+                    "dose-response: expected upper-case fraction vs alpha (CAA per layer, random controls)",
                     alphas,
                     rr,
                     "alpha (units of v)",
                     f"random vector {k}, layer {best}",
                 )
             )
+        curves.append(
+            series(
+                "dose-response: greedy upper-case fraction vs alpha (selected layer)",
+                alphas,
+                [greedy_rate(free, S.steering_edits(lm, v, a, best)) for a in alphas],
+                "alpha (units of v)",
+                f"greedy rate, layer {best}",
+            )
+        )
         rand_effect = float(np.mean([max(abs(r - rr[i0]) for r in rr) for rr in rand_rates]))
         metrics += [
             metric("steer", "layer", best),
@@ -769,7 +787,8 @@ def run_improve(args, cfg: dict) -> None:
             gens = generate_any(lm, t_safe, cfg["max_new_tokens"], edits)
             outs = [vocab.decode(g).split("\n")[0] for g in gens]
             return [
-                int(o == f"ok {r_['prompt'].split()[1]}") for o, r_ in zip(outs, t_safe_rows, strict=False)
+                int(o == f"ok {r_['prompt'].split()[1]}")
+                for o, r_ in zip(outs, t_safe_rows, strict=False)
             ], outs
 
         ok_base, outs_base = answer_ok()
