@@ -346,3 +346,81 @@ def test_micro_pipeline_writes_run_records(tmp_path):
         for m in load_run_record(tmp_path / "runs" / "improve.json")["metrics"]
     }
     assert imp["orth_vs_runtime_max_abs_diff"] < 1e-4
+
+
+def test_heatmap_svg_and_line_labels():
+    from claimbench.report.render import _line_label, _natural
+    from claimbench.report.svg import heatmap
+
+    svg = heatmap(
+        "NE <map>",
+        ["embed", "resid_post.0"],
+        [[0.0, 1.0, -0.5], [0.2, float("nan"), 1.0]],
+        x_label="position",
+    )
+    assert svg.count("<rect") == 6 and "NE &lt;map&gt;" in svg and "rgb(255, 0, 0)" in svg
+    assert heatmap("empty", [], []) == ""
+    group = [
+        {"run_id": "a", "y_label": "layer 0"},
+        {"run_id": "a", "y_label": "random"},
+        {"run_id": "b", "y_label": "x"},
+    ]
+    assert _line_label(group[1], group, {"a": "behaviour"}) == "behaviour · random"
+    assert _line_label(group[2], group, {"b": "other"}) == "other"
+    assert sorted(["resid_post.10", "resid_post.2", "embed"], key=_natural) == [
+        "embed",
+        "resid_post.2",
+        "resid_post.10",
+    ]
+
+
+def test_contrast_pipeline_on_a_micro_hf_model(tmp_path):
+    from claimbench.records import load_run_record
+    from methods.mi_steer import contrast
+    from tests.posttrain_fixtures import save_micro_model
+
+    art = tmp_path / "micro"
+    save_micro_model(art)
+    text = tmp_path / "test.jsonl"
+    text.write_text(
+        "\n".join(
+            json.dumps({"text": f"Question: What is {i} plus {i}?\nAnswer: {2 * i}"})
+            for i in range(40)
+        )
+    )
+    cfg = {
+        "model": "micro",
+        "chat_template": True,
+        "layers": [0],
+        "alphas": [-1, 0, 1],
+        "n_neutral": 2,
+        "neutral_len": 8,
+        "behaviours": {
+            "refusal": {
+                "positive": "benchmarks/data/mi_prompts/harmful.jsonl",
+                "negative": "benchmarks/data/mi_prompts/harmless.jsonl",
+                "positive_tokens": ["I", "Sorry"],
+                "negative_tokens": ["Sure", "Here"],
+            }
+        },
+    }
+    rec = tmp_path / "contrast.json"
+    args = [
+        "--artifact",
+        str(art),
+        "--behaviour",
+        "refusal",
+        "--config",
+        json.dumps(cfg),
+        "--text",
+        str(text),
+        "--record",
+        str(rec),
+        "--variant",
+        "micro-refusal",
+    ]
+    contrast.main(args)
+    vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
+    assert {"rate_positive", "rate_positive_ablated", "kl_neutral", "criterion_met"} <= set(vals)
+    with pytest.raises(SystemExit):
+        contrast.main([*args[:2], "--behaviour", "sentiment", *args[4:]])

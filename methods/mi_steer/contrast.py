@@ -23,7 +23,7 @@ from claimbench.io import atomic_write_jsonl, stable_hash
 from claimbench.records import make_run_record, metric, series, write_run_record
 from methods.interp.hooks import HookedLM
 from methods.mi_steer import steer as S
-from methods.mi_steer.suite import improve_verdict
+from methods.mi_steer.suite import improve_verdict, same_n_per_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
             tasks=["contrast"],
             seed=a.seed,
             config={**cfg, "behaviour": a.behaviour},
-            metrics=[m for m in metrics if np.isfinite(m["value"])],
+            metrics=same_n_per_task([m for m in metrics if np.isfinite(m["value"])]),
             provenance=provenance.capture(t["started_at"], t["wall_s"]),
             task_hashes={"contrast": stable_hash([pos, neg])},
             samples="contrast.samples.jsonl",

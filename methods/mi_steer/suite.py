@@ -97,14 +97,28 @@ def generate_any(lm: HookedLM, prompts: list[list[int]], n_new: int, edits=()) -
 
 
 @torch.no_grad()
-def mean_resid_at(lm: HookedLM, prompts: list[list[int]], site, position: int) -> torch.Tensor:
+def mean_resid_at(
+    lm: HookedLM, prompts: list[list[int]], site, position: int | str
+) -> torch.Tensor:
+    """Mean residual at one position (an int, from the end when negative) or, with ``"mean"``,
+    averaged over the prompt's tokens first."""
     if not prompts:
         raise ValueError("empty prompt set: the contrast needs prompts on both sides")
     total = torch.zeros(lm.d_model)
     for _, idx in grouped(prompts).items():
         _, c = lm.run(torch.tensor([prompts[i] for i in idx]), read=[site])
-        total += c[site][:, position].sum(0)
+        x = c[site].mean(1) if position == "mean" else c[site][:, position]
+        total += x.sum(0)
     return total / len(prompts)
+
+
+def same_n_per_task(metrics: list[dict]) -> list[dict]:
+    """One sample count per task (the report compares rows of a task by n): the task's largest."""
+    n_of: dict[str, int | None] = {}
+    for m in metrics:
+        if m["n"] is not None:
+            n_of[m["task"]] = max(n_of.get(m["task"]) or 0, m["n"])
+    return [{**m, "n": n_of.get(m["task"])} for m in metrics]
 
 
 def write(
@@ -119,6 +133,7 @@ def write(
     t,
     task_hashes: dict,
 ) -> None:
+    metrics = same_n_per_task(metrics)
     out = Path(args.record)
     out.parent.mkdir(parents=True, exist_ok=True)
     sname = out.name.replace(".json", ".samples.jsonl")
@@ -759,9 +774,9 @@ def run_improve(args, cfg: dict) -> None:
         metrics, curves, samples = [], [], []
         curves.append(
             series(
-                "refusal score under ablation, per candidate layer (last position)",
-                [c["layer"] for c in candidates if c["position"] == -1],
-                [c["score"] for c in candidates if c["position"] == -1],
+                "refusal score under ablation, per candidate layer (first candidate position)",
+                [c["layer"] for c in candidates if c["position"] == cfg["positions"][0]],
+                [c["score"] for c in candidates if c["position"] == cfg["positions"][0]],
                 "layer",
                 "refusal log-odds (val)",
             )
@@ -786,13 +801,16 @@ def run_improve(args, cfg: dict) -> None:
         def answer_ok(edits=()):
             gens = generate_any(lm, t_safe, cfg["max_new_tokens"], edits)
             outs = [vocab.decode(g).split("\n")[0] for g in gens]
-            return [
+            # non-trigger behaviour = answering ("ok ..."); exact copy of w1 kept as a secondary score
+            answered = [int(o.startswith("ok ")) for o in outs]
+            exact = [
                 int(o == f"ok {r_['prompt'].split()[1]}")
-                for o, r_ in zip(outs, t_safe_rows, strict=False)
-            ], outs
+                for o, r_ in zip(outs, t_safe_rows, strict=True)
+            ]
+            return answered, exact, outs
 
-        ok_base, outs_base = answer_ok()
-        ok_abl, outs_abl = answer_ok(abl)
+        ok_base, exact_base, outs_base = answer_ok()
+        ok_abl, exact_abl, outs_abl = answer_ok(abl)
         se = S.side_effects(lm, neutral, abl)
         with torch.no_grad():
             x = neutral[:4]
@@ -801,7 +819,9 @@ def run_improve(args, cfg: dict) -> None:
         nontrig_change = abs(np.mean(ok_abl) - np.mean(ok_base)) / max(np.mean(ok_base), 1e-9)
         metrics += [
             metric("select", "layer", chosen["layer"]),
-            metric("select", "position", chosen["position"]),
+            metric(
+                "select", "position", -1000 if chosen["position"] == "mean" else chosen["position"]
+            ),
             metric("select", "val_refusal_score_ablated", chosen["score"]),
             metric("select", "val_kl", chosen["kl"], higher_is_better=False),
             metric("select", "val_refusal_score_base", refusal_score(val_harm)),
@@ -835,9 +855,13 @@ def run_improve(args, cfg: dict) -> None:
             metric("improve", "ppl_neutral_base", se["ppl_base"], higher_is_better=False),
             metric("improve", "ppl_neutral_ablated", se["ppl"], higher_is_better=False),
             metric("improve", "ppl_rise", v["ppl_rise"], higher_is_better=False),
-            metric("improve", "nontrigger_answer_acc", float(np.mean(ok_base)), n=len(t_safe)),
+            metric("improve", "nontrigger_answer_rate", float(np.mean(ok_base)), n=len(t_safe)),
+            metric("improve", "nontrigger_copy_acc", float(np.mean(exact_base)), n=len(t_safe)),
             metric(
-                "improve", "nontrigger_answer_acc_ablated", float(np.mean(ok_abl)), n=len(t_safe)
+                "improve", "nontrigger_copy_acc_ablated", float(np.mean(exact_abl)), n=len(t_safe)
+            ),
+            metric(
+                "improve", "nontrigger_answer_rate_ablated", float(np.mean(ok_abl)), n=len(t_safe)
             ),
             metric(
                 "improve", "nontrigger_rel_change", float(nontrig_change), higher_is_better=False
@@ -874,7 +898,12 @@ def run_improve(args, cfg: dict) -> None:
                     "prompt": r_["prompt"],
                     "target": r_["completion"].split("\n")[0],
                     "response": outs_abl[i],
-                    "metrics": {"answer_ok": ok_base[i], "answer_ok_ablated": ok_abl[i]},
+                    "metrics": {
+                        "answered": ok_base[i],
+                        "answered_ablated": ok_abl[i],
+                        "copy_ok": exact_base[i],
+                        "copy_ok_ablated": exact_abl[i],
+                    },
                 }
             )
     write(

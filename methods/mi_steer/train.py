@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         vocab = CharVocab()
         streams = world_streams(a.world, a.data, vocab)
         tr = spec["train"]
-        mix = tr.get("mix") or {k: 1.0 for k in streams}
+        # Sorted: the batch is drawn part by part, so the order must not depend on how the JSON was written.
+        mix = dict(sorted((tr.get("mix") or {k: 1.0 for k in streams}).items()))
         model = build_model(spec, vocab, a.seed)
         log = train_lm(
             model,
