@@ -366,6 +366,8 @@ def test_heatmap_svg_and_line_labels():
         {"run_id": "b", "y_label": "x"},
     ]
     assert _line_label(group[1], group, {"a": "behaviour"}) == "behaviour · random"
+    group[0]["y_label"] = "rate | layer 0"
+    assert _line_label(group[0], group, {"a": "behaviour"}) == "behaviour · layer 0"
     assert _line_label(group[2], group, {"b": "other"}) == "other"
     assert sorted(["resid_post.10", "resid_post.2", "embed"], key=_natural) == [
         "embed",

@@ -411,7 +411,7 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
                         name,
                         [(_line_label(s, group, labels), s["x"], s["y"]) for s in group],
                         x_label=group[0]["x_label"] or "x",
-                        y_label=group[0]["y_label"] or "y",
+                        y_label=(group[0]["y_label"] or "y").split(" | ", 1)[0],
                     )
                 )
             )
@@ -429,10 +429,11 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
 
 
 def _line_label(s: dict, group: list[dict], labels: dict[str, str]) -> str:
-    """Legend label: the run's label, plus the series' y label when one run has several lines."""
+    """Legend label: the run's label, plus the series' y label (the part after ``" | "``, the
+    part before is the axis label) when one run has several lines in the chart."""
     label = labels.get(s["run_id"], s["run_id"])
     if sum(g["run_id"] == s["run_id"] for g in group) > 1:
-        return f"{label} · {s['y_label']}"
+        return f"{label} · {(s['y_label'] or '').split(' | ', 1)[-1]}"
     return label
 
 

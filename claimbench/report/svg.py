@@ -270,7 +270,7 @@ def heatmap(
     n_cols = max(len(r) for r in rows)
     vmax = max((abs(v) for r in rows for v in r if math.isfinite(v)), default=1.0) or 1.0
     x0, y0 = 96, _MARGIN_T + 8
-    width = x0 + n_cols * cell + 24
+    width = max(x0 + n_cols * cell + 24, 8 * len(title) + 24)
     height = y0 + len(rows) * cell + 44
     out = _svg_open(width, height, title)
     for i, (label, r) in enumerate(zip(row_labels, rows, strict=True)):

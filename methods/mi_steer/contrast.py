@@ -236,14 +236,14 @@ def main(argv: list[str] | None = None) -> None:
                 alphas,
                 dose,
                 "alpha (units of r)",
-                "rate (direction)",
+                "rate | direction",
             ),
             series(
                 "real LM: behaviour rate vs alpha (negative prompts)",
                 alphas,
                 dose_rnd,
                 "alpha (units of r)",
-                "rate (random vector)",
+                "rate | random vector",
             ),
         ]
         samples = [

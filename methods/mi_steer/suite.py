@@ -427,7 +427,7 @@ def run_probe(args, cfg: dict) -> None:
                         list(sites),
                         [acc[name, kind, i] for i in sites],
                         "site (0 = embeddings)",
-                        f"{name} accuracy",
+                        f"accuracy | {name}",
                     )
                 )
         best = max(range(1, lm.n_layers + 1), key=lambda i: acc["trained", "task", i])
@@ -552,11 +552,11 @@ def run_steer(args, cfg: dict) -> None:
             sweep[layer] = [rate(free, S.steering_edits(lm, v, a, layer))[0] for a in alphas]
             curves.append(
                 series(
-                    "dose-response: expected upper-case fraction vs alpha (CAA per layer, random controls)",
+                    "dose-response: p(upper) vs alpha (CAA + random)",
                     alphas,
                     sweep[layer],
                     "alpha (units of v)",
-                    f"rate, layer {layer}",
+                    f"p(upper) | layer {layer}",
                 )
             )
         # The layer sweep picks the layer with the widest response between alpha=-1 and alpha=+1.
@@ -572,11 +572,11 @@ def run_steer(args, cfg: dict) -> None:
             rand_rates.append(rr)
             curves.append(
                 series(
-                    "dose-response: expected upper-case fraction vs alpha (CAA per layer, random controls)",
+                    "dose-response: p(upper) vs alpha (CAA + random)",
                     alphas,
                     rr,
                     "alpha (units of v)",
-                    f"random vector {k}, layer {best}",
+                    f"p(upper) | random {k} @L{best}",
                 )
             )
         curves.append(
@@ -585,7 +585,7 @@ def run_steer(args, cfg: dict) -> None:
                 alphas,
                 [greedy_rate(free, S.steering_edits(lm, v, a, best)) for a in alphas],
                 "alpha (units of v)",
-                f"greedy rate, layer {best}",
+                f"greedy rate | layer {best}",
             )
         )
         rand_effect = float(np.mean([max(abs(r - rr[i0]) for r in rr) for rr in rand_rates]))
