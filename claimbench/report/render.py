@@ -20,7 +20,7 @@ from markupsafe import Markup
 from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_text, stable_hash
 from claimbench.records import SCALES
-from claimbench.report.svg import bar_chart, fmt_num, line_chart
+from claimbench.report.svg import bar_chart, fmt_num, heatmap, line_chart
 
 GENERATOR = "claimbench report"
 EXAMPLES_PER_TASK = 5
@@ -402,16 +402,16 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
                 )
             )
         lines = []
-        s_series = [s for s in series if s["scale"] == scale]
+        s_series = [s for s in series if s["scale"] == scale and not s["name"].startswith(HEATMAP)]
         for name in sorted({s["name"] for s in s_series}):
             group = [s for s in s_series if s["name"] == name]
             lines.append(
                 Markup(
                     line_chart(
                         name,
-                        [(labels.get(s["run_id"], s["run_id"]), s["x"], s["y"]) for s in group],
+                        [(_line_label(s, group, labels), s["x"], s["y"]) for s in group],
                         x_label=group[0]["x_label"] or "x",
-                        y_label=group[0]["y_label"] or "y",
+                        y_label=(group[0]["y_label"] or "y").split(" | ", 1)[0],
                     )
                 )
             )
@@ -426,6 +426,53 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
             }
         )
     return sections, labels
+
+
+def _line_label(s: dict, group: list[dict], labels: dict[str, str]) -> str:
+    """Legend label: the run's label, plus the series' y label (the part after ``" | "``, the
+    part before is the axis label) when one run has several lines in the chart."""
+    label = labels.get(s["run_id"], s["run_id"])
+    if sum(g["run_id"] == s["run_id"] for g in group) > 1:
+        return f"{label} · {(s['y_label'] or '').split(' | ', 1)[-1]}"
+    return label
+
+
+HEATMAP = "heatmap:"  # series named heatmap:<map>:<row> are drawn as heatmaps, not line charts
+
+
+def _natural(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _heatmaps(con: duckdb.DuckDBPyConnection, paper: str, labels: dict[str, str]) -> list[dict]:
+    """Per scale, run and map: the heatmap SVG built from its ``heatmap:<map>:<row>`` series."""
+    rows = _rows(
+        con,
+        """
+        SELECT r.scale, s.name, s.x_label, s.y, s.run_id
+        FROM series s JOIN runs r USING (run_id) WHERE r.paper = ? AND starts_with(s.name, ?)
+        ORDER BY r.scale, s.run_id, s.name
+        """,
+        [paper, HEATMAP],
+    )
+    maps: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        _, name, row = r["name"].split(":", 2)
+        maps.setdefault((r["scale"], r["run_id"], name), []).append({**r, "row": row})
+    out = []
+    for (scale, run_id, name), group in sorted(
+        maps.items(), key=lambda kv: (scale_key(kv[0][0]), kv[0][1], kv[0][2])
+    ):
+        group.sort(key=lambda g: _natural(g["row"]))
+        label = labels.get(run_id, run_id)
+        svg = heatmap(
+            f"{label}: {name}",
+            [g["row"] for g in group],
+            [g["y"] for g in group],
+            x_label=group[0]["x_label"] or "x",
+        )
+        out.append({"scale": scale, "run": label, "name": name, "svg": Markup(svg)})
+    return out
 
 
 def _examples(con: duckdb.DuckDBPyConnection, paper: str, labels: dict[str, str]) -> list[dict]:
@@ -504,6 +551,7 @@ def paper_view(con: duckdb.DuckDBPyConnection, paper: dict, scales: list[str]) -
         "claims": _claims(con, name, scales),
         "results": results,
         "examples": _examples(con, name, labels),
+        "heatmaps": _heatmaps(con, name, labels),
         "provenance": _provenance(con, name),
         "version_keys": VERSION_KEYS,
     }

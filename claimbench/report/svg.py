@@ -253,3 +253,51 @@ def _value_text(v: float, e: float | None) -> str:
 
 def _short(label: str, limit: int = 24) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def heatmap(
+    title: str,
+    row_labels: Sequence[str],
+    grid: Sequence[Sequence[float]],
+    *,
+    x_label: str = "x",
+    cell: int = 14,
+) -> str:
+    """A diverging heatmap (blue < 0 < red, scaled by max |value|), one row per label."""
+    rows = [list(r) for r in grid]
+    if not rows or not rows[0]:
+        return ""
+    n_cols = max(len(r) for r in rows)
+    vmax = max((abs(v) for r in rows for v in r if math.isfinite(v)), default=1.0) or 1.0
+    x0, y0 = 96, _MARGIN_T + 8
+    width = max(x0 + n_cols * cell + 24, 8 * len(title) + 24)
+    height = y0 + len(rows) * cell + 44
+    out = _svg_open(width, height, title)
+    for i, (label, r) in enumerate(zip(row_labels, rows, strict=True)):
+        y = y0 + i * cell
+        out.append(
+            f'<text x="{x0 - 4}" y="{_c(y + cell * 0.75)}" text-anchor="end" '
+            f'class="tick">{escape(_short(str(label), 14))}</text>'
+        )
+        for j, v in enumerate(r):
+            a = min(1.0, abs(v) / vmax) if math.isfinite(v) else 0.0
+            rgb = (
+                (255, int(255 * (1 - a)), int(255 * (1 - a)))
+                if v >= 0
+                else (int(255 * (1 - a)), int(255 * (1 - a)), 255)
+            )
+            out.append(
+                f'<rect x="{x0 + j * cell}" y="{y}" width="{cell}" height="{cell}" '
+                f'fill="rgb{rgb}"><title>{escape(str(label))}, {j}: {fmt_num(v)}</title></rect>'
+            )
+    for j in range(0, n_cols, 5):
+        out.append(
+            f'<text x="{_c(x0 + j * cell + cell / 2)}" y="{y0 + len(rows) * cell + 12}" '
+            f'text-anchor="middle" class="tick">{j}</text>'
+        )
+    out.append(
+        f'<text x="{_c(x0 + n_cols * cell / 2)}" y="{height - 8}" text-anchor="middle" '
+        f'class="axis-label">{escape(x_label)} (colour: ±{fmt_num(vmax)})</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out)

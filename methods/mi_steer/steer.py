@@ -1,0 +1,105 @@
+"""STEER: contrastive steering vectors (CAA / ActAdd) and directional ablation (spec §3.2)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from methods.interp.hooks import HookedLM, Site, add_vector, project_out
+
+
+def mean_difference(
+    lm: HookedLM, pos: torch.Tensor, neg: torch.Tensor, site: Site, position: int = -1
+) -> torch.Tensor:
+    """v_l = mean_i x^l(pos+_i) - mean_i x^l(pos-_i) at one token position (S1)."""
+    for name, ids in (("positive", pos), ("negative", neg)):
+        if ids.ndim != 2 or ids.shape[0] == 0:
+            raise ValueError(f"empty prompt set: the {name} prompts of the contrast are empty")
+    _, cp = lm.run(pos, read=[site])
+    _, cn = lm.run(neg, read=[site])
+    return cp[site][:, position].mean(0) - cn[site][:, position].mean(0)
+
+
+def steering_edits(lm: HookedLM, v: torch.Tensor, alpha: float, layer: int) -> list:
+    """x^l_t <- x^l_t + alpha v at every position of the output of layer l (S1)."""
+    lm.check_vector(v)
+    return [(lm.site("resid_post", layer), add_vector(v, alpha))]
+
+
+def ablation_edits(lm: HookedLM, r: torch.Tensor) -> list:
+    """x <- x - r_hat r_hat^T x on every write into the residual stream (embedding, attn, MLP), S2.
+
+    Projecting every write keeps r_hat out of the residual stream at every layer and position.
+    """
+    lm.check_vector(r, "ablation direction")
+    fn = project_out(r)
+    edits = [(lm.site("embed"), fn)]
+    for layer in range(lm.n_layers):
+        edits += [(lm.site("attn", layer), fn), (lm.site("mlp", layer), fn)]
+    return edits
+
+
+@torch.no_grad()
+def orthogonalize_weights(model: torch.nn.Module, r: torch.Tensor) -> torch.nn.Module:
+    """A copy with W_out <- (I - r_hat r_hat^T) W_out for W_E, every o_proj and down_proj (S2).
+
+    A tied unembedding is untied first: it reads the residual stream, it does not write to it.
+    """
+    lm = HookedLM(model)
+    lm.check_vector(r, "ablation direction")
+    m = copy.deepcopy(model)
+    if r.norm() == 0:
+        return m
+    rh = (r / r.norm()).to(next(m.parameters()).dtype)
+    proj = torch.eye(rh.shape[0], dtype=rh.dtype) - torch.outer(rh, rh)
+    if m.lm_head.weight is m.model.embed_tokens.weight:
+        m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())
+        m.config.tie_word_embeddings = False
+    emb = m.model.embed_tokens.weight
+    emb.copy_(emb @ proj)  # rows are the written vectors
+    for layer in m.model.layers:
+        for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            lin.weight.copy_(proj @ lin.weight)
+            if lin.bias is not None:
+                lin.bias.copy_(proj @ lin.bias)
+    return m
+
+
+def random_like(v: torch.Tensor, seed: int) -> torch.Tensor:
+    """A random direction with the norm of ``v`` (the control of S1/S2)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(v.shape, generator=g, dtype=v.dtype)
+    return u / u.norm() * v.norm()
+
+
+@torch.no_grad()
+def generate(lm: HookedLM, ids: torch.Tensor, n_new: int, edits=()) -> torch.Tensor:
+    """Greedy decoding of ``n_new`` tokens with the edits applied at every step (no KV cache)."""
+    out = ids
+    for _ in range(n_new):
+        logits, _ = lm.run(out, edits=edits)
+        out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return out[:, ids.shape[1] :]
+
+
+@torch.no_grad()
+def side_effects(lm: HookedLM, ids: torch.Tensor, edits) -> dict:
+    """KL(p_base || p_edited) per token and perplexity (base and edited) on neutral windows."""
+    base, _ = lm.run(ids)
+    new, _ = lm.run(ids, edits=edits)
+    lb, ln = F.log_softmax(base[:, :-1], -1), F.log_softmax(new[:, :-1], -1)
+    tgt = ids[:, 1:, None]
+    kl = (lb.exp() * (lb - ln)).sum(-1).mean()
+    nll_b, nll_n = -lb.gather(-1, tgt).mean(), -ln.gather(-1, tgt).mean()
+    return {"kl": float(kl), "ppl_base": float(nll_b.exp()), "ppl": float(nll_n.exp())}
+
+
+def select_direction(
+    candidates: list[dict], n_layers: int, kl_max: float = 0.1, max_depth: float = 0.8
+) -> dict | None:
+    """Arditi et al. selection: lowest behaviour score under ablation among candidates whose
+    ablation keeps KL on harmless prompts < kl_max and whose layer < max_depth * n_layers."""
+    ok = [c for c in candidates if c["kl"] < kl_max and c["layer"] < max_depth * n_layers]
+    return min(ok, key=lambda c: c["score"]) if ok else None
