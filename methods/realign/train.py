@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -89,9 +90,35 @@ class TrRaObjective:
         return torch.stack(losses).mean(), {"vocab_forward_kl": float(kl)}
 
 
+FORMS = ("long", "short", "nocheck")
+_CHECK = re.compile(r" Check: [^.]*\.")
+
+
+def demonstration_form(problem: dict, form: str) -> tuple[str, str]:
+    """(prompt, completion): the world's ``long`` (slow: steps + check block) or ``short`` form,
+    or ``nocheck`` = the long trace with its check sentence dropped (spec 8: "SFT on a mix
+    where the check block is dropped", the efficient aligned model that still reasons)."""
+    if form not in FORMS:
+        raise ValueError(f"demonstration form must be one of {FORMS}, got {form!r}")
+    if form != "nocheck":
+        return demonstration(problem, form)
+    prompt, long = demonstration(problem, "long")
+    return prompt, _CHECK.sub("", long)
+
+
 def demos(path: str, families, form: str) -> tuple[list[str], list[str]]:
-    pr, co = zip(*[demonstration(p, form) for p in load_problems(path, families)], strict=True)
+    rows = load_problems(path, families)
+    pr, co = zip(*[demonstration_form(p, form) for p in rows], strict=True)
     return list(pr), list(co)
+
+
+def fingerprint(path: str) -> str:
+    """Content hash of a model folder's weights, or what its meta.json loads (linked bases)."""
+    weights = Path(path) / "model.safetensors"
+    if weights.is_file():
+        return sha256_file(weights)[:16]
+    load = read_meta(path).get("load") or {}
+    return str(load.get("hub_id") or load.get("path") or path)
 
 
 def _loss_series(rows: list[dict], name: str) -> dict:
@@ -173,8 +200,8 @@ def run_trra(args, cfg) -> None:
             "paper": "realign",
             "base_model": base_name,
             "inputs": {
-                args.ref: sha256_file(Path(args.ref) / "model.safetensors")[:16],
-                args.aligned: sha256_file(Path(args.aligned) / "model.safetensors")[:16],
+                args.ref: fingerprint(args.ref),
+                args.aligned: fingerprint(args.aligned),
                 args.train: sha256_file(args.train)[:16],
             },
             "seed": args.seed,
@@ -207,7 +234,7 @@ def run_inra(args, cfg) -> None:
         init_diff = max_logit_diff(expanded, ref, tok, prompts[:32])
         n_train = freeze_all_but_adapter(expanded)
         expanded.train()
-        pr, co = demos(args.train, cfg.get("families"), "short")  # fast-style demonstrations
+        pr, co = demos(args.train, cfg.get("families"), cfg["form"])  # fast-style demos
         rows = train_demos(
             expanded,
             tok,
@@ -283,7 +310,7 @@ def run_inra(args, cfg) -> None:
             "paper": "realign",
             "base_model": base_name,
             "inputs": {
-                args.ref: sha256_file(Path(args.ref) / "model.safetensors")[:16],
+                args.ref: fingerprint(args.ref),
                 args.train: sha256_file(args.train)[:16],
             },
             "seed": args.seed,
@@ -294,12 +321,56 @@ def run_inra(args, cfg) -> None:
     )
 
 
+def run_sft(args, cfg) -> None:
+    """The efficient aligned model: SFT of the reference on fast-style demonstrations."""
+    with provenance.timed() as t:
+        model, tok = load_model(args.ref, trainable=True, device=args.device)
+        model.requires_grad_(True)
+        pr, co = demos(args.train, cfg.get("families"), cfg["form"])
+        rows = train_demos(
+            model,
+            tok,
+            pr,
+            co,
+            SFTObjective(),
+            steps=cfg["steps"],
+            minibatch=cfg["minibatch"],
+            lr=cfg["lr"],
+            warmup_steps=cfg.get("warmup_steps", 0),
+            seed=args.seed,
+        )
+        save_artifact(model, tok, Path(args.out), rows)
+    prov = provenance.capture(t["started_at"], t["wall_s"])
+    base_name = read_meta(args.ref).get("name", "ref")
+    metrics = [metric("train", "final_loss", sum(r["loss"] for r in rows[-5:]) / len(rows[-5:]))]
+    _write_train_record(
+        args, cfg, rows, metrics, [_loss_series(rows, "SFT loss")], base_name, prov, "sft"
+    )
+    atomic_write_json(
+        Path(args.out) / "meta.json",
+        {
+            "name": args.variant,
+            "method": "sft",
+            "paper": "realign",
+            "base_model": base_name,
+            "inputs": {
+                args.ref: fingerprint(args.ref),
+                args.train: sha256_file(args.train)[:16],
+            },
+            "seed": args.seed,
+            "config": cfg,
+            "provenance": prov,
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("what", choices=["trra", "inra"])
-    for a in ("--ref", "--train", "--test", "--config", "--out", "--variant", "--record"):
+    ap.add_argument("what", choices=["trra", "inra", "sft"])
+    for a in ("--ref", "--train", "--config", "--out", "--variant", "--record"):
         ap.add_argument(a, required=True)
-    ap.add_argument("--decode-out", required=True, help="decode record(s); inra: one per lambda")
+    ap.add_argument("--test", default="")
+    ap.add_argument("--decode-out", default="", help="decode record(s); inra: one per lambda")
     ap.add_argument("--aligned", default="")
     ap.add_argument("--lam", default="1.0")
     ap.add_argument("--lams", default="")
@@ -318,8 +389,10 @@ def main(argv: list[str] | None = None) -> None:
             if not args.aligned:
                 raise ValueError("trra needs --aligned (the aligned model, or C for TrRa-iter)")
             run_trra(args, cfg)
-        else:
+        elif args.what == "inra":
             run_inra(args, cfg)
+        else:
+            run_sft(args, cfg)
 
 
 if __name__ == "__main__":
