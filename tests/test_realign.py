@@ -187,3 +187,69 @@ def test_dera_mixed_decoding_matches_each_model_at_the_ends(micro, tmp_path):
         got = mixed_greedy((ref, None), (other, None), lam, tok, prompts, max_new_tokens=10)
         want = single_greedy(m, tok, prompts, max_new_tokens=10)
         assert got.texts == want.texts
+
+
+def test_pipeline_on_a_micro_config(tmp_path, capsys):
+    """ref -> aligned (SFT, no check block) -> TrRa / DeRa / InRa -> sweep, through the CLIs."""
+    import json
+
+    from claimbench.records import load_run_record
+    from methods.realign import evaluate, sweep, train
+    from tests.posttrain_fixtures import write_problems
+
+    save_micro_model(tmp_path / "ref", seed=0)
+    rows = problems(48, seed=1)
+    tr = str(write_problems(tmp_path / "train.jsonl", rows))
+    te = str(write_problems(tmp_path / "test.jsonl", problems(6, seed=2)))
+    dec = {"max_new_tokens": 6, "batch_size": 8}
+    fam = ["add", "sub"]
+    ref, al = str(tmp_path / "ref"), str(tmp_path / "aligned")
+    runs = tmp_path / "runs"
+    common = ["--train", tr, "--scale", "tiny"]
+    cfg = {"families": fam, "max_new_tokens": 6}
+    evaluate.main(["single", "--model", ref, "--variant", "ref", "--test", te,
+                   "--config", json.dumps(cfg), "--out", str(runs / "ref.json")])  # fmt: skip
+    sft = {"form": "nocheck", "families": fam, "steps": 2, "minibatch": 4, "lr": 1e-3}
+    train.main(["sft", "--ref", ref, "--config", json.dumps(sft), "--out", al,
+                "--variant", "aligned", "--record", str(runs / "al.train.json"), *common])  # fmt: skip
+    tcfg = {"families": fam, "steps": 2, "minibatch": 4, "lr": 1e-3, "decode": dec}
+    for mode in ("vocab", "code_faithful"):
+        train.main(["trra", "--ref", ref, "--aligned", al, "--lam=2", "--mode", mode,
+                    "--test", te, "--config", json.dumps(tcfg), "--out", str(tmp_path / mode),
+                    "--variant", "trra-lam2", "--record", str(runs / f"{mode}.train.json"),
+                    "--decode-out", str(runs / f"trra-{mode}.json"),
+                    "--ref-record", str(runs / "ref.json"), *common])  # fmt: skip
+    evaluate.main(["dera", "--ref", ref, "--aligned", al, "--lams=0,2", "--test", te,
+                   "--config", json.dumps(cfg), "--out", f"{runs}/d0.json,{runs}/d2.json",
+                   "--ref-record", str(runs / "ref.json")])  # fmt: skip
+    icfg = {**tcfg, "form": "short"}
+    outs = ",".join(f"{runs}/i{k}.json" for k in range(3))
+    train.main(["inra", "--ref", ref, "--lams=-0.5,0,1", "--test", te,
+                "--config", json.dumps(icfg), "--out", str(tmp_path / "inra"), "--variant", "inra",
+                "--record", str(runs / "inra.train.json"), "--decode-out", outs,
+                "--ref-record", str(runs / "ref.json"), *common])  # fmt: skip
+    recs = [
+        str(runs / f)
+        for f in ("trra-vocab.json", "d0.json", "d2.json", "i0.json", "i1.json", "i2.json")
+    ]
+    sweep.main(["--records", ",".join(recs), "--out", str(runs / "sweep.json")])
+
+    def val(path, name, task="all"):
+        rec = load_run_record(path)
+        return next(m["value"] for m in rec["metrics"] if m["task"] == task and m["metric"] == name)
+
+    assert val(runs / "i1.json", "identical_to_ref") == 1.0  # lambda = 0 after training
+    assert val(runs / "inra.train.json", "init_max_abs_logit_diff", "identity") < 1e-5
+    assert val(runs / "d0.json", "token_reduction") == 0.0  # DeRa lambda = 0 is the reference
+    assert (tmp_path / "inra" / "meta.json").is_file() and (
+        tmp_path / "vocab" / "meta.json"
+    ).is_file()
+    names = {s["name"] for s in load_run_record(runs / "sweep.json")["series"]}
+    assert "InRa: mean output tokens vs lambda" in names and "DeRa: exact match vs lambda" in names
+    # bad input: an undefined fused teacher is named on the command line
+    with pytest.raises(SystemExit):
+        train.main(["trra", "--ref", ref, "--aligned", al, "--lam=nan", "--test", te,
+                    "--config", json.dumps(tcfg), "--out", str(tmp_path / "bad"),
+                    "--variant", "bad", "--record", str(runs / "bad.json"),
+                    "--decode-out", str(runs / "bad_d.json"), *common])  # fmt: skip
+    assert "lambda=nan" in capsys.readouterr().err.replace("'", "")

@@ -39,7 +39,7 @@ def _points(recs: list[dict], method: str) -> list[tuple[float, dict]]:
 def build(recs: list[dict]) -> tuple[list[dict], list[dict]]:
     by_variant = {r["variant"]: r for r in recs}
     trra = [
-        (float(r["config"]["lambda"]), r)
+        (float(r["config"].get("lambda", v.removeprefix("trra-lam"))), r)
         for v, r in by_variant.items()
         if v.startswith("trra-lam") and r["method"] == "trra"
     ]
