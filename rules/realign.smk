@@ -1,14 +1,13 @@
-# Flexible Realignment (TrRa, InRa) with the DeRa baseline: a slow-thinking reference (SFT on the
-# world's long step-by-step traces with a check block), an efficient aligned model (SFT of the
-# reference on short answers), TrRa over the lambda grid, the KL-direction switch, the
-# code-faithful mode, TrRa-iter, DeRa decode-time mixing and InRa with dual-path decoding.
+# Flexible Realignment (TrRa, InRa) with the DeRa baseline: a slow-thinking reference (SFT on
+# the world's long traces with a check block), an efficient aligned model (the reference SFT'd
+# on the same traces without the check block), TrRa over the lambda grid, the KL-direction
+# switch, the code-faithful mode, TrRa-iter, DeRa decode-time mixing, InRa dual-path decoding.
 REALIGN = SCALE.get("papers", {}).get("realign")
 RA_ART = f"{ART}/realign"
 RA_RUNS = f"{RUNS}/realign"
 
 
-def _lam(x):
-    return f"{float(x):g}"
+include: "realign_helpers.smk"
 
 
 # {variant: (lambda, direction, mode, aligned teacher variant)}
@@ -64,49 +63,6 @@ if REALIGN and "realign" in PAPERS:
         + [f"{RA_RUNS}/{v}/lm_eval.json" for v in REALIGN["lm_eval"]["variants"]]
         + [f"{RA_RUNS}/sweep/realign_sweep.json"]
     )
-
-
-def ra_json(*keys):
-    """Params function: a sub-section of papers.realign as JSON, with the shared settings."""
-
-    def get(wildcards):
-        sec = REALIGN
-        for k in keys:
-            sec = sec[k]
-        return json.dumps({**sec, "families": REALIGN["families"]}, sort_keys=True)
-
-    return get
-
-
-def ra_decode_cfg(wildcards):
-    return json.dumps(
-        {**REALIGN["decode"], "families": REALIGN["families"]}, sort_keys=True
-    )
-
-
-def ra_trra_cfg(wildcards):
-    return json.dumps(
-        {
-            **{k: v for k, v in REALIGN["trra"].items() if k in RA_TRAIN_KEYS},
-            "families": REALIGN["families"],
-            "decode": REALIGN["decode"],
-        },
-        sort_keys=True,
-    )
-
-
-def ra_inra_cfg(wildcards):
-    return json.dumps(
-        {
-            **{k: v for k, v in REALIGN["inra"].items() if k in RA_TRAIN_KEYS},
-            "families": REALIGN["families"],
-            "decode": REALIGN["decode"],
-        },
-        sort_keys=True,
-    )
-
-
-RA_TRAIN_KEYS = ("steps", "minibatch", "lr", "warmup_steps")
 
 
 ruleorder: realign_link > realign_ref
