@@ -38,7 +38,11 @@ def ra_trra_cfg(wildcards):
 def ra_inra_cfg(wildcards):
     return json.dumps(
         {
-            **{k: v for k, v in REALIGN["inra"].items() if k in RA_TRAIN_KEYS},
+            **{
+                k: v
+                for k, v in REALIGN["inra"].items()
+                if k in (*RA_TRAIN_KEYS, "form")
+            },
             "families": REALIGN["families"],
             "decode": REALIGN["decode"],
         },
