@@ -239,6 +239,8 @@ def test_pipeline_on_a_micro_config(tmp_path, capsys):
         return next(m["value"] for m in rec["metrics"] if m["task"] == task and m["metric"] == name)
 
     assert val(runs / "i1.json", "identical_to_ref") == 1.0  # lambda = 0 after training
+    rows = [json.loads(x) for x in (runs / "i1.samples.jsonl").read_text().splitlines()]
+    assert [r["doc_id"] for r in rows] == list(range(6))  # the store's integer doc ids
     assert val(runs / "inra.train.json", "init_max_abs_logit_diff", "identity") < 1e-5
     assert val(runs / "d0.json", "token_reduction") == 0.0  # DeRa lambda = 0 is the reference
     assert (tmp_path / "inra" / "meta.json").is_file() and (

@@ -35,7 +35,9 @@ def score(problems: list[dict], dec: Decoded) -> tuple[list[dict], dict[str, flo
     fams = sorted({p["family"] for p in problems})
     metrics, lengths, rows = [], {}, []
     per = {f: {"em": [], "len": [], "trunc": [], "fail": []} for f in fams}
-    for p, text, n, tr in zip(problems, dec.texts, dec.n_tokens, dec.truncated, strict=True):
+    for i, (p, text, n, tr) in enumerate(
+        zip(problems, dec.texts, dec.n_tokens, dec.truncated, strict=True)
+    ):
         got = extract_answer(text)
         em = float(got is not None and got == int(p["answer"]))
         d = per[p["family"]]
@@ -46,7 +48,8 @@ def score(problems: list[dict], dec: Decoded) -> tuple[list[dict], dict[str, flo
         rows.append(
             {
                 "task": p["family"],
-                "doc_id": p["id"],
+                "doc_id": i,  # position in the (filtered) test list; the problem id is doc_hash
+                "doc_hash": p["id"],
                 "prompt": p["prompt"],
                 "target": str(p["answer"]),
                 "response": text,
