@@ -32,6 +32,7 @@ ROLLING_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
 LOCAL_TASK_FILES = {
     "arith_id": ["arith/test_id.jsonl"],
     "arith_id_final": ["arith/test_id.jsonl"],
+    "arith_id_cot": ["arith/test_id.jsonl"],
     "arith_ood": ["arith/test_ood.jsonl"],
     "arith_mc": ["arith/mc_test.jsonl"],
     "text_ppl": ["text/test.jsonl"],

@@ -172,22 +172,23 @@ def _insert(con, records, papers, claims, z: float) -> None:
                 str(sp) if sp else None,
             ],
         )
-        con.executemany(
-            "INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?)",
-            [
+        if r["metrics"]:  # a valid record may hold curves only (an SFT run without --valid)
+            con.executemany(
+                "INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?)",
                 [
-                    r["run_id"],
-                    m["task"],
-                    m["metric"],
-                    m["value"],
-                    m["stderr"],
-                    m["n"],
-                    m["higher_is_better"],
-                    r["task_hashes"].get(m["task"]),
-                ]
-                for m in r["metrics"]
-            ],
-        )
+                    [
+                        r["run_id"],
+                        m["task"],
+                        m["metric"],
+                        m["value"],
+                        m["stderr"],
+                        m["n"],
+                        m["higher_is_better"],
+                        r["task_hashes"].get(m["task"]),
+                    ]
+                    for m in r["metrics"]
+                ],
+            )
         for c in r.get("series") or []:
             con.execute(
                 "INSERT INTO series VALUES (?,?,?,?,?,?)",

@@ -61,11 +61,23 @@ def model_spec_json(wildcards):
     return json.dumps(MODELS[wildcards.name], sort_keys=True)
 
 
+def paper_lm_eval(wildcards):
+    """A paper's optional ``lm_eval`` overrides (``tasks``, ``max_gen_toks``) of the scale's."""
+    return (SCALE.get("papers", {}).get(wildcards.paper) or {}).get("lm_eval", {})
+
+
+def lm_eval_tasks(wildcards):
+    return ",".join(paper_lm_eval(wildcards).get("tasks", LM_EVAL["tasks"]))
+
+
 def lm_eval_args(wildcards):
     """Command-line options of the lm-eval suite for one artifact."""
+    max_gen_toks = paper_lm_eval(wildcards).get(
+        "max_gen_toks", LM_EVAL.get("max_gen_toks", 16)
+    )
     args = [
         f"--batch-size {LM_EVAL['batch_size']}",
-        f"--max-gen-toks {LM_EVAL.get('max_gen_toks', 16)}",
+        f"--max-gen-toks {max_gen_toks}",
         f"--seed {SCALE['seed']}",
         f"--device {SCALE.get('device', 'cpu')}",
         f"--dtype {LM_EVAL.get('dtype', 'float32')}",

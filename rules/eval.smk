@@ -24,7 +24,7 @@ rule eval_lm:
         runtime=60,
         gpu=GPU,
     params:
-        lm_eval_tasks=",".join(LM_EVAL["tasks"]),
+        lm_eval_tasks=lm_eval_tasks,
         args=lm_eval_args,
         artifact=input_dir,
         scale=SCALE_NAME,

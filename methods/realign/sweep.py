@@ -1,0 +1,146 @@
+"""The lambda sweeps in one run record (suite ``realign_sweep``): length and exact match against
+lambda for TrRa, DeRa and InRa as ``series`` (the report plots them) and the derived numbers of
+the spec's directional checks (section 8):
+
+* R1: increases of TrRa's mean length along increasing lambda (count, largest relative one);
+* R4: TrRa / DeRa mean-length ratio and exact-match gap at each shared lambda;
+* R6: increases of InRa's mean length along 0 <= lambda <= 1, and length(lambda<0) / length(0).
+
+    python -m methods.realign.sweep --records a.json,b.json,... --out sweep.json --scale tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from claimbench import provenance
+from claimbench.errors import exit_on_user_error
+from claimbench.records import load_run_record, make_run_record, metric, series, write_run_record
+from methods.realign.metrics import monotone_violations
+
+
+def _value(rec: dict, name: str, task: str = "all") -> float:
+    for m in rec["metrics"]:
+        if m["task"] == task and m["metric"] == name:
+            return m["value"]
+    raise ValueError(f"record {rec['variant']}: no metric {task}.{name}")
+
+
+def _points(recs: list[dict], method: str) -> list[tuple[float, dict]]:
+    pts = [
+        (float(r["config"]["lambda"]) if "lambda" in r["config"] else None, r)
+        for r in recs
+        if r["method"] == method
+    ]
+    return sorted((lam, r) for lam, r in pts if lam is not None)
+
+
+def build(recs: list[dict]) -> tuple[list[dict], list[dict]]:
+    by_variant = {r["variant"]: r for r in recs}
+    trra = [
+        (float(r["config"].get("lambda", v.removeprefix("trra-lam"))), r)
+        for v, r in by_variant.items()
+        if v.startswith("trra-lam") and r["method"] == "trra"
+    ]
+    trra.sort(key=lambda x: x[0])
+    dera = _points(recs, "dera")
+    inra = _points(recs, "inra")
+    curves, metrics = [], []
+    for name, pts in (("TrRa", trra), ("DeRa", dera), ("InRa", inra)):
+        if not pts:
+            continue
+        lams = [lam for lam, _ in pts]
+        curves.append(
+            series(
+                f"{name}: mean output tokens vs lambda",
+                lams,
+                [_value(r, "mean_output_tokens") for _, r in pts],
+                "lambda",
+                "mean output tokens",
+            )
+        )
+        curves.append(
+            series(
+                f"{name}: exact match vs lambda",
+                lams,
+                [_value(r, "exact_match") for _, r in pts],
+                "lambda",
+                "exact match",
+            )
+        )
+    if trra:
+        count, worst = monotone_violations([_value(r, "mean_output_tokens") for _, r in trra])
+        metrics += [
+            metric("trra_sweep", "length_increases", count, n=len(trra)),
+            metric("trra_sweep", "max_relative_length_increase", worst, n=len(trra)),
+        ]
+    dmap = {lam: r for lam, r in dera}
+    for lam, r in trra:
+        if lam in dmap:
+            d = dmap[lam]
+            task = f"lam{lam:g}"
+            metrics += [
+                metric(
+                    task,
+                    "trra_over_dera_length",
+                    _value(r, "mean_output_tokens") / _value(d, "mean_output_tokens"),
+                ),
+                metric(
+                    task,
+                    "trra_minus_dera_exact_match",
+                    _value(r, "exact_match") - _value(d, "exact_match"),
+                ),
+            ]
+    if inra:
+        mono = [(lam, r) for lam, r in inra if 0.0 <= lam <= 1.0]
+        count, worst = monotone_violations([_value(r, "mean_output_tokens") for _, r in mono])
+        metrics += [
+            metric("inra_sweep", "length_increases", count, n=len(mono)),
+            metric("inra_sweep", "max_relative_length_increase", worst, n=len(mono)),
+        ]
+        zero = [r for lam, r in inra if lam == 0.0]
+        neg = [r for lam, r in inra if lam < 0.0]
+        if zero and neg:
+            base = _value(zero[0], "mean_output_tokens")
+            metrics.append(
+                metric(
+                    "inra_sweep",
+                    "negative_over_zero_length",
+                    min(_value(r, "mean_output_tokens") for r in neg) / base,
+                )
+            )
+    return metrics, curves
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--records", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--scale", default="tiny")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    with exit_on_user_error(ValueError, FileNotFoundError):
+        with provenance.timed() as t:
+            paths = [p for p in args.records.split(",") if p]
+            recs = [load_run_record(p) for p in paths]
+            metrics, curves = build(recs)
+        rec = make_run_record(
+            scale=args.scale,
+            paper="realign",
+            method="sweep",
+            variant="sweep",
+            base_model="ref",
+            suite="realign_sweep",
+            tasks=sorted({m["task"] for m in metrics}),
+            seed=args.seed,
+            config={"records": sorted(Path(p).parent.name for p in paths)},
+            metrics=metrics,
+            provenance=provenance.capture(t["started_at"], t["wall_s"]),
+            series=curves,
+        )
+        write_run_record(args.out, rec)
+
+
+if __name__ == "__main__":
+    main()
