@@ -37,9 +37,6 @@ if NR and "noisy_rewards" in PAPERS:
     )
 
 
-ruleorder: noisy_rewards_eval > eval_lm
-
-
 rule noisy_rewards_start:
     input:
         start=lambda w: f"{ART}/base/{NR.get('weak_model', NR['start_model']) if w.which == 'weak' else NR['start_model']}/meta.json",
@@ -115,37 +112,6 @@ rule noisy_rewards_train:
 
 # The lm-eval suite on this paper's artifacts with its own tasks and generation length (the
 # step-by-step answers need more tokens than the scale's default; scored on "answer is N").
-rule noisy_rewards_eval:
-    input:
-        meta=f"{ART}/noisy_rewards/{{variant}}/meta.json",
-        data=LM_EVAL_DATA,
-    output:
-        record=f"{RUNS}/noisy_rewards/{{variant}}/lm_eval.json",
-        samples=f"{RUNS}/noisy_rewards/{{variant}}/lm_eval.samples.jsonl",
-    log:
-        f"{LOGS}/eval/noisy_rewards/{{variant}}.lm_eval.log",
-    benchmark:
-        f"{LOGS}/eval/noisy_rewards/{{variant}}.lm_eval.benchmark.tsv"
-    wildcard_constraints:
-        variant=one_of(NR_EVALUATED),
-    threads: JOB_THREADS
-    resources:
-        mem_mb=NR.get("mem_mb", 4000) if NR else 4000,
-        runtime=60,
-        gpu=GPU,
-    params:
-        lm_eval_tasks=",".join(NR["lm_eval"]["tasks"]) if NR else "",
-        args=lambda w: _nr_eval_args(w),
-        artifact=input_dir,
-        scale=SCALE_NAME,
-        data=data_dir,
-    shell:
-        "python -m benchmarks.lm_eval_suite --artifact {params.artifact} --scale {params.scale} "
-        "--paper noisy_rewards --variant {wildcards.variant} --data-dir {params.data} "
-        "--tasks {params.lm_eval_tasks} "
-        "{params.args} --threads {threads} --out {output.record} > {log} 2>&1"
-
-
 rule noisy_rewards_summary:
     input:
         [

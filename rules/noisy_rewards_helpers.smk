@@ -58,13 +58,3 @@ def _nr_arms():
         )
     return arms
 
-
-def _nr_eval_args(wildcards):
-    """The scale's lm-eval options with this paper's generation length (and registered tasks)."""
-    args = lm_eval_args(wildcards).replace(
-        f"--max-gen-toks {LM_EVAL.get('max_gen_toks', 16)}",
-        f"--max-gen-toks {NR['lm_eval']['max_gen_toks']}",
-    )
-    if NR["lm_eval"].get("include_defaults") and "--include-defaults" not in args:
-        args += " --include-defaults"
-    return args
