@@ -87,7 +87,9 @@ def lm_eval_args(wildcards):
         args.append(f"--limit {LM_EVAL['limit']}")
     if LM_EVAL.get("num_fewshot") is not None:
         args.append(f"--num-fewshot {LM_EVAL['num_fewshot']}")
-    if LM_EVAL.get("include_defaults") or paper_lm_eval(wildcards).get("include_defaults"):
+    if LM_EVAL.get("include_defaults") or paper_lm_eval(wildcards).get(
+        "include_defaults"
+    ):
         args.append("--include-defaults")
     if wildcards.variant in LM_EVAL.get("chat_template_models", []):
         args.append("--chat-template")

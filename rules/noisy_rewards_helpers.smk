@@ -57,4 +57,3 @@ def _nr_arms():
             "grpo",
         )
     return arms
-
