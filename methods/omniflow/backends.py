@@ -191,28 +191,16 @@ def _rule_answer(task: str, d: dict, feedback: str | None):
         return d.get("equation_best", "unknown")
     if task == "forecast":
         fits = [f for f in [d.get("fit")] + list(d.get("exemplar_fits") or []) if f]
-        if not fits:  # nothing to fit (raw-number prompt): persistence-like inviscid program
+        if not fits:  # nothing to fit (raw-number prompt): an inviscid, unforced program
             return {"pde": "ns2d_vorticity", "nu": 0.0, "drag": 0.0, "beta": 0.0, "forcing": {}}
+        from methods.omniflow.physics import combine_fits
 
-        def med(key):
-            return float(np.median([float(f.get(key, 0.0)) for f in fits]))
-
-        names = sorted({m for f in fits for m in f.get("forcing", {})})
-        forcing = {
-            m: float(np.median([f.get("forcing", {}).get(m, 0.0) for f in fits])) for m in names
-        }
-        return {
-            "pde": "ns2d_vorticity",
-            "nu": med("nu"),
-            "drag": med("drag"),
-            "beta": med("beta"),
-            "forcing": forcing,
-        }
+        return combine_fits(fits)
     return "unknown"
 
 
 def _rule_regime(task: str, d: dict) -> str:
-    fit = d.get("fit")
+    fit = d.get("fit") or (d.get("exemplar_fits") or [None])[0]
     if fit:
         if abs(fit.get("beta", 0.0)) > 0.5:
             return "beta_plane"

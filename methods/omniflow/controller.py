@@ -37,7 +37,10 @@ class PGCoTConfig:
     raw_table_size: int = 8
     mass_tol: float = 1e-4
     budget_tol: float = 5e-2
-    inner_dt: float = 5e-3
+    inner_dt: float | None = None  # solver step of the forecast tool; None: CFL 0.5, at most 0.1
+    spectral_data: bool = (
+        False  # question fields are stored float32 "observed" data: r_div tol 1e-2
+    )
     descriptor: dict = field(default_factory=dict)  # DescriptorConfig overrides
 
     def desc_cfg(self) -> Dm.DescriptorConfig:
@@ -118,19 +121,22 @@ def analyse(item: dict, cfg: PGCoTConfig) -> dict:
     }
     extra: dict = {}
     if kind in ("divergence_free", "saddle_count") and "u" in fl:
-        D = Dm.describe_velocity(fl["u"], fl["v"], dcfg)
+        D = Dm.describe_velocity(fl["u"], fl["v"], dcfg, spectral=cfg.spectral_data)
         raw_src = F.vorticity(np.asarray(fl["u"], float), np.asarray(fl["v"], float), L)
     elif kind == "forecast":
         frames = np.asarray(fl["omega"], dtype=np.float64)
-        D = Dm.describe_sequence(frames, float(meta["dt"]), dcfg)
-        fit = P.fit_vorticity_equation(frames, float(meta["dt"]), L)
-        ctx["fit"] = fit
-        ctx["fit_budget"] = fitted_budget(frames[-1], fit, L)
-        extra["fit"] = {
-            k: (_fmt(v) if not isinstance(v, dict) else {a: _fmt(b) for a, b in v.items()})
-            for k, v in fit.items()
-        }
-        extra["exemplar_fits"] = item.get("exemplar_fits", [])
+        dt = float(meta["dt"])
+        D = Dm.describe_sequence(frames, dt, dcfg)
+        fits = [dict(f) for f in item.get("exemplar_fits") or []]
+        extra["exemplar_fits"] = [_round_fit(f) for f in fits]
+        if frames.shape[0] >= 2:  # the observed frames themselves, when there are pairs
+            qfit = P.fit_vorticity_equation(frames, dt, L)
+            extra["fit"] = _round_fit(qfit)
+            fits = [qfit] + fits
+        if not fits:
+            raise F.FieldError("forecast: one input frame and no exemplars: nothing to fit")
+        ctx["fit"] = P.combine_fits([_round_fit(f) for f in fits])
+        ctx["fit_budget"] = fitted_budget(frames[-1], ctx["fit"], L)
         raw_src = frames[-1]
     elif kind in ("equation", "mass_conserved"):
         q0, q1 = np.asarray(fl["q0"], np.float64), np.asarray(fl["q1"], np.float64)
@@ -191,6 +197,16 @@ def analyse(item: dict, cfg: PGCoTConfig) -> dict:
         else ""
     )
     return ctx
+
+
+def _round_fit(fit: dict) -> dict:
+    return {
+        k: (
+            _fmt(float(v)) if not isinstance(v, dict) else {a: _fmt(float(b)) for a, b in v.items()}
+        )
+        for k, v in fit.items()
+        if k != "fit_residual"
+    }
 
 
 def fitted_budget(omega: np.ndarray, fit: dict, L: float) -> dict:
@@ -288,16 +304,19 @@ def store_forecast(w: np.ndarray, ctx: dict) -> None:
     L = ctx["L"]
     uv = [F.velocity_from_vorticity(x, L) for x in w]
     last = np.asarray(ctx["_last_frame"])
-    b0 = ctx["fit_budget"]
-    b1 = fitted_budget(w[0], ctx["fit"], L)
-    E0 = 0.5 * float(np.mean(sum(c**2 for c in F.velocity_from_vorticity(last, L))))
-    E1 = 0.5 * float(np.mean(uv[0][0] ** 2 + uv[0][1] ** 2))
+    fit, b0 = ctx["fit"], ctx["fit_budget"]
     dt = float(ctx["meta"]["dt"])
-    budget = 0.5 * (b0["dE_dt"] + b1["dE_dt"])
+    E = [0.5 * float(np.mean(sum(c**2 for c in F.velocity_from_vorticity(last, L))))]
+    E += [0.5 * float(np.mean(a**2 + b**2)) for a, b in uv[:2]]
+    b = [b0["dE_dt"]] + [fitted_budget(x, fit, L)["dE_dt"] for x in w[:2]]
+    if len(E) == 3:  # Simpson's rule over [t, t + 2 dt]: E2 - E0 = (2dt/6)(b0 + 4 b1 + b2)
+        gap, span = (E[2] - E[0]) - (2 * dt / 6) * (b[0] + 4 * b[1] + b[2]), 2 * dt
+    else:  # trapezoid over one step
+        gap, span = (E[1] - E[0]) - dt / 2 * (b[0] + b[1]), dt
     scale = (
         abs(b0["injection_E"])
-        + 2 * abs(ctx["fit"]["nu"]) * ctx["D"]["enstrophy"]
-        + 2 * abs(ctx["fit"]["drag"]) * E0
+        + 2 * abs(fit["nu"]) * ctx["D"]["enstrophy"]
+        + 2 * abs(fit["drag"]) * E[0]
         + 1e-12
     )
     spec = Dm.energy_spectrum(*uv[-1])
@@ -307,7 +326,7 @@ def store_forecast(w: np.ndarray, ctx: dict) -> None:
         "forecast": w,
         "forecast_u": np.stack([a for a, _ in uv]),
         "forecast_v": np.stack([b for _, b in uv]),
-        "budget_residual": abs((E1 - E0) / dt - budget) / scale,
+        "budget_residual": abs(gap / span) / scale,
         "forecast_high_band": float(
             spec[k > (2 * kmax) // 3].sum() / max(spec[(k >= 1) & (k <= kmax)].sum(), 1e-30)
         ),

@@ -56,38 +56,52 @@ def simulate(
     alpha: float = 0.0,
     beta: float = 0.0,
     forcing: np.ndarray | None = None,
-    dt: float = 5e-3,
+    dt: float | None = None,
+    cfl: float = 0.5,
+    max_dt: float = 0.1,
     L: float = 1.0,
 ) -> np.ndarray:
-    """Integrating-factor RK4 (Lawson) for the vorticity equation; w0 may be (n, n) or (B, n, n)."""
+    """Integrating-factor RK4 (Lawson) for the vorticity equation on real FFTs.
+
+    ``w0`` may be (n, n) or (B, n, n). ``dt=None``: dt = min(max_dt, cfl * dx / max|u(w0)|).
+    """
     w0 = np.asarray(w0, dtype=np.float64)
     n = w0.shape[-1]
-    kx, ky, k2, k2i, dealias = _spectral(n, L)
+    kx = 2 * np.pi * np.fft.fftfreq(n, d=L / n)[:, None]
+    ky = 2 * np.pi * np.fft.rfftfreq(n, d=L / n)[None, :]
+    k2 = kx**2 + ky**2
+    k2i = np.where(k2 == 0, 0.0, 1.0 / np.where(k2 == 0, 1.0, k2))
+    kmax = 2 * np.pi * (n // 2) / L
+    dealias = (np.abs(kx) < 2 / 3 * kmax) & (np.abs(ky) < 2 / 3 * kmax)
     lin = -(nu * k2 + alpha)
-    fh = np.zeros((n, n), complex) if forcing is None else np.fft.fft2(forcing)
-    fh = fh * (k2 > 0)
+    fh = np.zeros(k2.shape, complex) if forcing is None else np.fft.rfft2(forcing) * (k2 > 0)
+    irf = lambda a: np.fft.irfft2(a, s=(n, n))  # noqa: E731
 
     def rhs(wh):
-        w = np.real(np.fft.ifft2(wh))
         psih = wh * k2i
-        u = np.real(np.fft.ifft2(1j * ky * psih))
-        v = np.real(np.fft.ifft2(-1j * kx * psih))
-        wx = np.real(np.fft.ifft2(1j * kx * wh))
-        wy = np.real(np.fft.ifft2(1j * ky * wh))
-        del w
-        return -np.fft.fft2(u * wx + v * wy) * dealias + fh - beta * np.fft.fft2(v)
+        u, v = irf(1j * ky * psih), irf(-1j * kx * psih)
+        wx, wy = irf(1j * kx * wh), irf(1j * ky * wh)
+        return -np.fft.rfft2(u * wx + v * wy) * dealias + fh + beta * 1j * kx * psih  # -beta v
 
-    steps = max(1, int(round(t_total / dt)))
+    wh = np.fft.rfft2(w0)
+    if dt is None:
+        psih = wh * k2i
+        umax = max(
+            float(np.abs(irf(1j * ky * psih)).max()),
+            float(np.abs(irf(-1j * kx * psih)).max()),
+            1e-12,
+        )
+        dt = min(max_dt, cfl * (L / n) / umax)
+    steps = max(1, int(np.ceil(t_total / dt - 1e-9)))
     h = t_total / steps
     e1, e2 = np.exp(lin * h / 2), np.exp(lin * h)
-    wh = np.fft.fft2(w0)
     for _ in range(steps):
         a = rhs(wh)
         b = rhs(e1 * (wh + h / 2 * a))
         c = rhs(e1 * wh + h / 2 * b)
         d = rhs(e2 * wh + h * e1 * c)
         wh = e2 * wh + h / 6 * (e2 * a + 2 * e1 * (b + c) + d)
-    return np.real(np.fft.ifft2(wh))
+    return irf(wh)
 
 
 def fit_vorticity_equation(
@@ -152,3 +166,20 @@ def run_program(
         w = simulate(w, dt_frame, **kw)
         out.append(w)
     return np.stack(out)
+
+
+def combine_fits(fits: list[dict]) -> dict:
+    """Median of each fitted coefficient over the query and exemplar fits (few-shot calibration)."""
+
+    def med(key):
+        return float(np.median([float(f.get(key, 0.0)) for f in fits]))
+
+    names = sorted({m for f in fits for m in f.get("forcing", {})})
+    forcing = {m: float(np.median([f.get("forcing", {}).get(m, 0.0) for f in fits])) for m in names}
+    return {
+        "pde": "ns2d_vorticity",
+        "nu": med("nu"),
+        "drag": med("drag"),
+        "beta": med("beta"),
+        "forcing": forcing,
+    }
