@@ -97,6 +97,11 @@ def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[
         paper_schema = SCHEMA_DIR / "papers" / f"{paper}.schema.yaml"
         if paper_schema.is_file():
             validate(section, read_yaml(paper_schema), f"{where}: papers.{paper}")
+    for bench, section in (data.get("benchmarks") or {}).items():
+        bench_schema = SCHEMA_DIR / "benchmarks" / f"{bench}.schema.yaml"
+        if not bench_schema.is_file():
+            raise ConfigError(f"{where}: benchmarks.{bench}: no schema {_display(bench_schema)}")
+        validate(section, read_yaml(bench_schema), f"{where}: benchmarks.{bench}")
     _check_models(data, where)
     _check_model_references(data, where)
     return data

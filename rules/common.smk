@@ -34,11 +34,12 @@ GPU = SCALE.get("gpu", 0)
 MODELS = SCALE["models"]
 LM_EVAL = SCALE["eval"]["lm_eval"]
 
-# rules/<paper>.smk for every known paper except the base models (rules/base.smk).
+# rules/<paper>.smk for every known paper except the base models (rules/base.smk); benchmark
+# data rules (rules/pde.smk) come in through rules/data.smk, before every paper.
 PAPER_RULE_FILES = sorted(
     str(p)
     for p in Path(workflow.basedir, "rules").glob("*.smk")
-    if p.stem not in ("common", "data", "base", "eval", "report")
+    if p.stem not in ("common", "data", "pde", "base", "eval", "report")
 )
 
 # Run records each paper contributes to the store; rules/<paper>.smk adds its own.

@@ -56,3 +56,7 @@ rule text_data:
     shell:
         "python -m benchmarks.data.cli text --spec {params.spec:q} --sdist {input.sdist} "
         "--out {params.out} > {log} 2>&1"
+
+
+# Benchmark data with its own rule file, included here so every paper rule file sees its names.
+include: "pde.smk"

@@ -22,7 +22,9 @@ def check_field(name: str, arr, ndim_min: int = 2, square: bool = True) -> np.nd
             f"{name}: expected a square N x N grid on the last two axes, got shape {arr.shape}"
         )
     if arr.shape[-1] < 4:
-        raise PDEInputError(f"{name}: grid of {arr.shape[-1]} points is too small (shape {arr.shape})")
+        raise PDEInputError(
+            f"{name}: grid of {arr.shape[-1]} points is too small (shape {arr.shape})"
+        )
     if not np.issubdtype(arr.dtype, np.number):
         raise PDEInputError(f"{name}: expected numbers, got dtype {arr.dtype}")
     bad = ~np.isfinite(arr)

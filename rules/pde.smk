@@ -1,0 +1,54 @@
+# PDE benchmark data (benchmarks/pde/README.md): ground-truth trajectories per regime and the
+# verifiable question sets. Scoring rules live with the papers that produce predictions
+# (e.g. rules/omniflow.smk calls `python -m benchmarks.pde.suite`); they use these names:
+PDE = SCALE.get("benchmarks", {}).get("pde")
+PDE_DATA = f"{DATA}/pde"
+PDE_MANIFEST = f"{PDE_DATA}/manifest.json"
+PDE_REGIMES = list(PDE["regimes"]) if PDE else []
+PDE_SOURCE = PDE["source"] if PDE else None
+PDE_SHIFTED = [r for r in PDE_REGIMES if r != PDE_SOURCE]
+
+
+if PDE:
+
+    rule pde_data:
+        output:
+            manifest=PDE_MANIFEST,
+        log:
+            f"{LOGS}/pde/data.log",
+        benchmark:
+            f"{LOGS}/pde/data.benchmark.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            spec=json.dumps(PDE, sort_keys=True),
+            seed=SCALE["seed"],
+            out=output_dir,
+        shell:
+            "OMP_NUM_THREADS={threads} python -m benchmarks.pde.generate --spec {params.spec:q} "
+            "--seed {params.seed} --out {params.out} > {log} 2>&1"
+
+    rule pde_reference:
+        input:
+            manifest=PDE_MANIFEST,
+        output:
+            preds=expand(
+                f"{PDE_DATA}/reference/{{{{kind}}}}/{{regime}}.npz", regime=PDE_REGIMES
+            ),
+        log:
+            f"{LOGS}/pde/reference.{{kind}}.log",
+        wildcard_constraints:
+            kind="truth|persistence",
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        params:
+            data=input_dir,
+            regimes=",".join(PDE_REGIMES),
+            out=output_dir,
+        shell:
+            "python -m benchmarks.pde.suite reference --data {params.data} "
+            "--regimes {params.regimes} --kind {wildcards.kind} --out {params.out} > {log} 2>&1"

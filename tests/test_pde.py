@@ -1,0 +1,506 @@
+"""benchmarks/pde: solvers against exact solutions/invariants, metrics on hand-made arrays, the
+data generator and the suite on a micro spec (whole file: a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks.pde import metrics as M
+from benchmarks.pde import solvers as S
+from benchmarks.pde.generate import generate
+from benchmarks.pde.questions import gaussian_vortices
+from benchmarks.pde.spectral import (
+    PDEInputError,
+    dealias_mask,
+    energy,
+    energy_spectrum,
+    enstrophy,
+    velocity_from_vorticity,
+    vorticity_from_velocity,
+)
+from benchmarks.pde.suite import main as suite_main
+from claimbench.errors import ConfigError
+from claimbench.records import load_run_record
+
+N = 32
+
+
+def grid(n=N):
+    x = np.arange(n) / n
+    return np.meshgrid(x, x, indexing="ij")
+
+
+def band_limited_grf(seed, n=N, k=2):
+    w = S.grf_vorticity(np.random.default_rng(seed), k, n)
+    m = dealias_mask(n)
+    return np.fft.irfft2(np.fft.rfft2(w) * m, s=(n, n))
+
+
+# ---------------------------------------------------------------- conventions
+
+
+def test_counter_clockwise_vortex_has_positive_vorticity_and_ccw_velocity():
+    w, centres, signs, _ = gaussian_vortices(np.random.default_rng(0), 64, 1)
+    if signs[0] < 0:
+        w = -w
+    u, v = velocity_from_vorticity(w)
+    i, j = np.unravel_index(np.argmax(w), w.shape)
+    n = 64
+    # east of the centre the flow goes north (v > 0); north of it the flow goes west (u < 0)
+    assert v[(i + 3) % n, j] > 0 and u[i, (j + 3) % n] < 0
+    np.testing.assert_allclose(vorticity_from_velocity(u, v), w - w.mean(), atol=1e-8)
+
+
+# ---------------------------------------------------------------- solvers
+
+
+def test_taylor_green_decays_at_the_exact_rate():
+    xx, yy = grid()
+    k = 2 * np.pi * 2
+    w0 = 2 * k * np.sin(k * xx) * np.sin(k * yy)
+    nu, t = 5e-3, 1.5
+    w = S.VorticitySolver(N, nu, 0.01).run(w0, [0.0, t])
+    np.testing.assert_allclose(w[-1], w0 * np.exp(-2 * nu * k**2 * t), atol=1e-10)
+
+
+def test_inviscid_unforced_run_conserves_energy_and_enstrophy():
+    w0 = band_limited_grf(1) * 5
+    w = S.VorticitySolver(N, 0.0, 0.005).run(w0, [0.0, 0.5])
+    u, v = velocity_from_vorticity(w)
+    e, z = energy(u, v), enstrophy(w)
+    assert np.abs(w[:, 1] - w[:, 0]).max() > 1e-3  # the flow did evolve
+    np.testing.assert_allclose(e[:, 1], e[:, 0], rtol=1e-7)
+    np.testing.assert_allclose(z[:, 1], z[:, 0], rtol=1e-7)
+    np.testing.assert_allclose(w.mean(axis=(-2, -1)), 0.0, atol=1e-12)  # mean vorticity
+
+
+def test_forced_run_closes_the_energy_and_enstrophy_budgets():
+    f = S.forcing_field("fno", N)
+    w0 = band_limited_grf(2)
+    solver = S.VorticitySolver(N, 1e-2, 0.001, alpha=0.05, forcing=f)
+    errs = {}
+    for spacing in (0.004, 0.002):  # trapezoid budgets close to O(spacing²)
+        w = solver.run(w0, np.arange(int(round(0.2 / spacing)) + 1) * spacing)
+        errs[spacing] = (
+            M.energy_budget_error(w, spacing, 1e-2, 0.05, f).max(),
+            M.enstrophy_budget_error(w, spacing, 1e-2, 0.05, f).max(),
+        )
+    assert max(errs[0.002]) < 1.5e-3
+    for a, b in zip(errs[0.004], errs[0.002], strict=True):
+        assert 3.0 < a / b < 5.0  # second-order convergence of the closure
+    # the same frames with the wrong viscosity do not close
+    assert M.energy_budget_error(w, 0.002, 5e-2, 0.05, f).mean() > 0.1
+
+
+def test_beta_plane_mode_follows_the_rossby_dispersion_relation():
+    xx, yy = grid()
+    mx, my, beta, t = 1, 2, 20.0, 0.7
+    phase = 2 * np.pi * (mx * xx + my * yy)
+    w0 = 1e-6 * np.cos(phase)
+    w = S.VorticitySolver(N, 0.0, 0.01, beta=beta).run(w0, [0.0, t])
+    k2 = (2 * np.pi) ** 2 * (mx**2 + my**2)
+    omega_r = -beta * 2 * np.pi * mx / k2
+    np.testing.assert_allclose(w[-1], 1e-6 * np.cos(phase - omega_r * t), atol=1e-15)
+    # and the wave really moved (westward for beta > 0)
+    assert np.abs(w[-1] - w0).max() > 1e-7
+
+
+def test_burgers_matches_cole_hopf():
+    x = np.arange(256) * 2 * np.pi / 256
+    nu = 0.05
+    u = S.burgers_run(np.sin(x), nu, [0.0, 1.0], 1e-3)
+    exact = S.burgers_cole_hopf(x, 1.0, nu)
+    np.testing.assert_allclose(S.burgers_cole_hopf(x, 0.0, nu), np.sin(x), atol=1e-7)
+    assert np.abs(u[-1] - exact).max() < 1e-6
+
+
+def test_heat_exact_mode_decay_and_maximum_principle():
+    xx, yy = grid()
+    u0 = np.sin(2 * np.pi * 3 * xx) + 2.0
+    nu, t = 0.01, 0.3
+    u = S.heat_exact(u0, nu, t)
+    np.testing.assert_allclose(
+        u, np.sin(2 * np.pi * 3 * xx) * np.exp(-nu * (6 * np.pi) ** 2 * t) + 2.0, atol=1e-12
+    )
+    one_d = S.heat_exact(np.cos(2 * np.pi * np.arange(64) / 64), nu, t)
+    np.testing.assert_allclose(
+        one_d,
+        np.cos(2 * np.pi * np.arange(64) / 64) * np.exp(-nu * (2 * np.pi) ** 2 * t),
+        atol=1e-12,
+    )
+    assert u.max() <= u0.max() and u.mean() == pytest.approx(u0.mean())
+
+
+def test_tracer_is_shifted_exactly_and_conserves_mass():
+    xx, yy = grid()
+    q0 = np.exp(-((xx - 0.5) ** 2 + (yy - 0.5) ** 2) / 0.01)
+    q0 = np.fft.irfft2(np.fft.rfft2(q0) * dealias_mask(N), s=(N, N))
+    U, t = 0.25, 1.0  # one full cell-width multiple: shift by 0.25 = 8 cells
+    q = S.tracer_run(q0, np.full((N, N), U), np.zeros((N, N)), 0.0, [t], 0.01)[0]
+    np.testing.assert_allclose(q, np.roll(q0, 8, axis=0), atol=1e-6)  # RK4 error only
+    u, v = velocity_from_vorticity(band_limited_grf(3)[0] * 20)
+    q = S.tracer_run(q0, u, v, 1e-3, [0.5], 0.01)[0]
+    assert q.sum() == pytest.approx(q0.sum(), rel=1e-12)
+    src = np.zeros((N, N))
+    src[5, 5] = 2.0
+    q = S.tracer_run(q0, u, v, 1e-3, [0.5], 0.01, source=src)[0]
+    assert q.sum() - q0.sum() == pytest.approx(2.0 * 0.5, rel=1e-10)
+
+
+def test_solvers_reject_bad_fields():
+    solver = S.VorticitySolver(N, 1e-3, 0.01)
+    bad = np.zeros((N, N))
+    bad[3, 4] = np.nan
+    with pytest.raises(PDEInputError, match=r"omega0: 1 NaN or infinite values .*\(3, 4\)"):
+        solver.run(bad, [0.0, 0.1])
+    with pytest.raises(PDEInputError, match=r"omega0: expected grid 32, got shape \(16, 16\)"):
+        solver.run(np.zeros((16, 16)), [0.0])
+    with pytest.raises(PDEInputError, match="forcing: expected shape"):
+        S.VorticitySolver(N, 1e-3, 0.01, forcing=np.zeros((8, 8)))
+    with pytest.raises(PDEInputError, match="square"):
+        velocity_from_vorticity(np.zeros((32, 16)))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_zero_error_and_constant_offset():
+    t = band_limited_grf(4)
+    assert M.nrmse(t, t).max() == 0 and M.crmse(t, t).max() == 0
+    assert all(b.max() == 0 for b in M.frmse_bands(t, t).values())
+    np.testing.assert_allclose(M.crmse(t + 0.3, t), 0.3)
+    np.testing.assert_allclose(M.rmse(t + 0.3, t), 0.3)
+    np.testing.assert_allclose(M.nrmse(2 * t, t), 1.0)
+    np.testing.assert_allclose(M.mean_drift(t + 0.1, t), 0.1 * N * N / np.abs(t).sum(axis=(-2, -1)))
+    np.testing.assert_allclose(M.vrmse(t + t.std(axis=(-2, -1), keepdims=True), t), 1.0, rtol=1e-6)
+    # a single-mode offset lands in the zero shell: low band only
+    f = M.frmse_bands(t + 1.0, t)
+    assert f["low"].min() > 0 and f["mid"].max() < 1e-12 and f["high"].max() < 1e-12
+
+
+def test_single_mode_error_lands_in_its_fourier_band():
+    xx, _ = grid()
+    a = 0.5
+    for m, band in ((2, "low"), (6, "mid"), (13, "high")):
+        err = a * np.cos(2 * np.pi * m * xx)
+        f = M.frmse_bands(err, np.zeros_like(err))
+        assert {k for k, v in f.items() if v > 1e-12} == {band}
+    # exact values: full spectrum shell 2 = a/√2, averaged over the 4 low shells; the PDEBench
+    # quadrant variant sees only the (+2, 0) coefficient: a/2
+    err = a * np.cos(2 * np.pi * 2 * xx)
+    assert M.frmse_bands(err, 0 * err)["low"] == pytest.approx(a / math.sqrt(2) / 4)
+    assert M.frmse_bands(err, 0 * err, quadrant=True)["low"] == pytest.approx(a / 2 / 4)
+
+
+def test_brmse_reads_only_the_boundary():
+    t = np.zeros((8, 8))
+    p = t.copy()
+    p[3:5, 3:5] = 7.0
+    assert M.brmse(p, t) == 0
+    p[0, 0] = 2.0
+    assert M.brmse(p, t) == pytest.approx(math.sqrt(4.0 / 28))
+
+
+def test_divergence_residual_potential_vs_solenoidal():
+    xx, yy = grid()
+    phi = np.sin(2 * np.pi * xx) * np.cos(4 * np.pi * yy)
+    from benchmarks.pde.spectral import ddx, ddy
+
+    assert M.divergence_residual(ddx(phi), ddy(phi)) > 0.5
+    u, v = velocity_from_vorticity(band_limited_grf(5)[0])
+    assert M.divergence_residual(u, v) < 1e-12
+
+
+def test_spectral_metrics():
+    w = band_limited_grf(6)[0]
+    u, v = velocity_from_vorticity(w)
+    e = energy_spectrum(u, v)
+    assert e.sum() == pytest.approx(energy(u, v), rel=1e-10)  # Parseval: E(k) sums to E
+    assert M.log_spectral_distance(e, e) == 0
+    assert M.log_spectral_distance(100 * e, e) == pytest.approx(2.0)
+    assert M.high_band_ratio(3 * e, e) == pytest.approx(3.0)
+    assert M.spectral_slope_error(e, e) == 0
+    ks = np.arange(17, dtype=float)
+    ks[0] = 1.0
+    assert M.spectral_slope_error(ks**-3.0, ks**-5.0 / 3) == pytest.approx(2.0)
+
+
+def test_pde_residual_of_the_truth_is_small_and_of_persistence_is_one():
+    f = S.forcing_field("fno", N)
+    w = S.VorticitySolver(N, 1e-2, 0.001, forcing=f).run(
+        band_limited_grf(7)[0], np.arange(4) * 0.001
+    )
+    assert M.pde_residual(w, 0.001, 1e-2, 0.0, 0.0, f).max() < 1e-3
+    assert M.pde_residual(w, 0.001, 2e-2, 0.0, 0.0, f).max() > 1e-2  # wrong viscosity
+    frozen = np.repeat(w[:1], 3, axis=0)
+    np.testing.assert_allclose(M.pde_residual(frozen, 0.004, 1e-2, 0.0, 0.0, f), 1.0)
+
+
+def test_stable_steps():
+    assert M.stable_steps([0.1, 0.2, 0.6, 0.1]) == 2
+    assert M.stable_steps([0.1, np.nan, 0.1]) == 1
+    assert M.stable_steps([0.1, 0.2]) == 2
+
+
+def test_metrics_reject_nan_and_wrong_grids():
+    t = np.zeros((3, N, N))
+    p = t.copy()
+    p[1, 2, 3] = np.inf
+    with pytest.raises(
+        PDEInputError, match=r"pred: 1 NaN or infinite values \(shape \(3, 32, 32\)"
+    ):
+        M.nrmse(p, t)
+    with pytest.raises(
+        PDEInputError, match=r"pred has shape \(3, 16, 16\) but true has shape \(3, 32, 32\)"
+    ):
+        M.nrmse(np.zeros((3, 16, 16)), t)
+
+
+# ---------------------------------------------------------------- generator + suite (micro)
+
+MICRO = {
+    "grid": 16,
+    "dt": 0.05,
+    "dt_record": 0.5,
+    "n_snapshots": 4,
+    "precision": "single",
+    "forecast": {"n_input": 1, "n_rollout": 3},
+    "source": "src",
+    "regimes": {
+        "src": {"equation": "ns2d", "nu": 1e-3, "forcing": "fno", "n_train": 2, "n_test": 3},
+        "beta": {
+            "equation": "beta_plane",
+            "nu": 1e-3,
+            "beta": 5.0,
+            "forcing": "kolmogorov",
+            "alpha": 0.1,
+            "n_train": 1,
+            "n_test": 2,
+        },
+    },
+    "questions": {
+        "grid": 32,
+        "sim_grid": 16,
+        "dt": 0.05,
+        "trend_dt": 0.5,
+        "n_per_kind": 6,
+        "kinds": [
+            "divergence_free",
+            "vortex_count",
+            "vortex_rotation",
+            "saddle_count",
+            "energy_trend",
+            "enstrophy_trend",
+            "equation",
+            "mass_conserved",
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pde") / "data"
+    manifest = generate(json.loads(json.dumps(MICRO)), 0, out)
+    return out, manifest
+
+
+def _args(data, out, variant="v"):
+    return [
+        "--data",
+        str(data),
+        "--scale",
+        "tiny",
+        "--paper",
+        "omniflow",
+        "--method",
+        variant,
+        "--variant",
+        variant,
+        "--out",
+        str(out),
+    ]
+
+
+def test_generator_layout_and_determinism(micro, tmp_path):
+    out, manifest = micro
+    with np.load(out / "src" / "test.npz") as z:
+        assert z["omega"].shape == (3, 4, 16, 16) and z["u"].shape == (3, 4, 16, 16)
+        assert z["t"].tolist() == [0.0, 0.5, 1.0, 1.5] and z["forcing"].shape == (16, 16)
+    meta = json.loads((out / "beta" / "meta.json").read_text())
+    assert meta["role"] == "shifted" and meta["params"]["beta"] == 5.0
+    again = generate(json.loads(json.dumps(MICRO)), 0, tmp_path / "again")
+    assert again["files"] == manifest["files"]
+
+
+def test_questions_answers_hold_by_construction(micro):
+    out, _ = micro
+    rows = [json.loads(x) for x in (out / "questions" / "questions.jsonl").read_text().splitlines()]
+    f = np.load(out / "questions" / "fields.npz")
+    kinds = {r["kind"] for r in rows}
+    assert kinds == set(MICRO["questions"]["kinds"])
+    for r in rows:
+        a = {k: f[v].astype(np.float64) for k, v in r["fields"].items()}
+        if r["kind"] == "divergence_free":
+            rd = float(M.divergence_residual(a["u"], a["v"]))
+            assert (rd < 1e-5) == (r["answer"] == "yes"), (r["id"], rd)
+        elif r["kind"] == "vortex_count":  # K separated peaks of |ω|
+            w = np.abs(a["omega"] - np.median(a["omega"]))
+            peaks = sum(
+                w[i, j] > 0.3
+                and w[i, j]
+                == max(w[(i + di) % 32, (j + dj) % 32] for di in (-1, 0, 1) for dj in (-1, 0, 1))
+                for i in range(32)
+                for j in range(32)
+            )
+            assert peaks == r["answer"], r["id"]
+        elif r["kind"] == "vortex_rotation":
+            c = r["meta"]["strongest_centre"]
+            w = a["omega"][int(round(c[0] * 32)) % 32, int(round(c[1] * 32)) % 32]
+            assert (w > 0) == (r["answer"] == "ccw")
+        elif r["kind"] in ("energy_trend", "enstrophy_trend"):
+            assert (r["meta"]["delta"] > 0) == (r["answer"] == "up")
+        elif r["kind"] == "mass_conserved":
+            change = abs(a["q1"].sum() - a["q0"].sum()) / a["q0"].sum()
+            assert (change < 1e-4) == (r["answer"] == "yes"), (r["id"], change)
+        elif r["kind"] == "equation":
+            assert (a["q0"].ndim == 1) == (r["answer"] == "burgers")
+
+
+def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, capsys):
+    data, _ = micro
+    for kind in ("truth", "persistence"):
+        suite_main(
+            [
+                "reference",
+                "--data",
+                str(data),
+                "--regimes",
+                "src,beta",
+                "--kind",
+                kind,
+                "--out",
+                str(tmp_path / kind),
+            ]
+        )
+    recs = {}
+    for kind in ("truth", "persistence"):
+        out = tmp_path / "runs" / kind / "pde_forecast.json"
+        suite_main(
+            [
+                "forecast",
+                *_args(data, out, kind),
+                "--regimes",
+                "src,beta",
+                "--predictions",
+                str(tmp_path / kind),
+            ]
+        )
+        recs[kind] = {(m["task"], m["metric"]): m["value"] for m in load_run_record(out)["metrics"]}
+        assert (out.parent / "pde_forecast.samples.jsonl").is_file()
+    for task in ("src", "beta"):
+        assert recs["truth"][(task, "nrmse")] == 0 and recs["truth"][(task, "lsd")] == 0
+        assert (
+            recs["truth"][(task, "energy_budget_error")]
+            == recs["truth"][(task, "energy_budget_error_truth")]
+        )
+        assert recs["persistence"][(task, "nrmse")] > 0.05
+        assert recs["persistence"][(task, "pde_residual")] == pytest.approx(1.0)
+    # a failed sample is counted, the rest scored; NaN elsewhere is an error naming the array
+    with np.load(tmp_path / "persistence" / "src.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["omega"][1, 0, 2, 2] = np.nan
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    np.savez(bad_dir / "src.npz", **arrays)
+    out = tmp_path / "runs" / "bad" / "pde_forecast.json"
+    with pytest.raises(SystemExit):
+        suite_main(
+            ["forecast", *_args(data, out), "--regimes", "src", "--predictions", str(bad_dir)]
+        )
+    assert (
+        "array 'omega' (shape (3, 3, 16, 16)) has 1 NaN or infinite values"
+        in capsys.readouterr().err
+    )
+    np.savez(bad_dir / "src.npz", **arrays, failed=np.array([False, True, False]))
+    suite_main(["forecast", *_args(data, out), "--regimes", "src", "--predictions", str(bad_dir)])
+    rec = {(m["task"], m["metric"]): m for m in load_run_record(out)["metrics"]}
+    assert (
+        rec[("src", "failed_rate")]["value"] == pytest.approx(1 / 3)
+        and rec[("src", "nrmse")]["n"] == 2
+    )
+    np.savez(bad_dir / "src.npz", omega=arrays["omega"][:, :2])
+    with pytest.raises(SystemExit):
+        suite_main(
+            ["forecast", *_args(data, out), "--regimes", "src", "--predictions", str(bad_dir)]
+        )
+    assert (
+        "array 'omega' has shape (3, 2, 16, 16), expected (3, 3, 16, 16)" in capsys.readouterr().err
+    )
+
+
+def test_question_suite_scores_answers(micro, tmp_path, capsys):
+    data, _ = micro
+    rows = [
+        json.loads(x) for x in (data / "questions" / "questions.jsonl").read_text().splitlines()
+    ]
+    answers = []
+    for i, r in enumerate(rows):
+        if r["kind"] == "saddle_count" and i % 2:
+            continue  # missing
+        ans = r["answer"]
+        if r["kind"] == "vortex_count":
+            ans = ans + 1  # all wrong by one
+        row = {"id": r["id"], "answer": ans, "rounds": 2}
+        if r["kind"] == "equation" and r["sample"] == 0:
+            row = {"id": r["id"], "failed": True, "error": "not JSON"}
+        answers.append(row)
+    path = tmp_path / "answers.jsonl"
+    path.write_text("\n".join(json.dumps(a) for a in answers) + "\n")
+    out = tmp_path / "runs" / "pde_qa.json"
+    suite_main(
+        ["questions", *_args(data, out), "--answers", str(path), "--extra-metrics", "rounds"]
+    )
+    rec = {(m["task"], m["metric"]): m["value"] for m in load_run_record(out)["metrics"]}
+    assert rec[("divergence_free", "accuracy")] == 1.0
+    assert rec[("vortex_count", "accuracy")] == 0.0 and rec[("vortex_count", "mae")] == 1.0
+    n_sc = sum(r["kind"] == "saddle_count" for r in rows)
+    n_missing = sum(1 for i, r in enumerate(rows) if r["kind"] == "saddle_count" and i % 2)
+    assert rec[("saddle_count", "missing_rate")] == pytest.approx(n_missing / n_sc)
+    assert rec[("equation", "failed_rate")] == pytest.approx(1 / 6)
+    assert rec[("equation", "accuracy")] == pytest.approx(5 / 6)
+    assert rec[("energy_trend", "rounds")] == 2.0
+    samples = [
+        json.loads(x) for x in (out.parent / "pde_qa.samples.jsonl").read_text().splitlines()
+    ]
+    assert samples[0]["output"] == {"rounds": 2} and "correct" in samples[0]["metrics"]
+    path.write_text(json.dumps({"id": "nope", "answer": 1}) + "\n")
+    with pytest.raises(SystemExit):
+        suite_main(["questions", *_args(data, out), "--answers", str(path)])
+    assert "unknown question id 'nope'" in capsys.readouterr().err
+
+
+def test_scale_files_validate_the_pde_section(tmp_path):
+    import yaml
+
+    from claimbench.config import ROOT, load_scale
+
+    for scale in ("tiny", "small", "paper"):
+        assert "ns_forced" in load_scale(scale)["benchmarks"]["pde"]["regimes"]
+    data = yaml.safe_load((ROOT / "config" / "scales" / "tiny.yaml").read_text())
+    data["benchmarks"]["pde"]["regimes"]["ns_forced"]["forcing"] = "wind"
+    bad = tmp_path / "tiny.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match=r"benchmarks\.pde: regimes\.ns_forced\.forcing: 'wind' is not one of"
+    ):
+        load_scale("tiny", bad)
+    data["benchmarks"]["pde"]["regimes"]["ns_forced"]["forcing"] = "fno"
+    data["benchmarks"]["unknown"] = {}
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="benchmarks.unknown: no schema"):
+        load_scale("tiny", bad)
