@@ -40,6 +40,7 @@ def make_backend(spec: dict):
     """Build a backend from a config mapping ``{"kind": "rule"|"hf"|"openai", ...}``."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
+    spec.pop("label", None)  # a display name for records and the report
     if kind not in BACKENDS:
         raise BackendError(f"backend kind {kind!r} is not one of {sorted(BACKENDS)}")
     return BACKENDS[kind](**spec)
@@ -283,7 +284,7 @@ class HFBackend(Backend):
         self._torch = torch
 
     def describe(self) -> dict:
-        return {"kind": "hf", "path": str(self.path), "label": self.label, "max_len": self.max_len}
+        return {"kind": "hf", "path": str(self.path), "max_len": self.max_len}
 
     def weights_hash(self) -> str:
         return _hash_folder(self.path)

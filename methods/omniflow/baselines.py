@@ -153,7 +153,7 @@ class Surrogate:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         self.model.eval()
         return losses
 
