@@ -324,7 +324,9 @@ def _fits(omega: np.ndarray, dt: float, L: float) -> list[dict]:
     return out
 
 
-def figure_row(omega: np.ndarray, title: str, doc_id: int, size: int = 24) -> dict:
+def figure_row(
+    omega: np.ndarray, title: str, doc_id: int, task: str = "figure", size: int = 16
+) -> dict:
     """A vorticity field, block-averaged to size x size and quantised to one character per cell
     (0-9a-z, 36 levels over [-max, max]), plus the detected vortices: the report draws it as SVG."""
     omega = np.asarray(omega, np.float64)
@@ -348,7 +350,7 @@ def figure_row(omega: np.ndarray, title: str, doc_id: int, size: int = 24) -> di
         for v in D["vortices"][:12]
     ]
     return {
-        "task": "figure",
+        "task": task,
         "doc_id": doc_id,
         "prompt": title,
         "target": "",
@@ -418,16 +420,23 @@ def cmd_forecast(args) -> None:
                 rows.append(_sample(len(rows), rep, {"regime": regime, "trajectory": i}))
             np.savez(out / "predictions" / f"{regime}.npz", omega=preds, u=us, v=vs, failed=failed)
             rows.append(
+                figure_row(omega[0, n_in - 1], f"{regime}: observed input frame", 1000 + ri)
+            )
+            rows.append(
                 figure_row(
-                    omega[0, n_in - 1],
-                    f"{regime}: observed input frame, test trajectory 0",
-                    1000 + 2 * ri,
+                    omega[0, n_in + n_roll - 1],
+                    f"{regime}: ground truth, last lead step",
+                    2000 + ri,
+                    "figure_truth",
                 )
             )
             if not failed[0]:
                 rows.append(
                     figure_row(
-                        preds[0, -1], f"{regime}: {label} forecast, last lead step", 1001 + 2 * ri
+                        preds[0, -1],
+                        f"{regime}: OMNIFLOW ({label}) forecast, last lead step",
+                        3000 + ri,
+                        "figure_forecast",
                     )
                 )
     conf = {
