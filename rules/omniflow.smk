@@ -3,6 +3,10 @@
 # k-shot fine-tuned); benchmarks.pde.suite scores answers and predictions into run records.
 OMNI = SCALE.get("papers", {}).get("omniflow")
 
+
+include: "omniflow_helpers.smk"
+
+
 if OMNI and "omniflow" in PAPERS:
     OMNI_ART = f"{ART}/omniflow"
     OMNI_RUNS = f"{RUNS}/omniflow"
@@ -27,29 +31,6 @@ if OMNI and "omniflow" in PAPERS:
         ]
         + [f"{OMNI_RUNS}/{v}/pde_forecast.json" for v in OMNI_BL]
     )
-
-    def omni_backend(name):
-        """Backend spec of the config with a scale model name resolved to its artifact folder."""
-        spec = dict(OMNI["backends"][name])
-        if "base_model" in spec:
-            spec["path"] = f"{ART}/base/{spec.pop('base_model')}"
-            spec.setdefault("label", f"hf:{os.path.basename(spec['path'])}")
-        return spec
-
-    def omni_backend_inputs(name):
-        spec = OMNI["backends"][name]
-        return (
-            [f"{ART}/base/{spec['base_model']}/meta.json"]
-            if "base_model" in spec
-            else []
-        )
-
-    def omni_regimes(k):
-        """Zero-shot forecasts cover every regime (source = in-distribution); k-shot the shifted."""
-        return PDE_REGIMES if int(k) == 0 else PDE_SHIFTED
-
-    def omni_pgcot(extra):
-        return json.dumps({**OMNI.get("pgcot", {}), **extra}, sort_keys=True)
 
     rule omniflow_qa:
         input:
@@ -90,8 +71,8 @@ if OMNI and "omniflow" in PAPERS:
             )
             or 0,
             data=lambda w, input: os.path.dirname(input.manifest),
-            art=OMNI_ART,
-            runs=OMNI_RUNS,
+            art=lambda w, output: os.path.dirname(os.path.dirname(output.meta)),
+            runs=lambda w, output: os.path.dirname(os.path.dirname(output.record)),
             scale=SCALE_NAME,
             seed=SCALE["seed"],
         shell:
