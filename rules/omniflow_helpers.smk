@@ -10,18 +10,18 @@ def omni_backend(name):
         spec.setdefault("label", f"hf:{os.path.basename(spec['path'])}")
     return spec
 
+
 def omni_backend_inputs(name):
     spec = OMNI["backends"][name]
     return (
-        [f"{ART}/base/{spec['base_model']}/meta.json"]
-        if "base_model" in spec
-        else []
+        [f"{ART}/base/{spec['base_model']}/meta.json"] if "base_model" in spec else []
     )
+
 
 def omni_regimes(k):
     """Zero-shot forecasts cover every regime (source = in-distribution); k-shot the shifted."""
     return PDE_REGIMES if int(k) == 0 else PDE_SHIFTED
 
+
 def omni_pgcot(extra):
     return json.dumps({**OMNI.get("pgcot", {}), **extra}, sort_keys=True)
-
