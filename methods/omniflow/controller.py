@@ -116,7 +116,7 @@ def analyse(item: dict, cfg: PGCoTConfig) -> dict:
         "meta": meta,
         "L": L,
         "facts": {},
-        "div_tol": dcfg.div_tol_spectral,
+        "div_tol": dcfg.div_tol_spectral if cfg.spectral_data else dcfg.div_tol_observed,
         "mass_tol": cfg.mass_tol,
     }
     extra: dict = {}

@@ -103,7 +103,7 @@ def _summary_metrics(reports: list[dict], task: str) -> list[dict]:
         ),
         metric(
             task,
-            "failed_rate",
+            "failed_item_rate",
             rate(lambda r: r["status"] == "failed"),
             n=n,
             higher_is_better=False,
