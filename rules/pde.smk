@@ -18,17 +18,17 @@ if PDE:
             f"{LOGS}/pde/data.log",
         benchmark:
             f"{LOGS}/pde/data.benchmark.tsv"
-        threads: 1
+        threads: JOB_THREADS
         resources:
-            mem_mb=2000,
-            runtime=30,
+            mem_mb=8000 if SCALE_NAME == "paper" else 2000,
+            runtime=600 if SCALE_NAME == "paper" else 30,
         params:
             spec=json.dumps(PDE, sort_keys=True),
             seed=SCALE["seed"],
             out=output_dir,
         shell:
             "OMP_NUM_THREADS={threads} python -m benchmarks.pde.generate --spec {params.spec:q} "
-            "--seed {params.seed} --out {params.out} > {log} 2>&1"
+            "--seed {params.seed} --threads {threads} --out {params.out} > {log} 2>&1"
 
     rule pde_reference:
         input:

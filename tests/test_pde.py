@@ -19,6 +19,7 @@ from benchmarks.pde.spectral import (
     energy,
     energy_spectrum,
     enstrophy,
+    palinstrophy,
     velocity_from_vorticity,
     vorticity_from_velocity,
 )
@@ -369,6 +370,11 @@ def test_questions_answers_hold_by_construction(micro):
             assert (change < 1e-4) == (r["answer"] == "yes"), (r["id"], change)
         elif r["kind"] == "equation":
             assert (a["q0"].ndim == 1) == (r["answer"] == "burgers")
+        elif r["kind"] == "viscosity":  # answerable: the enstrophy budget dZ/dt = -2 nu P
+            dt = r["meta"]["dt"]
+            z = enstrophy(np.stack([a["q0"], a["q1"]]))
+            p = palinstrophy(np.stack([a["q0"], a["q1"]])).mean()
+            assert -(z[1] - z[0]) / dt / (2 * p) == pytest.approx(r["answer"], rel=r["tolerance"])
 
 
 def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, capsys):

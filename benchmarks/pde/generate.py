@@ -119,8 +119,8 @@ def simulate_regime(spec: dict, name: str, seed: int) -> tuple[dict, dict[str, n
     return meta, train, test
 
 
-def generate(spec: dict, seed: int, out: Path) -> dict:
-    torch.set_num_threads(1)
+def generate(spec: dict, seed: int, out: Path, threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
     out = Path(out)
     if spec["source"] not in spec["regimes"]:
         raise PDEInputError(
@@ -166,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec", required=True, help="JSON of the scale's benchmarks.pde section")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the solvers")
     args = ap.parse_args(argv)
     with exit_on_user_error(PDEInputError, json.JSONDecodeError, KeyError):
-        m = generate(json.loads(args.spec), args.seed, args.out)
+        m = generate(json.loads(args.spec), args.seed, args.out, args.threads)
     print(f"wrote {args.out}: {len(m['regimes'])} regimes, {m['n_questions']} questions")
 
 

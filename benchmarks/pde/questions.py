@@ -2,7 +2,7 @@
 
 ``build_questions(spec, seed) -> (rows, fields)``; each kind draws from its own seeded stream.
 Kinds: divergence_free, vortex_count, vortex_rotation, saddle_count, energy_trend,
-enstrophy_trend, equation, mass_conserved.
+enstrophy_trend, equation, mass_conserved, viscosity.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ KINDS = (
     "enstrophy_trend",
     "equation",
     "mass_conserved",
+    "viscosity",
 )
 EQUATION_CHOICES = ["heat", "advection_diffusion", "burgers", "ns2d", "beta_plane"]
 QUESTION_TEXT = {
@@ -51,6 +52,8 @@ QUESTION_TEXT = {
     "enstrophy_trend": "Given the vorticity, forcing, viscosity and drag, will the enstrophy "
     "go up or down over the next dt?",
     "equation": "Which equation produced this pair of snapshots (q0 at t, q1 at t + dt)?",
+    "viscosity": "These two vorticity snapshots (q0 at t, q1 at t + dt) come from unforced, "
+    "drag-free 2-D Navier-Stokes. Estimate the kinematic viscosity nu.",
     "mass_conserved": "A passive scalar q is transported by the given velocity (u, v). Was its "
     "total mass conserved between q0 and q1 (no hidden source)? Answer yes or no.",
 }
@@ -361,6 +364,36 @@ def q_mass_conserved(spec, seed):
     return rows, fields
 
 
+def q_viscosity(spec, seed):
+    """Unforced, drag-free NS pairs at a log-uniform ν in [1e-3, 1e-2]; answer ν (10 % tolerance)."""
+    rng, n, m = _rng(seed, "viscosity"), spec["sim_grid"], spec["n_per_kind"]
+    dt_solver = spec["dt"]
+    dt = 2 * dt_solver
+    rows, fields = [], {}
+    for i in range(m):
+        nu = float(10 ** rng.uniform(-3, -2))
+        solver = VorticitySolver(n, nu, dt_solver, precision="single")
+        q0, q1 = solver.run(grf_vorticity(rng, 1, n)[0] * rng.uniform(1.0, 4.0), [dt, 2 * dt])
+        r, f = _row(
+            "viscosity",
+            i,
+            nu,
+            "float",
+            {"q0": q0, "q1": q1},
+            {
+                "grid": {"N": n, "L": 1.0},
+                "equation": "ns2d",
+                "forcing": "none",
+                "alpha": 0.0,
+                "dt": dt,
+            },
+            tolerance=0.1,
+        )
+        rows.append(r)
+        fields |= f
+    return rows, fields
+
+
 def build_questions(spec: dict, seed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
     unknown = [k for k in spec["kinds"] if k not in KINDS]
     if unknown:
@@ -382,6 +415,7 @@ def build_questions(spec: dict, seed: int) -> tuple[list[dict], dict[str, np.nda
                 "saddle_count": q_saddle_count,
                 "equation": q_equation,
                 "mass_conserved": q_mass_conserved,
+                "viscosity": q_viscosity,
             }[kind](spec, seed)
         rows += r
         fields |= {k: a for k, a in f.items() if k.split("__")[0] in {x["id"] for x in r}}
