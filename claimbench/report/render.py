@@ -570,6 +570,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["num"] = fmt_num
+    env.filters["fromjson"] = lambda text: _json(text, None)  # paper templates read sample JSON
     return env
 
 

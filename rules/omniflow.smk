@@ -1,0 +1,256 @@
+# OMNIFLOW (physics-grounded flow reasoning): PG-CoT over the pde question sets per backend and
+# ablation, PG-CoT forecasts (k = 0/1/5/10 exemplars) and FNO / U-Net surrogates (source-trained,
+# k-shot fine-tuned); benchmarks.pde.suite scores answers and predictions into run records.
+OMNI = SCALE.get("papers", {}).get("omniflow")
+
+
+include: "omniflow_helpers.smk"
+
+
+if OMNI and "omniflow" in PAPERS:
+    OMNI_ART = f"{ART}/omniflow"
+    OMNI_RUNS = f"{RUNS}/omniflow"
+    OMNI_QA = {
+        f"qa-{b}-{v}": (b, v)
+        for b, spec in OMNI["qa"]["runs"].items()
+        for v in spec["variants"]
+    }
+    OMNI_FC_BACKEND = OMNI["forecast"]["backend"]
+    OMNI_FC = {f"fc-{OMNI_FC_BACKEND}-k{k}": k for k in OMNI["forecast"]["shots"]}
+    OMNI_BL = {
+        f"{a}-k{k}": (a, k)
+        for a in OMNI["baselines"]["archs"]
+        for k in OMNI["baselines"]["shots"]
+    }
+    RUN_RECORDS["omniflow"] = (
+        [f"{OMNI_RUNS}/{v}/{s}.json" for v in OMNI_QA for s in ("pgcot", "pde_qa")]
+        + [
+            f"{OMNI_RUNS}/{v}/{s}.json"
+            for v in OMNI_FC
+            for s in ("pgcot_forecast", "pde_forecast")
+        ]
+        + [f"{OMNI_RUNS}/{v}/pde_forecast.json" for v in OMNI_BL]
+    )
+
+    rule omniflow_qa:
+        input:
+            manifest=PDE_MANIFEST,
+            backend=lambda w: omni_backend_inputs(OMNI_QA[w.variant][0]),
+        output:
+            meta=f"{OMNI_ART}/{{variant}}/meta.json",
+            record=f"{OMNI_RUNS}/{{variant}}/pgcot.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.log",
+        benchmark:
+            f"{LOGS}/omniflow/{{variant}}.benchmark.tsv"
+        wildcard_constraints:
+            variant=one_of(sorted(OMNI_QA)),
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=OMNI.get("runtime", 30),
+            gpu=lambda w: (
+                GPU if OMNI["backends"][OMNI_QA[w.variant][0]]["kind"] == "hf" else 0
+            ),
+        params:
+            backend=lambda w: json.dumps(
+                omni_backend(OMNI_QA[w.variant][0]), sort_keys=True
+            ),
+            variants=lambda w: json.dumps(
+                {
+                    w.variant: {
+                        **OMNI.get("pgcot", {}),
+                        **OMNI["qa"]["runs"][OMNI_QA[w.variant][0]].get("pgcot", {}),
+                        **OMNI["qa"]["ablations"][OMNI_QA[w.variant][1]],
+                    }
+                },
+                sort_keys=True,
+            ),
+            limit=lambda w: OMNI["qa"]["runs"][OMNI_QA[w.variant][0]].get(
+                "limit_per_kind"
+            )
+            or 0,
+            data=lambda w, input: os.path.dirname(input.manifest),
+            art=lambda w, output: os.path.dirname(os.path.dirname(output.meta)),
+            runs=lambda w, output: os.path.dirname(os.path.dirname(output.record)),
+            scale=SCALE_NAME,
+            seed=SCALE["seed"],
+        shell:
+            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run qa --data {params.data} "
+            "--backend {params.backend:q} --variants {params.variants:q} "
+            "--limit-per-kind {params.limit} --art {params.art} --runs {params.runs} "
+            "--scale {params.scale} --seed {params.seed} --threads {threads} > {log} 2>&1"
+
+    rule omniflow_score_qa:
+        input:
+            manifest=PDE_MANIFEST,
+            meta=f"{OMNI_ART}/{{variant}}/meta.json",
+        output:
+            record=f"{OMNI_RUNS}/{{variant}}/pde_qa.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.pde_qa.log",
+        wildcard_constraints:
+            variant=one_of(sorted(OMNI_QA)),
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            data=lambda w, input: os.path.dirname(input.manifest),
+            answers=lambda w, input: f"{os.path.dirname(input.meta)}/answers.jsonl",
+            method=lambda w: OMNI["qa"]["method_names"][OMNI_QA[w.variant][1]],
+            base=lambda w: omni_backend(OMNI_QA[w.variant][0]).get("label")
+            or OMNI_QA[w.variant][0],
+            scale=SCALE_NAME,
+            seed=SCALE["seed"],
+        shell:
+            "python -m benchmarks.pde.suite questions --data {params.data} "
+            "--answers {params.answers} --scale {params.scale} --paper omniflow "
+            "--method {params.method} --variant {wildcards.variant} "
+            "--base-model {params.base:q} --seed {params.seed} "
+            "--extra-metrics rounds,violations --out {output.record} > {log} 2>&1"
+
+    rule omniflow_forecast:
+        input:
+            manifest=PDE_MANIFEST,
+        output:
+            meta=f"{OMNI_ART}/{{variant}}/meta.json",
+            record=f"{OMNI_RUNS}/{{variant}}/pgcot_forecast.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.log",
+        benchmark:
+            f"{LOGS}/omniflow/{{variant}}.benchmark.tsv"
+        wildcard_constraints:
+            variant=one_of(sorted(OMNI_FC)),
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=OMNI.get("runtime", 30),
+            gpu=0,
+        params:
+            backend=json.dumps(omni_backend(OMNI_FC_BACKEND), sort_keys=True),
+            pgcot=omni_pgcot(OMNI["forecast"].get("pgcot", {})),
+            k=lambda w: OMNI_FC[w.variant],
+            regimes=lambda w: ",".join(omni_regimes(OMNI_FC[w.variant])),
+            source=PDE_SOURCE,
+            fits=OMNI["forecast"].get("max_source_fits", 8),
+            data=lambda w, input: os.path.dirname(input.manifest),
+            out=output_dir,
+            runs=lambda w, output: os.path.dirname(output.record),
+            scale=SCALE_NAME,
+            seed=SCALE["seed"],
+        shell:
+            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run forecast "
+            "--data {params.data} --regimes {params.regimes} --source {params.source} "
+            "--k {params.k} --max-source-fits {params.fits} --backend {params.backend:q} "
+            "--pgcot {params.pgcot:q} --variant {wildcards.variant} --out {params.out} "
+            "--runs {params.runs} --scale {params.scale} --seed {params.seed} > {log} 2>&1"
+
+    rule omniflow_train_baseline:
+        input:
+            manifest=PDE_MANIFEST,
+        output:
+            meta=f"{OMNI_ART}/{{arch}}-src/meta.json",
+        log:
+            f"{LOGS}/omniflow/{{arch}}-src.log",
+        benchmark:
+            f"{LOGS}/omniflow/{{arch}}-src.benchmark.tsv"
+        wildcard_constraints:
+            arch=one_of(sorted(OMNI["baselines"]["archs"])),
+        threads: JOB_THREADS
+        resources:
+            mem_mb=4000,
+            runtime=OMNI.get("runtime", 30),
+            gpu=GPU,
+        params:
+            spec=lambda w: json.dumps(
+                OMNI["baselines"]["archs"][w.arch], sort_keys=True
+            ),
+            data=lambda w, input: os.path.dirname(input.manifest),
+            source=PDE_SOURCE,
+            out=output_dir,
+            scale=SCALE_NAME,
+            seed=SCALE["seed"],
+        shell:
+            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run train-baseline "
+            "--arch {wildcards.arch} --spec {params.spec:q} --data {params.data} "
+            "--source {params.source} --out {params.out} --scale {params.scale} "
+            "--seed {params.seed} --threads {threads} > {log} 2>&1"
+
+    rule omniflow_baseline_forecast:
+        input:
+            manifest=PDE_MANIFEST,
+            model=lambda w: f"{OMNI_ART}/{OMNI_BL[w.variant][0]}-src/meta.json",
+        output:
+            meta=f"{OMNI_ART}/{{variant}}/meta.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.log",
+        benchmark:
+            f"{LOGS}/omniflow/{{variant}}.benchmark.tsv"
+        wildcard_constraints:
+            variant=one_of(sorted(OMNI_BL)),
+        threads: JOB_THREADS
+        resources:
+            mem_mb=4000,
+            runtime=OMNI.get("runtime", 30),
+            gpu=GPU,
+        params:
+            model=lambda w, input: os.path.dirname(input.model),
+            k=lambda w: OMNI_BL[w.variant][1],
+            finetune=json.dumps(OMNI["baselines"]["finetune"], sort_keys=True),
+            regimes=lambda w: ",".join(omni_regimes(OMNI_BL[w.variant][1])),
+            data=lambda w, input: os.path.dirname(input.manifest),
+            out=output_dir,
+            scale=SCALE_NAME,
+            seed=SCALE["seed"],
+        shell:
+            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run baseline-forecast "
+            "--model {params.model} --k {params.k} --finetune {params.finetune:q} "
+            "--data {params.data} --regimes {params.regimes} --out {params.out} "
+            "--scale {params.scale} --seed {params.seed} --threads {threads} > {log} 2>&1"
+
+    rule omniflow_score_forecast:
+        input:
+            manifest=PDE_MANIFEST,
+            meta=f"{OMNI_ART}/{{variant}}/meta.json",
+        output:
+            record=f"{OMNI_RUNS}/{{variant}}/pde_forecast.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.pde_forecast.log",
+        wildcard_constraints:
+            variant=one_of(sorted(OMNI_FC) + sorted(OMNI_BL)),
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            data=lambda w, input: os.path.dirname(input.manifest),
+            preds=lambda w, input: f"{os.path.dirname(input.meta)}/predictions",
+            regimes=lambda w: ",".join(
+                omni_regimes(
+                    OMNI_FC[w.variant]
+                    if w.variant in OMNI_FC
+                    else OMNI_BL[w.variant][1]
+                )
+            ),
+            method=lambda w: (
+                "omniflow" if w.variant in OMNI_FC else OMNI_BL[w.variant][0]
+            ),
+            base=lambda w: (
+                omni_backend(OMNI_FC_BACKEND).get("label", OMNI_FC_BACKEND)
+                if w.variant in OMNI_FC
+                else f"{OMNI_BL[w.variant][0]}-src"
+            ),
+            scale=SCALE_NAME,
+            seed=SCALE["seed"],
+        shell:
+            "python -m benchmarks.pde.suite forecast --data {params.data} "
+            "--regimes {params.regimes} --predictions {params.preds} --scale {params.scale} "
+            "--paper omniflow --method {params.method} --variant {wildcards.variant} "
+            "--base-model {params.base:q} --seed {params.seed} --out {output.record} "
+            "> {log} 2>&1"
+
+    rule omniflow_all:
+        input:
+            RUN_RECORDS["omniflow"],
+        localrule: True
