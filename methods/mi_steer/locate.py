@@ -242,7 +242,15 @@ def probe_accuracy(x_train, y_train, x_test, y_test, seed: int = 0) -> float:
     from sklearn.preprocessing import StandardScaler
 
     sc = StandardScaler().fit(x_train)
-    clf = LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0], cv=3, max_iter=2000, random_state=seed)
+    clf = LogisticRegressionCV(
+        Cs=[0.01, 0.1, 1.0, 10.0],
+        cv=3,
+        max_iter=2000,
+        random_state=seed,
+        l1_ratios=(0.0,),  # plain L2, said explicitly (scikit-learn 1.10 changes the default)
+        scoring="accuracy",
+        use_legacy_attributes=False,
+    )
     clf.fit(sc.transform(x_train), y_train)
     return float(clf.score(sc.transform(x_test), y_test))
 
