@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from claimbench import provenance
-from claimbench.errors import exit_on_user_error
+from claimbench.entry import add_run_options, run_entry
 from claimbench.io import atomic_write_json, sha256_file
 from claimbench.records import make_run_record, metric, series, write_run_record
 from methods.gopd.baselines import train_teacher_sft
@@ -283,13 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ref", default="")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--method", choices=["gopd", "sft"], default="gopd")
-    ap.add_argument("--scale", default="tiny")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        run(args)
+    add_run_options(ap)
+    run_entry(ap, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from claimbench import provenance
-from claimbench.errors import exit_on_user_error
+from claimbench.entry import add_run_options, run_entry
 from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from claimbench.records import make_run_record, metric, series, write_run_record
 from methods.posttrain.loops import SFTKLObjective, SFTObjective, train_demos
@@ -203,12 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         "--variant",
     ):
         ap.add_argument(a, required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        run(args)
+    add_run_options(ap, scale=None)
+    run_entry(ap, run, argv)
 
 
 if __name__ == "__main__":

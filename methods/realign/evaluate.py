@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from claimbench import provenance
-from claimbench.errors import exit_on_user_error
+from claimbench.entry import add_run_options, run_entry
 from claimbench.io import atomic_write_jsonl, sha256_file
 from claimbench.records import load_run_record, make_run_record, metric, write_run_record
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
@@ -229,13 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True, help="record path (dera: one per lambda, commas)")
     ap.add_argument("--ref-record", default="", help="the reference's decode record")
-    ap.add_argument("--scale", default="tiny")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        run(args)
+    add_run_options(ap)
+    run_entry(ap, run, argv)
 
 
 if __name__ == "__main__":
