@@ -93,8 +93,9 @@ def train_lm(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        log.append({"step": step, "loss": float(loss), "lr": opt.param_groups[0]["lr"]})
-        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        value = loss.item()
+        log.append({"step": step, "loss": value, "lr": opt.param_groups[0]["lr"]})
+        bar.set_postfix(loss=f"{value:.3f}", refresh=False)
     model.eval()
     return log
 
