@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
 
 from claimbench import provenance
 from claimbench.entry import add_run_options, run_entry
-from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from claimbench.io import atomic_write_json, sha256_file
 from claimbench.records import make_run_record, metric, series, write_run_record
+from methods.posttrain.cli import save_artifact
 from methods.posttrain.loops import SFTKLObjective, SFTObjective, train_demos
 from methods.posttrain.models import load_model, read_meta
 from methods.posttrain.rewards import demonstration, load_problems
@@ -79,13 +79,7 @@ def run(args) -> None:
             eval_every=cfg["eval_every"],
         )
         out = Path(args.out)
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        atomic_write_jsonl(out / "train_log.jsonl", rows)
+        save_artifact(model, tok, out, rows)
     ev = [r for r in rows if "eval_entropy" in r]
     last = ev[-1]
     tokens = sum(r["tokens"] for r in rows)
