@@ -31,8 +31,19 @@ NSDS_STUDIED = sorted(NSDS["study_sources"]) if NSDS else []
 NSDS_SCORED = sorted(
     set(NSDS_STUDIED) | {v[0] for v in NSDS_VARIANTS.values() if v[1] != "uniform"}
 )
+# "mi": per-layer scores imported from the MI suite's zero-ablation sensitivity (mi_steer's
+# efficiency use case, ../shared/specs/mi-steer.md), measured on the NSDS source itself.
+NSDS_IMPORTED = {"mi"}
 NSDS_SCORE_METHODS = (
-    sorted((set(NSDS["study_methods"]) | set(NSDS["methods"])) - {"uniform"})
+    sorted((set(NSDS["study_methods"]) | set(NSDS["methods"])) - {"uniform"} - NSDS_IMPORTED)
+    if NSDS
+    else []
+)
+NSDS_MI_SOURCES = (
+    sorted(
+        set(NSDS_STUDIED if "mi" in NSDS["study_methods"] else [])
+        | {v[0] for v in NSDS_VARIANTS.values() if v[1] == "mi"}
+    )
     if NSDS
     else []
 )
@@ -46,6 +57,7 @@ if NSDS and "nsds" in PAPERS:
             for suite in ("plan", "lm_eval")
         ]
         + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS.get("eval_sources", [])]
+        + [f"{RUNS}/mi_steer/nsds-{s}/sensitivity.json" for s in NSDS_MI_SOURCES]
     )
 
 
@@ -144,6 +156,10 @@ rule nsds_study:
     input:
         source=lambda w: nsds_source_meta(w.src),
         scores=f"{ART}/nsds/scores/{{src}}/meta.json",
+        imported=lambda w: [
+            f"{ART}/nsds/scores/{w.src}/{m}.json"
+            for m in sorted(NSDS_IMPORTED & set(NSDS["study_methods"]))
+        ],
         text=f"{DATA}/text/valid.jsonl",
     output:
         record=f"{RUNS}/nsds/{{src}}/alloc.json",
@@ -188,6 +204,11 @@ rule nsds_quantize:
             if NSDS_VARIANTS[w.variant][1] == "uniform"
             else f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}/meta.json"
         ),
+        imported=lambda w: (
+            [f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}/{NSDS_VARIANTS[w.variant][1]}.json"]
+            if NSDS_VARIANTS[w.variant][1] in NSDS_IMPORTED
+            else []
+        ),
         calib=f"{DATA}/text/train.txt",
     output:
         meta=f"{ART}/nsds/{{variant}}/meta.json",
@@ -223,6 +244,59 @@ rule nsds_quantize:
         "--seq-len {params.seq_len} --source {params.src} --variant {wildcards.variant} "
         "--seed {params.seed} --threads {threads} --scale {params.scale} --out {params.out} "
         "--record {output.record} > {log} 2>&1"
+
+
+rule nsds_mi_sensitivity:
+    """The MI suite's per-module zero-ablation ΔNLL, measured on an NSDS source model with its own
+    tokenizer on the calibration text and budget LIM gets (a run record of the mi_steer paper,
+    variant nsds-<source>)."""
+    input:
+        source=lambda w: nsds_source_meta(w.src),
+        text=f"{DATA}/text/train.txt",
+    output:
+        record=f"{RUNS}/mi_steer/nsds-{{src}}/sensitivity.json",
+        scores=f"{ART}/mi_steer/nsds-{{src}}/layer_sensitivity.json",
+    log:
+        f"{LOGS}/nsds/{{src}}.mi_sensitivity.log",
+    wildcard_constraints:
+        src=one_of(NSDS_MI_SOURCES),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=NSDS_MEM,
+        runtime=NSDS_RUNTIME,
+        gpu=GPU,
+    params:
+        source=input_dir,
+        config=lambda w: json.dumps(
+            {"n_neutral": NSDS["calib"]["n"], "neutral_len": NSDS["calib"]["seq_len"]},
+            sort_keys=True,
+        ),
+        data=lambda w, input: os.path.dirname(input.text),
+        seed=SCALE["seed"],
+        scale=SCALE_NAME,
+    shell:
+        "python -m methods.mi_steer.suite sensitivity --artifact {params.source} "
+        "--data {params.data} --text {input.text} --config {params.config:q} "
+        "--record {output.record} --sensitivity {output.scores} --scale {params.scale} "
+        "--variant nsds-{wildcards.src} --seed {params.seed} --threads {threads} > {log} 2>&1"
+
+
+rule nsds_import_mi:
+    input:
+        source=lambda w: nsds_source_meta(w.src),
+        sensitivity=f"{ART}/mi_steer/nsds-{{src}}/layer_sensitivity.json",
+    output:
+        scores=f"{ART}/nsds/scores/{{src}}/mi.json",
+    log:
+        f"{LOGS}/nsds/{{src}}.import_mi.log",
+    wildcard_constraints:
+        src=one_of(NSDS_MI_SOURCES),
+    localrule: True
+    params:
+        source=input_dir,
+    shell:
+        "python -m methods.nsds.cli import-scores --model {params.source} --method mi "
+        "--sensitivity {input.sensitivity} --out {output.scores} > {log} 2>&1"
 
 
 rule nsds_all:

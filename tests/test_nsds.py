@@ -408,3 +408,74 @@ def test_raw_cache_gives_same_scores():
 
         alone = nsds_scores(m, options_from(NSDS_VARIANTS[name]))
         np.testing.assert_allclose(shared[name]["scores"], alone["scores"], rtol=1e-12)
+
+
+def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
+    """The efficiency use case of the MI issue: the MI suite measures per-module zero-ablation ΔNLL
+    on a quantization source (its own tokenizer, a text file), NSDS imports it as per-layer scores
+    (sum of the layer's modules) that the study and the bit plan read like any other method."""
+    import json
+
+    from methods.mi_steer import suite
+    from methods.nsds import cli
+    from methods.nsds.allocate import layer_bits
+    from methods.nsds.methods import score_all
+    from tests.quant_fixtures import save_quant_micro
+
+    art = tmp_path / "micro"
+    save_quant_micro(art)
+    sens = tmp_path / "ls.json"
+    suite.main(
+        [
+            "sensitivity",
+            "--artifact",
+            str(art),
+            "--data",
+            str(tmp_path),
+            "--text",
+            str(tmp_path / "calib.txt"),
+            "--config",
+            json.dumps({"n_neutral": 3, "neutral_len": 16}),
+            "--record",
+            str(tmp_path / "runs" / "sensitivity.json"),
+            "--sensitivity",
+            str(sens),
+            "--variant",
+            "nsds-micro",
+        ]
+    )
+    modules = json.loads(sens.read_text())["modules"]
+    scores_dir = tmp_path / "scores"
+    cli.main(
+        [
+            "import-scores",
+            "--model",
+            str(art),
+            "--method",
+            "mi",
+            "--sensitivity",
+            str(sens),
+            "--out",
+            str(scores_dir / "mi.json"),
+        ]
+    )
+    got = cli._read_scores(str(scores_dir), ["mi"])["mi"]
+    want = [modules[f"model.layers.{i}.self_attn"] + modules[f"model.layers.{i}.mlp"] for i in range(2)]
+    assert got == pytest.approx(want)
+    assert sorted(layer_bits(got, 3.0)) == [2, 4]
+    # mi is never scored from the weights, and a malformed file is refused with its reason
+    with pytest.raises(NSDSInputError, match="imported from a file"):
+        score_all(LlamaForCausalLM(LlamaConfig(num_hidden_layers=1)), ["mi"])
+    with pytest.raises(NSDSInputError, match="no sensitivity for layer"):
+        cli.layer_scores_from_sensitivity(
+            {"format": "claimbench.layer_sensitivity/1", "modules": {"model.layers.0.mlp": 1.0}}, 2
+        )
+    with pytest.raises(NSDSInputError, match="out of range"):
+        cli.layer_scores_from_sensitivity(
+            {"format": "claimbench.layer_sensitivity/1", "modules": {"model.layers.5.mlp": 1.0}}, 2
+        )
+    with pytest.raises(NSDSInputError, match="format"):
+        cli.layer_scores_from_sensitivity({"modules": {}}, 2)
+    with pytest.raises(SystemExit):
+        cli.main(["import-scores", "--model", str(art), "--method", "nsds",
+                  "--sensitivity", str(sens), "--out", str(tmp_path / "x.json")])

@@ -68,6 +68,24 @@ def neutral_windows(vocab: CharVocab, data: Path, n: int, length: int) -> torch.
     return torch.tensor([ids[i * step : i * step + length] for i in range(n)], dtype=torch.long)
 
 
+def text_windows(art: Path, text: Path, n: int, length: int) -> torch.Tensor:
+    """``n`` evenly spaced windows of ``length`` tokens of a text file (``.txt``, or ``.jsonl``
+    with a ``text`` field), tokenized by the artifact's own tokenizer: the neutral text of a model
+    that is not one of the suite's character-level worlds (e.g. an NSDS source model)."""
+    from transformers import AutoTokenizer
+
+    if not text.exists():
+        raise ValueError(f"--text {text}: no such file")
+    raw = text.read_text(encoding="utf-8")
+    if text.suffix == ".jsonl":
+        raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
+    ids = AutoTokenizer.from_pretrained(art)(raw)["input_ids"]
+    if len(ids) < length:
+        raise ValueError(f"--text {text}: {len(ids)} tokens, fewer than one window of {length}")
+    step = max(1, (len(ids) - length) // n)
+    return torch.tensor([ids[i * step : i * step + length] for i in range(n)], dtype=torch.long)
+
+
 def grouped(prompts: list[list[int]]) -> dict[int, list[int]]:
     """Indices of prompts grouped by token length (equal lengths batch without padding)."""
     groups: dict[int, list[int]] = {}
@@ -930,7 +948,12 @@ def run_sensitivity(args, cfg: dict) -> None:
     zero-ablated, and Block Influence 1 - cos(x^{l-1}, x^l) per layer (ShortGPT)."""
     with provenance.timed() as t:
         lm, vocab, meta = load(Path(args.artifact))
-        ids = neutral_windows(vocab, Path(args.data), cfg["n_neutral"], cfg["neutral_len"])
+        if args.text:
+            ids = text_windows(Path(args.artifact), Path(args.text), cfg["n_neutral"], cfg["neutral_len"])
+            text = f"{args.text} windows (the artifact's own tokenizer)"
+        else:
+            ids = neutral_windows(vocab, Path(args.data), cfg["n_neutral"], cfg["neutral_len"])
+            text = "neutral_test.txt windows"
         zero = lambda x: torch.zeros_like(x)  # noqa: E731
         modules, metrics = {}, []
         base = S.side_effects(lm, ids, [])
@@ -961,7 +984,7 @@ def run_sensitivity(args, cfg: dict) -> None:
                 "higher_is_more_sensitive": True,
                 "modules": modules,
                 "block_influence": bi,
-                "text": "neutral_test.txt windows",
+                "text": text,
             },
         )
         curves = [
@@ -1005,6 +1028,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", required=True, help="JSON object: the suite's settings")
     ap.add_argument("--record", required=True)
     ap.add_argument("--sensitivity", default=None, help="sensitivity: output JSON {module: score}")
+    ap.add_argument(
+        "--text",
+        default=None,
+        help="sensitivity: neutral text (.txt or .jsonl) read with the artifact's tokenizer "
+        "instead of the world's neutral_test.txt",
+    )
     ap.add_argument("--scale", default="tiny")
     ap.add_argument("--variant", required=True)
     ap.add_argument("--seed", type=int, default=0)

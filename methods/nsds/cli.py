@@ -32,7 +32,7 @@ from methods.nsds.allocate import (
     plan_from_bits,
     uniform_bits,
 )
-from methods.nsds.methods import check_methods, score_all
+from methods.nsds.methods import IMPORTED, check_methods, score_all
 from methods.nsds.scores import NSDSInputError
 from methods.quant.quantizer import QuantConfigError
 
@@ -109,6 +109,59 @@ def cmd_scores(args) -> None:
             else None,
             "seed": args.seed,
             "provenance": provenance.capture(t["started_at"], t["wall_s"]),
+        },
+    )
+
+
+def layer_scores_from_sensitivity(sens: dict, n_layers: int) -> list[float]:
+    """One score per decoder layer from a ``claimbench.layer_sensitivity/1`` file: the sum of
+    the ΔNLL of the layer's modules (``model.layers.<l>.self_attn`` and ``.mlp``)."""
+    if sens.get("format") != "claimbench.layer_sensitivity/1":
+        raise NSDSInputError(
+            f"format {sens.get('format')!r}: expected 'claimbench.layer_sensitivity/1'"
+        )
+    scores = [0.0] * n_layers
+    seen = set()
+    for name, value in sens["modules"].items():
+        parts = name.split(".")
+        if len(parts) < 3 or parts[:2] != ["model", "layers"] or not parts[2].isdigit():
+            raise NSDSInputError(f"module {name!r}: expected model.layers.<l>.<module>")
+        layer = int(parts[2])
+        if layer >= n_layers:
+            raise NSDSInputError(
+                f"module {name!r}: layer {layer} out of range for a {n_layers}-layer model"
+            )
+        scores[layer] += float(value)
+        seen.add(layer)
+    missing = sorted(set(range(n_layers)) - seen)
+    if missing:
+        raise NSDSInputError(f"no sensitivity for layer(s) {missing}")
+    return scores
+
+
+def cmd_import_scores(args) -> None:
+    """Layer scores of an imported method (``mi``) from another suite's sensitivity file."""
+    if args.method not in IMPORTED:
+        raise NSDSInputError(f"--method {args.method!r}: importable methods are {list(IMPORTED)}")
+    path = Path(args.sensitivity)
+    if not path.exists():
+        raise NSDSInputError(f"--sensitivity {path}: no such file")
+    sens = json.loads(path.read_text())
+    n_layers = int(
+        json.loads((Path(resolve_pretrained(args.model)) / "config.json").read_text())[
+            "num_hidden_layers"
+        ]
+    )
+    scores = layer_scores_from_sensitivity(sens, n_layers)
+    atomic_write_json(
+        Path(args.out),
+        {
+            "method": args.method,
+            "scores": scores,
+            "data_free": False,
+            "imported_from": str(path),
+            "score": sens.get("score"),
+            "text": sens.get("text"),
         },
     )
 
@@ -398,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run record path (suite alloc)")
     p.add_argument("--details", required=True, help="every measurement of the study (JSON)")
     p.set_defaults(fn=cmd_study)
+
+    p = sub.add_parser("import-scores", help="layer scores from another suite's sensitivity file")
+    p.add_argument("--model", required=True, help="the model the sensitivity was measured on")
+    p.add_argument("--method", required=True, help=f"one of {list(IMPORTED)}")
+    p.add_argument("--sensitivity", required=True, help="claimbench.layer_sensitivity/1 JSON")
+    p.add_argument("--out", required=True, help="<scores folder>/<method>.json")
+    p.set_defaults(fn=cmd_import_scores)
 
     p = sub.add_parser("quantize", help="bit plan from one method's scores + packed artifact")
     common(p)

@@ -28,8 +28,11 @@ DATA_FREE = {
 }
 CALIBRATION = ("lim",)
 CONTROLS = ("random", "reversed")
+# scores read from a file another method wrote (``cli import-scores``), never computed by ``scores``:
+# ``mi`` = the mechanistic-interpretability suite's zero-ablation ΔNLL per layer (calibration-based)
+IMPORTED = ("mi",)
 ALL_SCORED = tuple(NSDS_VARIANTS) + tuple(DATA_FREE) + CALIBRATION + CONTROLS
-ALL_METHODS = ALL_SCORED + ("uniform",)
+ALL_METHODS = ALL_SCORED + IMPORTED + ("uniform",)
 
 
 def check_methods(names, where: str = "methods") -> list[str]:
@@ -70,6 +73,11 @@ def score_all(
             out[name] = {"scores": baselines.random_scores(n_layers, seed), "seed": seed}
         elif name == "reversed":
             pass  # after nsds
+        elif name in IMPORTED:
+            raise NSDSInputError(
+                f"method {name!r} is not scored from the weights: it is imported from a file "
+                "(python -m methods.nsds.cli import-scores)"
+            )
         else:
             raise NSDSInputError(f"unknown method {name!r}")
     if "reversed" in wanted:
