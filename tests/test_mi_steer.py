@@ -424,5 +424,12 @@ def test_contrast_pipeline_on_a_micro_hf_model(tmp_path):
     contrast.main(args)
     vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
     assert {"rate_positive", "rate_positive_ablated", "kl_neutral", "criterion_met"} <= set(vals)
+    assert vals["criterion_met"] <= vals["selection_passed"]
+    # no layer passing the selection rule is a recorded failure of the criterion, not a crash
+    strict = json.dumps({**cfg, "select_kl_max": 0.0})
+    contrast.main([*args[:5], strict, *args[6:]])
+    vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
+    assert vals["selection_passed"] == 0 and vals["criterion_met"] == 0
+    assert vals["layer"] == 0 and vals["select_kl"] >= 0
     with pytest.raises(SystemExit):
         contrast.main([*args[:2], "--behaviour", "sentiment", *args[4:]])

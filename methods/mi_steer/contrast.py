@@ -163,10 +163,25 @@ def main(argv: list[str] | None = None) -> None:
                     "score": float(score(c.first_logprobs(pos_fit, ed), pid, nid).mean()),
                 }
             )
-        chosen = S.select_direction(cands, depth)
-        if chosen is None:
-            raise ValueError(
-                "no candidate layer passes the selection rule (KL < 0.1, layer < 80 % depth)"
+        kl_max, max_depth = cfg.get("select_kl_max", 0.1), cfg.get("select_max_depth", 0.8)
+        chosen = S.select_direction(cands, depth, kl_max, max_depth)
+        selected = chosen is not None
+        if not selected:
+            # No layer passes the rule: a finding, not an error. The pipeline then fails the
+            # pre-registered criterion (criterion_met = 0); the rest of the record describes the
+            # best-scoring candidate within the depth limit, KL filter lifted, so the side effects
+            # that made every candidate fail are measured rather than guessed.
+            chosen = S.select_direction(cands, depth, float("inf"), max_depth)
+            if chosen is None:
+                raise ValueError(
+                    f"layers {layers}: none lies in the first {max_depth:.0%} of the model's "
+                    f"{depth} layers"
+                )
+            print(
+                f"no candidate layer passes the selection rule (KL < {kl_max:g} on the negative "
+                f"prompts, layer < {max_depth:.0%} depth): KL per layer "
+                + ", ".join(f"{c['layer']}: {c['kl']:.3g}" for c in cands)
+                + f"; reporting layer {chosen['layer']} (lowest score, KL filter lifted)"
             )
         r, lyr = chosen["r"], chosen["layer"]
         abl = S.ablation_edits(lm, r)
@@ -210,8 +225,10 @@ def main(argv: list[str] | None = None) -> None:
                 "max_ppl_rise": cfg.get("max_ppl_rise", 0.05),
             },
         )
+        met = bool(v["met"]) and selected
         metrics = [
             metric("contrast", "layer", lyr),
+            metric("contrast", "selection_passed", float(selected), higher_is_better=True),
             metric("contrast", "select_kl", chosen["kl"], higher_is_better=False),
             metric("contrast", "rate_positive", rate_b, n=len(pos_test)),
             metric(
@@ -228,9 +245,31 @@ def main(argv: list[str] | None = None) -> None:
             metric("contrast", "kl_neutral", se["kl"], higher_is_better=False),
             metric("contrast", "ppl_rise", v["ppl_rise"], higher_is_better=False),
             metric("contrast", "rel_reduction", v["rel_change"], higher_is_better=True),
-            metric("contrast", "criterion_met", float(v["met"]), higher_is_better=True),
+            metric("contrast", "criterion_met", float(met), higher_is_better=True),
         ]
+        cand_layers = [c["layer"] for c in cands]
         curves = [
+            series(
+                "real LM: direction selection, KL on harmless fit prompts under ablation",
+                cand_layers,
+                [c["kl"] for c in cands],
+                "layer",
+                "KL (nats) | candidate",
+            ),
+            series(
+                "real LM: direction selection, KL on harmless fit prompts under ablation",
+                cand_layers,
+                [kl_max] * len(cands),
+                "layer",
+                "KL (nats) | rule's limit",
+            ),
+            series(
+                "real LM: direction selection, behaviour score on harmful fit prompts under ablation",
+                cand_layers,
+                [c["score"] for c in cands],
+                "layer",
+                "log-odds | candidate",
+            ),
             series(
                 "real LM: behaviour rate vs alpha (negative prompts)",
                 alphas,
