@@ -122,3 +122,15 @@ def metric_values(db: Path) -> list[tuple]:
 
 def tail(proc: subprocess.CompletedProcess, n: int = 3000) -> str:
     return f"rc={proc.returncode}\n--- stdout\n{proc.stdout[-n:]}\n--- stderr\n{proc.stderr[-n:]}"
+
+
+def dry_run(snakemake_bin: str, root: Path, *args: str) -> tuple[int, str]:
+    """``snakemake -n --cores 1 <args>`` in the repository: (exit status, stdout + stderr)."""
+    proc = subprocess.run(
+        [snakemake_bin, "-n", "--cores", "1", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode, proc.stdout + proc.stderr

@@ -4,19 +4,13 @@ base (small scale, SmolLM2-135M-Instruct), and a tiny model never is: dry run.""
 from __future__ import annotations
 
 import re
-import subprocess
+
+from tests.helpers import dry_run
 
 
 def _eval_commands(snakemake_bin, root, scale, targets):
-    proc = subprocess.run(
-        [snakemake_bin, "-n", "-p", "--cores", "1", "--config", f"scale={scale}", "--", *targets],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-2000:]
+    rc, out = dry_run(snakemake_bin, root, "-p", "--config", f"scale={scale}", "--", *targets)
+    assert rc == 0, out[-2000:]
     cmds = [line for line in out.splitlines() if "benchmarks.lm_eval_suite" in line]
     return {re.search(r"--variant (\S+)", c).group(1): c for c in cmds}
 

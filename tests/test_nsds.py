@@ -460,7 +460,9 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
         ]
     )
     got = cli._read_scores(str(scores_dir), ["mi"])["mi"]
-    want = [modules[f"model.layers.{i}.self_attn"] + modules[f"model.layers.{i}.mlp"] for i in range(2)]
+    want = [
+        modules[f"model.layers.{i}.self_attn"] + modules[f"model.layers.{i}.mlp"] for i in range(2)
+    ]
     assert got == pytest.approx(want)
     assert sorted(layer_bits(got, 3.0)) == [2, 4]
     # mi is never scored from the weights, and a malformed file is refused with its reason
@@ -477,5 +479,16 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
     with pytest.raises(NSDSInputError, match="format"):
         cli.layer_scores_from_sensitivity({"modules": {}}, 2)
     with pytest.raises(SystemExit):
-        cli.main(["import-scores", "--model", str(art), "--method", "nsds",
-                  "--sensitivity", str(sens), "--out", str(tmp_path / "x.json")])
+        cli.main(
+            [
+                "import-scores",
+                "--model",
+                str(art),
+                "--method",
+                "nsds",
+                "--sensitivity",
+                str(sens),
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
+
+from tests.helpers import dry_run
 
 
 def test_small_scale_full_grids_dry_run(snakemake_bin, root):
-    proc = subprocess.run(
-        [snakemake_bin, "-n", "--cores", "1", "psft_all", "gopd_all", "--config", "scale=small"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-2000:]
+    rc, out = dry_run(snakemake_bin, root, "psft_all", "gopd_all", "--config", "scale=small")
+    assert rc == 0, out[-2000:]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     # PSFT: 5 arms x 3 seeds, RL after SFT from sft and psft x 3 seeds
     assert jobs["psft_train"] == "15" and jobs["psft_rl"] == "6"

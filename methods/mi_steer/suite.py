@@ -949,7 +949,9 @@ def run_sensitivity(args, cfg: dict) -> None:
     with provenance.timed() as t:
         lm, vocab, meta = load(Path(args.artifact))
         if args.text:
-            ids = text_windows(Path(args.artifact), Path(args.text), cfg["n_neutral"], cfg["neutral_len"])
+            ids = text_windows(
+                Path(args.artifact), Path(args.text), cfg["n_neutral"], cfg["neutral_len"]
+            )
             text = f"{args.text} windows (the artifact's own tokenizer)"
         else:
             ids = neutral_windows(vocab, Path(args.data), cfg["n_neutral"], cfg["neutral_len"])
