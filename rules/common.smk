@@ -100,11 +100,13 @@ def uses_chat_template(wildcards):
     """Whether an artifact is prompted through its chat template: it is one of the scale's
     ``chat_template_models``, or derives from one: a paper whose ``base_model`` is one (every
     D2Quant variant of SmolLM2) or a variant named ``<model>-...`` (NSDS's ``smollm2-nsds-b3``).
-    A quantized chat model is asked exactly as its full-precision base, so their scores compare."""
+    A quantized chat model is asked exactly as its full-precision base, so their scores compare.
+    """
     chat = set(LM_EVAL.get("chat_template_models", []))
     paper = SCALE.get("papers", {}).get(wildcards.paper) or {}
     return bool(
-        chat & {wildcards.variant, wildcards.variant.split("-")[0], paper.get("base_model")}
+        chat
+        & {wildcards.variant, wildcards.variant.split("-")[0], paper.get("base_model")}
     )
 
 

@@ -35,7 +35,11 @@ NSDS_SCORED = sorted(
 # efficiency use case, ../shared/specs/mi-steer.md), measured on the NSDS source itself.
 NSDS_IMPORTED = {"mi"}
 NSDS_SCORE_METHODS = (
-    sorted((set(NSDS["study_methods"]) | set(NSDS["methods"])) - {"uniform"} - NSDS_IMPORTED)
+    sorted(
+        (set(NSDS["study_methods"]) | set(NSDS["methods"]))
+        - {"uniform"}
+        - NSDS_IMPORTED
+    )
     if NSDS
     else []
 )
@@ -205,7 +209,9 @@ rule nsds_quantize:
             else f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}/meta.json"
         ),
         imported=lambda w: (
-            [f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}/{NSDS_VARIANTS[w.variant][1]}.json"]
+            [
+                f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}/{NSDS_VARIANTS[w.variant][1]}.json"
+            ]
             if NSDS_VARIANTS[w.variant][1] in NSDS_IMPORTED
             else []
         ),
