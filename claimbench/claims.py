@@ -11,6 +11,8 @@ lists a paper's headline numbers and, for each, a checkable statement. Checks:
   held when the mean over seeds of ``lhs - rhs`` holds (standard error from the spread of the
   per-seed differences, paired by seed) **and** the per-seed comparison held for at least
   ``min_held`` seeds (e.g. "above on the mean of 3 seeds and in at least 2 of them").
+  ``{sfx}`` in a reference's variant names each seed's run (``psft{sfx}`` = ``psft``, ``psft-s1``,
+  ``psft-s2``); ``shared: true`` marks a reference that is one run for every seed.
 
 Verdicts are confidence-aware: where the suite gives a standard error, ``held`` needs the
 inequality to hold by at least ``z`` standard errors (``z`` from the scale's ``claims.z``,
@@ -216,13 +218,27 @@ def run_check(
     raise ConfigError(f"unknown check kind {kind!r}")
 
 
+def _seed_ref(ref: dict, seed: int, sfx: str) -> dict:
+    """One seed's run of a ``seeds`` reference: ``{sfx}`` in the variant becomes ``""`` for the
+    first seed listed and ``-s<seed>`` for the others (the workflows' naming: ``psft``,
+    ``psft-s1``, ``psft-s2-rl``); a ``shared`` reference (one run serving every seed, e.g. the
+    teacher) is used as written."""
+    ref = dict(ref)
+    if ref.pop("shared", False):
+        return ref
+    if "variant" in ref:
+        ref["variant"] = ref["variant"].replace("{sfx}", sfx)
+    return dict(ref, seed=seed)
+
+
 def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
     """``compare`` per seed, then on the mean over seeds (paired by seed) and a count of wins."""
     cmp, seeds, need = spec["compare"], spec["seeds"], spec.get("min_held", len(spec["seeds"]))
     margin = cmp.get("margin", 0.0)
     diffs, wins, observed, per_seed = [], 0, {}, []
     for seed in seeds:
-        sub = dict(cmp, lhs=dict(cmp["lhs"], seed=seed), rhs=dict(cmp["rhs"], seed=seed))
+        sfx = "" if seed == seeds[0] else f"-s{seed}"
+        sub = dict(cmp, lhs=_seed_ref(cmp["lhs"], seed, sfx), rhs=_seed_ref(cmp["rhs"], seed, sfx))
         held, obs, how = run_check({"compare": sub}, paper, scale, lookup, z, scores)
         tag = how[how.rfind(" [") :] if how.endswith("]") else ""
         lhs, rhs = (_find(sub[k], paper, scale, lookup) for k in ("lhs", "rhs"))

@@ -108,3 +108,23 @@ def test_schema_accepts_seeds_and_rejects_bad(tmp_path):
     )
     with pytest.raises(ConfigError, match="seeds"):
         load_claims_file(p)
+
+
+def test_per_seed_variant_names_and_a_shared_reference():
+    # workflows name seed runs psft, psft-s1, psft-s2 (and psft-s1-rl); a teacher is one run
+    rows = [row(v, s, x) for v, s, x in (("psft", 0, 12.0), ("psft-s1", 1, 13.0))]
+    rows += [row(v, s, x) for v, s, x in (("psft-s2", 2, 12.5), ("teacher", 0, 10.0))]
+    check = {
+        "seeds": {
+            "seeds": [0, 1, 2],
+            "compare": {
+                "lhs": {"variant": "psft{sfx}", "task": "t2v", "metric": "R1"},
+                "op": ">",
+                "rhs": {"variant": "teacher", "shared": True, "task": "t2v", "metric": "R1"},
+            },
+        }
+    }
+    v = verdict(check, rows)
+    assert v["status"] == "held" and "held in 3/3" in v["detail"], v["detail"]
+    check["seeds"]["compare"]["rhs"].pop("shared")  # the teacher has no seed-1 run
+    assert verdict(check, rows)["status"] == "missing"
