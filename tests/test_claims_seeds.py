@@ -128,3 +128,24 @@ def test_per_seed_variant_names_and_a_shared_reference():
     assert v["status"] == "held" and "held in 3/3" in v["detail"], v["detail"]
     check["seeds"]["compare"]["rhs"].pop("shared")  # the teacher has no seed-1 run
     assert verdict(check, rows)["status"] == "missing"
+
+
+def test_threshold_on_the_mean_over_seeds():
+    rows = [row(v, s, x) for v, s, x in (("ind", 0, 0.9), ("ind-s1", 1, 0.3), ("ind-s2", 2, 0.6))]
+    check = {
+        "seeds": {
+            "seeds": [0, 1, 2],
+            "threshold": {
+                "ref": {"variant": "ind{sfx}", "task": "t2v", "metric": "R1"},
+                "op": ">=",
+                "value": 0.5,
+            },
+        }
+    }
+    v = verdict(check, rows)  # mean 0.6 >= 0.5, though seed 1 is below
+    assert v["status"] == "held" and "2/3 seeds over the threshold" in v["detail"], v["detail"]
+    check["seeds"]["min_held"] = 3
+    assert verdict(check, rows)["status"] == "failed"
+    check["seeds"]["threshold"]["value"] = 0.7
+    check["seeds"]["min_held"] = 0
+    assert verdict(check, rows)["status"] == "failed"
