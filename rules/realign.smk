@@ -10,21 +10,39 @@ RA_RUNS = f"{RUNS}/realign"
 include: "realign_helpers.smk"
 
 
-# {variant: (lambda, direction, mode, aligned teacher variant)}
+# {variant: (lambda, direction, mode, aligned teacher variant, seed)}; the lambda sweep runs
+# every seed of trra.seeds (default: the scale's seed), the first keeping the bare name and the
+# others named trra-lam<lambda>-s<seed> (spec section 8: 3 seeds); the other runs use the first.
 RA_TRRA = {}
 RA_DERA = []
 RA_INRA = []
 if REALIGN:
-    for _l in REALIGN["trra"]["lambdas"]:
-        RA_TRRA[f"trra-lam{_lam(_l)}"] = (_l, "forward", "vocab", "aligned")
+    RA_SEEDS = REALIGN["trra"].get("seeds", [SCALE["seed"]])
+    for _seed in RA_SEEDS:
+        for _l in REALIGN["trra"]["lambdas"]:
+            _sfx = "" if _seed == RA_SEEDS[0] else f"-s{_seed}"
+            RA_TRRA[f"trra-lam{_lam(_l)}{_sfx}"] = (
+                _l,
+                "forward",
+                "vocab",
+                "aligned",
+                _seed,
+            )
     _s = REALIGN["trra"].get("switch_lambda")
     if _s is not None:
-        RA_TRRA[f"trra-rev-lam{_lam(_s)}"] = (_s, "reverse", "vocab", "aligned")
+        RA_TRRA[f"trra-rev-lam{_lam(_s)}"] = (
+            _s,
+            "reverse",
+            "vocab",
+            "aligned",
+            RA_SEEDS[0],
+        )
         RA_TRRA[f"trra-code-lam{_lam(_s)}"] = (
             _s,
             "forward",
             "code_faithful",
             "aligned",
+            RA_SEEDS[0],
         )
     _it = REALIGN["trra"].get("iter")
     if _it:
@@ -40,6 +58,7 @@ if REALIGN:
                 "forward",
                 "vocab",
                 _prev,
+                RA_SEEDS[0],
             )
             _prev = f"trra-iter{_r}-lam{_lam(_it['lambda'])}"
     RA_DERA = [f"dera-lam{_lam(x)}" for x in REALIGN["dera_lambdas"]]
@@ -231,7 +250,7 @@ rule realign_trra:
         config=ra_trra_cfg,
         out=output_dir,
         scale=SCALE_NAME,
-        seed=SCALE["seed"],
+        seed=lambda w: RA_TRRA[w.variant][4],
         device=SCALE.get("device", "cpu"),
     shell:
         "python -m methods.realign.train trra --ref {params.ref} --aligned {params.aligned} "

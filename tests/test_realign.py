@@ -255,3 +255,34 @@ def test_pipeline_on_a_micro_config(tmp_path, capsys):
                     "--variant", "bad", "--record", str(runs / "bad.json"),
                     "--decode-out", str(runs / "bad_d.json"), *common])  # fmt: skip
     assert "lambda=nan" in capsys.readouterr().err.replace("'", "")
+
+
+def test_sweep_averages_trra_seeds():
+    """The TrRa lambda sweep reads the mean over seeds of each lambda (trra-lam2, trra-lam2-s1)."""
+    from methods.realign.sweep import build
+
+    def rec(variant, lam, tokens, em):
+        return {
+            "variant": variant,
+            "method": "trra",
+            "config": {"lambda": lam},
+            "metrics": [
+                {"task": "all", "metric": "mean_output_tokens", "value": tokens},
+                {"task": "all", "metric": "exact_match", "value": em},
+            ],
+        }
+
+    recs = [
+        rec("trra-lam1", 1.0, 40.0, 0.8),
+        rec("trra-lam1-s1", 1.0, 30.0, 0.6),
+        rec("trra-lam2", 2.0, 36.0, 0.7),
+        rec("trra-lam2-s1", 2.0, 36.0, 0.5),
+    ]
+    metrics, curves = build(recs)
+    vals = {(m["task"], m["metric"]): m["value"] for m in metrics}
+    # means: lambda 1 -> 35 tokens, lambda 2 -> 36 tokens: one increase of 1/35
+    assert vals[("trra_sweep", "seeds")] == 2
+    assert vals[("trra_sweep", "length_increases")] == 1
+    assert vals[("trra_sweep", "max_relative_length_increase")] == pytest.approx(1 / 35)
+    em = next(c for c in curves if c["name"] == "TrRa: exact match vs lambda")
+    assert em["y"] == pytest.approx([0.7, 0.6]) and "mean of 2 seeds" in em["y_label"]
