@@ -223,13 +223,16 @@ def run_check(
 def _seed_ref(ref: dict, seed: int, sfx: str) -> dict:
     """One seed's run of a ``seeds`` reference: ``{sfx}`` in the variant becomes ``""`` for the
     first seed listed and ``-s<seed>`` for the others (the workflows' naming: ``psft``,
-    ``psft-s1``, ``psft-s2-rl``); a ``shared`` reference (one run serving every seed, e.g. the
-    teacher) is used as written."""
+    ``psft-s1``, ``psft-s2-rl``), which alone picks the run; a ``shared`` reference (one run
+    serving every seed, e.g. the teacher) is used as written; otherwise the run is picked by
+    its ``seed``."""
     ref = dict(ref)
     if ref.pop("shared", False):
         return ref
-    if "variant" in ref:
-        ref["variant"] = ref["variant"].replace("{sfx}", sfx)
+    if "{sfx}" in ref.get("variant", ""):
+        # the variant names the seed's run; its evaluation records carry the scale's
+        # evaluation seed, not the training seed, so the seed is not matched
+        return dict(ref, variant=ref["variant"].replace("{sfx}", sfx))
     return dict(ref, seed=seed)
 
 

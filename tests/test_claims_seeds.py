@@ -112,8 +112,9 @@ def test_schema_accepts_seeds_and_rejects_bad(tmp_path):
 
 def test_per_seed_variant_names_and_a_shared_reference():
     # workflows name seed runs psft, psft-s1, psft-s2 (and psft-s1-rl); a teacher is one run
-    rows = [row(v, s, x) for v, s, x in (("psft", 0, 12.0), ("psft-s1", 1, 13.0))]
-    rows += [row(v, s, x) for v, s, x in (("psft-s2", 2, 12.5), ("teacher", 0, 10.0))]
+    # (their evaluation records carry the scale's evaluation seed, 0, not the training seed)
+    rows = [row(v, 0, x) for v, x in (("psft", 12.0), ("psft-s1", 13.0))]
+    rows += [row(v, 0, x) for v, x in (("psft-s2", 12.5), ("teacher", 10.0))]
     check = {
         "seeds": {
             "seeds": [0, 1, 2],
