@@ -8,8 +8,9 @@ lists a paper's headline numbers and, for each, a checkable statement. Checks:
 * ``within``: ``|ref - value| <= tol_abs + tol_rel * |value|`` (a paper number at paper scale);
 * ``all``: every sub-check held;
 * ``seeds``: a ``compare`` repeated over several training seeds (refs pick a run by ``seed``):
-  held when the mean over seeds of ``lhs - rhs`` holds (standard error from the spread of the
-  per-seed differences, paired by seed) **and** the per-seed comparison held for at least
+  held when the mean over seeds of ``lhs - rhs`` holds (standard error: the spread of the
+  per-seed differences, paired by seed, in quadrature with the evaluation sample's stderr, which
+  the seeds share and which does not average out) **and** the per-seed comparison held for at least
   ``min_held`` seeds (e.g. "above on the mean of 3 seeds and in at least 2 of them").
   With ``threshold`` instead of ``compare``: the mean over seeds against the value (and at
   least ``min_held`` seeds on their own, default 0).
@@ -161,22 +162,29 @@ def _paired(lhs: dict, rhs: dict, margin: float, scores) -> tuple[float, float, 
     return diff - margin, se, f"paired over {n} docs"
 
 
+def _compare(spec: dict, paper: str, scale: str, lookup, scores):
+    """(lhs, rhs, diff, its stderr, a note) of ``lhs - (rhs + margin)``: paired over the same
+    documents when per-document scores allow, else from the two stored stderrs."""
+    lhs = _find(spec["lhs"], paper, scale, lookup)
+    rhs = _find(spec["rhs"], paper, scale, lookup)
+    margin = spec.get("margin", 0.0)
+    paired = _paired(lhs, rhs, margin, scores)
+    if paired:
+        return lhs, rhs, paired[0], paired[1], f" [{paired[2]}]"
+    diff = lhs["value"] - (rhs["value"] + margin)
+    return lhs, rhs, diff, _combined_se(lhs["stderr"], rhs["stderr"]), ""
+
+
 def run_check(
     check: dict, paper: str, scale: str, lookup: list[dict], z: float, scores=None
 ) -> tuple[bool, dict, str]:
     """(held, observed values, detail); raises Missing when data is absent."""
     kind, spec = next(iter(check.items()))
     if kind == "compare":
-        lhs = _find(spec["lhs"], paper, scale, lookup)
-        rhs = _find(spec["rhs"], paper, scale, lookup)
+        lhs, rhs, diff, se, tag = _compare(spec, paper, scale, lookup, scores)
+        held, how = _verdict(diff, se, spec["op"], z)
+        how += tag
         margin = spec.get("margin", 0.0)
-        paired = _paired(lhs, rhs, margin, scores)
-        if paired:
-            held, how = _verdict(paired[0], paired[1], spec["op"], z)
-            how += f" [{paired[2]}]"
-        else:
-            diff = lhs["value"] - (rhs["value"] + margin)
-            held, how = _verdict(diff, _combined_se(lhs["stderr"], rhs["stderr"]), spec["op"], z)
         observed = {
             _ref_name(spec["lhs"], paper): [lhs["value"], lhs["stderr"]],
             _ref_name(spec["rhs"], paper): [rhs["value"], rhs["stderr"]],
@@ -269,20 +277,25 @@ def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
         return _check_seeds_threshold(spec, paper, scale, lookup)
     cmp, seeds, need = spec["compare"], spec["seeds"], spec.get("min_held", len(spec["seeds"]))
     margin = cmp.get("margin", 0.0)
-    diffs, wins, observed, per_seed = [], 0, {}, []
+    diffs, ses, wins, observed, per_seed = [], [], 0, {}, []
     for seed in seeds:
         sfx = "" if seed == seeds[0] else f"-s{seed}"
         sub = dict(cmp, lhs=_seed_ref(cmp["lhs"], seed, sfx), rhs=_seed_ref(cmp["rhs"], seed, sfx))
         held, obs, how = run_check({"compare": sub}, paper, scale, lookup, z, scores)
-        tag = how[how.rfind(" [") :] if how.endswith("]") else ""
-        lhs, rhs = (_find(sub[k], paper, scale, lookup) for k in ("lhs", "rhs"))
+        lhs, rhs, diff, d_se, tag = _compare(sub, paper, scale, lookup, scores)
         diffs.append(lhs["value"] - rhs["value"] - margin)
+        ses.append(d_se)
         wins += held
         observed |= obs
         per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {'held' if held else 'failed'}{tag}")
     n = len(diffs)
     mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
+    # Two sources of noise: the spread over seeds (training), and the evaluation sample, which
+    # the seeds share (the same test documents), so it does not shrink with n: its stderr is
+    # the seeds' mean stderr, added in quadrature to the seed spread's.
+    se_seed = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
+    se_eval = sum(ses) / n if all(x is not None for x in ses) else None
+    se = _combined_se(se_seed, se_eval)
     mean_held, how = _verdict(mean, se, cmp["op"], z)
     held = mean_held and wins >= need
     detail = (

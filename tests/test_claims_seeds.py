@@ -150,3 +150,17 @@ def test_threshold_on_the_mean_over_seeds():
     check["seeds"]["threshold"]["value"] = 0.7
     check["seeds"]["min_held"] = 0
     assert verdict(check, rows)["status"] == "failed"
+
+
+def test_mean_over_seeds_keeps_the_shared_evaluation_noise():
+    # three seeds, the same tiny deficit each (no spread over seeds), on a test set whose
+    # sampling stderr (0.01 per metric) the seeds share: the mean is not significantly below
+    rows = [row("pig", s, 0.50, 0.01) for s in range(3)]
+    rows += [row("tt", s, 0.505, 0.01) for s in range(3)]
+    check = seeds_check(min_held=0)
+    check["seeds"]["compare"]["op"] = ">="
+    v = verdict(check, rows)
+    assert v["status"] == "held" and "± 0.0141" in v["detail"], v["detail"]
+    # without stderrs only the (zero) seed spread is left, and the deficit is significant
+    v = verdict(check, [dict(r, stderr=None) for r in rows])
+    assert v["status"] == "failed", v["detail"]
