@@ -281,12 +281,13 @@ def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
     for seed in seeds:
         sfx = "" if seed == seeds[0] else f"-s{seed}"
         sub = dict(cmp, lhs=_seed_ref(cmp["lhs"], seed, sfx), rhs=_seed_ref(cmp["rhs"], seed, sfx))
-        held, obs, how = run_check({"compare": sub}, paper, scale, lookup, z, scores)
         lhs, rhs, diff, d_se, tag = _compare(sub, paper, scale, lookup, scores)
+        held, _ = _verdict(diff, d_se, cmp["op"], z)
         diffs.append(lhs["value"] - rhs["value"] - margin)
         ses.append(d_se)
         wins += held
-        observed |= obs
+        observed[_ref_name(sub["lhs"], paper)] = [lhs["value"], lhs["stderr"]]
+        observed[_ref_name(sub["rhs"], paper)] = [rhs["value"], rhs["stderr"]]
         per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {'held' if held else 'failed'}{tag}")
     n = len(diffs)
     mean = sum(diffs) / n
