@@ -18,6 +18,7 @@ import math
 import random
 
 import torch
+from tqdm.auto import tqdm
 
 from methods.posttrain.loops import SFTObjective
 from methods.posttrain.rewards import RewardStats, correctness_reward
@@ -95,7 +96,7 @@ def train_teacher_sft(
     obj = SFTObjective()
     stats = RewardStats()
     rows = []
-    for step in range(cfg["steps"]):
+    for step in tqdm(range(cfg["steps"]), desc="teacher-sft", mininterval=2.0, dynamic_ncols=True):
         chosen = [problems[rng.randrange(len(problems))] for _ in range(cfg["prompts_per_step"])]
         b, texts, _ = _routed_samples(teachers, tok, chosen, routes, cfg, seed * 100003 + step)
         b = b.to(student.device)

@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from claimbench import provenance
 from claimbench.entry import add_run_options, run_entry
@@ -61,7 +62,7 @@ def train_gopd(
     opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
     stats = RewardStats()
     rows = []
-    for step in range(cfg["steps"]):
+    for step in tqdm(range(cfg["steps"]), desc="g-opd", mininterval=2.0, dynamic_ncols=True):
         chosen = [problems[rng.randrange(len(problems))] for _ in range(cfg["prompts_per_step"])]
         ro = sample(
             student,

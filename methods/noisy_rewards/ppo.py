@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from methods.noisy_rewards.rewards import RewardFunction, correctness
 from methods.posttrain.loops import group_advantages
@@ -159,7 +160,8 @@ def train_rl(
     every = int(cfg.get("eval_every", 5))
     evals = [{"step": 0, **greedy_eval(model, tok, valid, max_new)}]
     rows = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc=algo, mininterval=2.0, dynamic_ncols=True)
+    for step in bar:
         chosen = [problems[rng.randrange(len(problems))] for _ in range(cfg["prompts_per_step"])]
         ro = sample(
             model,
@@ -226,6 +228,7 @@ def train_rl(
         if (step + 1) % every == 0 or step + 1 == steps:
             evals.append({"step": step + 1, **greedy_eval(model, tok, valid, max_new)})
             row.update({f"eval_{k}": v for k, v in evals[-1].items() if k != "step"})
+        bar.set_postfix(reward=f"{row['reward']:.2f}", refresh=False)
         if log:
             log(row)
     return rows, evals

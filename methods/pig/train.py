@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_json
@@ -140,7 +141,7 @@ def train(
     order, pos, log = rng.permutation(n_vid), 0, []
     model.train()
     uses_gen = model.arm in ("pig", "pig_nogen") and gen_lambda > 0
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=model.arm, mininterval=2.0, dynamic_ncols=True):
         if pos + batch_size > n_vid:
             order, pos = rng.permutation(n_vid), 0
         vids = order[pos : pos + batch_size]

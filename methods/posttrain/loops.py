@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from methods.posttrain.rewards import RewardStats, correctness_reward
 from methods.posttrain.sampling import sample, stop_token_ids
@@ -204,7 +205,8 @@ def train_grpo(
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rows = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="grpo", mininterval=2.0, dynamic_ncols=True)
+    for step in bar:
         chosen = [problems[rng.randrange(len(problems))] for _ in range(prompts_per_step)]
         ro = sample(
             model,
@@ -240,6 +242,7 @@ def train_grpo(
             "loss": float(loss.detach()),
         }
         rows.append(row)
+        bar.set_postfix(reward=f"{row['reward']:.2f}", refresh=False)
         if log:
             log(row)
     model.eval()
