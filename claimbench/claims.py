@@ -162,6 +162,13 @@ def _paired(lhs: dict, rhs: dict, margin: float, scores) -> tuple[float, float, 
     return diff - margin, se, f"paired over {n} docs"
 
 
+def _margin_text(margin: float) -> str:
+    """`` + 0.05`` / `` - 0.05`` / nothing: a margin added to a right-hand side, as text."""
+    if not margin:
+        return ""
+    return f" {'+' if margin > 0 else '-'} {abs(margin):g}"
+
+
 def _compare(spec: dict, paper: str, scale: str, lookup, scores):
     """(lhs, rhs, diff, its stderr, a note) of ``lhs - (rhs + margin)``: paired over the same
     documents when per-document scores allow, else from the two stored stderrs."""
@@ -192,8 +199,9 @@ def run_check(
         detail = (
             f"{_ref_name(spec['lhs'], paper)} = {_fmt(lhs['value'])} {spec['op']} "
             f"{_ref_name(spec['rhs'], paper)} = {_fmt(rhs['value'])}"
-            + (f" + {margin:g}" if margin else "")
+            + _margin_text(margin)
             + f"; {how}"
+            + (f" (diff = lhs - rhs{_margin_text(-margin)})" if margin else "")
         )
         return held, observed, detail
     if kind == "threshold":
@@ -301,8 +309,10 @@ def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
     held = mean_held and wins >= need
     detail = (
         f"{_ref_name(cmp['lhs'], paper)} {cmp['op']} {_ref_name(cmp['rhs'], paper)}"
-        + (f" + {margin:g}" if margin else "")
-        + f" over seeds {list(seeds)}: mean {how} ({'held' if mean_held else 'failed'}); "
+        + _margin_text(margin)
+        + f" over seeds {list(seeds)}: mean {how} ({'held' if mean_held else 'failed'})"
+        + (f" (diff = lhs - rhs{_margin_text(-margin)})" if margin else "")
+        + "; "
         f"per-seed comparison held in {wins}/{n} (need {need}): " + ", ".join(per_seed)
     )
     return held, observed, detail

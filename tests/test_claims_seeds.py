@@ -164,3 +164,13 @@ def test_mean_over_seeds_keeps_the_shared_evaluation_noise():
     # without stderrs only the (zero) seed spread is left, and the deficit is significant
     v = verdict(check, [dict(r, stderr=None) for r in rows])
     assert v["status"] == "failed", v["detail"]
+
+
+def test_detail_says_the_difference_includes_the_margin():
+    # pig >= tt - 5: per-seed pig - tt = -8, -9, -9, so the stored diff is -3.x (margin in)
+    check = seeds_check(min_held=2)
+    check["seeds"]["compare"].update(op=">=", margin=-5.0)
+    v = verdict(check, lookup([52.0, 51.0, 51.0], [60.0, 60.0, 60.0]))
+    assert v["status"] == "failed"
+    assert "R1 - 5 over seeds" in v["detail"] and "(diff = lhs - rhs + 5)" in v["detail"]
+    assert "seed 0: -3 failed" in v["detail"]
