@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from methods.quant.gptq import gptq
 from methods.quant.quantizer import (
@@ -205,7 +206,15 @@ class SequentialQuantizer:
         x, kw = layer_inputs(self.model, self.calib)
         x_fp = x.clone() if self.fp_model is not None else None
         fp_layers = decoder_layers(self.fp_model) if self.fp_model is not None else None
-        for i, layer in enumerate(decoder_layers(self.model)):
+        layers = decoder_layers(self.model)
+        bar = tqdm(
+            enumerate(layers),
+            total=len(layers),
+            desc=f"{self.method} layers",
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
+        for i, layer in bar:
             fp_layer = fp_layers[i] if fp_layers is not None else None
             for s, stage in enumerate(STAGES):
                 roles = [r for r in stage if f"model.layers.{i}.{r}" in self.plan]
