@@ -122,7 +122,10 @@ def test_micro_gopd_pipeline_and_bad_inputs(tmp_path):
             str(tmp_path / "teacher.json"),
         ]
     )
-    assert load_run_record(tmp_path / "teacher.json")["series"]
+    teacher_rec = load_run_record(tmp_path / "teacher.json")
+    assert teacher_rec["series"]
+    # its validation accuracy says which file it was measured on, like every other arm's
+    assert set(teacher_rec["task_hashes"]) == {"train", "valid"}
     cfg = {"steps": 2, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4}
     common = [
         "--student",

@@ -12,7 +12,7 @@ from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_jsonl
 from claimbench.records import make_run_record, metric, series, write_run_record
 from claimbench.report import render_report
-from claimbench.report.render import value_text
+from claimbench.report.render import incomparable, value_text
 from claimbench.report.svg import bar_chart, fmt_num, line_chart
 from claimbench.store import ingest
 
@@ -261,3 +261,28 @@ def test_empty_store(tmp_path):
     assert [p.name for p in paths] == ["index.html"]
     page = paths[0].read_text(encoding="utf-8")
     assert "No metrics in the store yet." in page and "<dt>runs</dt><dd>0</dd>" in page
+
+
+def test_comparability_is_judged_per_metric():
+    def row(variant, metric, n, task_hash="h"):
+        return {
+            "scale": "small",
+            "task": "valid",
+            "metric": metric,
+            "n": n,
+            "task_hash": task_hash,
+            "harness_version": "1",
+            "variant": variant,
+        }
+
+    # one task, two metrics counting different things: nothing to warn about
+    ok = [
+        row("a", "peak_accuracy", 200),
+        row("b", "peak_accuracy", 200),
+        row("a", "final_length", None),
+        row("b", "final_length", None),
+    ]
+    assert incomparable(ok) == {}
+    # the same metric measured on 800 problems in one run and 200 in another: flagged
+    bad = ok + [row("start", "peak_accuracy", 800, task_hash=None)]
+    assert incomparable(bad) == {("small", "valid", "peak_accuracy"): ["task hash", "n"]}

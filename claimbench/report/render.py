@@ -100,16 +100,19 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any] = ()) 
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def incomparable(rows: Iterable[dict]) -> dict[tuple[str, str], list[str]]:
-    """{(scale, task): reasons} where rows of one (scale, task) differ in hash, n or version."""
-    seen: dict[tuple[str, str], dict[str, set]] = defaultdict(lambda: defaultdict(set))
+def incomparable(rows: Iterable[dict]) -> dict[tuple[str, str, str], list[str]]:
+    """{(scale, task, metric): reasons} where rows of one metric of one task at one scale differ
+    in hash, n or harness version. The key is the metric, not just the task: a column compares
+    one metric across runs, and two metrics of one task may rightly count different things
+    (accuracy over 200 problems beside a response length with no sample size)."""
+    seen: dict[tuple[str, str, str], dict[str, set]] = defaultdict(lambda: defaultdict(set))
     for r in rows:
-        key = (r["scale"], r["task"])
+        key = (r["scale"], r["task"], r["metric"])
         seen[key]["task hash"].add(r["task_hash"])
         seen[key]["n"].add(r["n"])
         seen[key]["harness version"].add(r["harness_version"])
     out = {}
-    for key in sorted(seen, key=lambda k: (scale_key(k[0]), k[1])):
+    for key in sorted(seen, key=lambda k: (scale_key(k[0]), k[1], k[2])):
         reasons = [what for what, vals in seen[key].items() if len(vals) > 1]
         if reasons:
             out[key] = reasons
@@ -191,7 +194,7 @@ def index_view(con: duckdb.DuckDBPyConnection, papers: list[dict]) -> dict[str, 
     bad = incomparable(rows)
     leaderboard = []
     for r in rows:
-        reasons = bad.get((r["scale"], r["task"]))
+        reasons = bad.get((r["scale"], r["task"], r["metric"]))
         leaderboard.append(
             {
                 **r,
@@ -364,7 +367,7 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
                 {"task": m["task"], "metric": m["metric"], "hib": set(), "warning": ""},
             )
             col["hib"].add(m["higher_is_better"])
-            reasons = bad.get((scale, m["task"]))
+            reasons = bad.get((scale, m["task"], m["metric"]))
             col["warning"] = warning_text(reasons) if reasons else ""
             rows[row_of[m["run_id"]]]["cells"][(m["task"], m["metric"])] = {
                 "text": value_text(m["value"], m["stderr"]),
@@ -422,7 +425,9 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
                 "rows": rows,
                 "bars": charts,
                 "lines": lines,
-                "warnings": [(task, warning_text(r)) for (_, task), r in bad.items()],
+                "warnings": [
+                    (f"{task} · {metric}", warning_text(r)) for (_, task, metric), r in bad.items()
+                ],
             }
         )
     return sections, labels

@@ -138,7 +138,10 @@ def run(args) -> None:
             metrics=metrics,
             provenance=prov,
             series=curves,
-            task_hashes={"train": sha256_file(args.train)},
+            task_hashes={
+                "train": sha256_file(args.train),
+                **({"valid": sha256_file(args.valid)} if args.valid else {}),
+            },
         )
         write_run_record(args.record, rec)
     atomic_write_json(
