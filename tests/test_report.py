@@ -286,3 +286,17 @@ def test_comparability_is_judged_per_metric():
     # the same metric measured on 800 problems in one run and 200 in another: flagged
     bad = ok + [row("start", "peak_accuracy", 800, task_hash=None)]
     assert incomparable(bad) == {("small", "valid", "peak_accuracy"): ["task hash", "n"]}
+
+
+def test_warnings_grouped_per_task():
+    from claimbench.report.render import _grouped_warnings
+
+    bad = {
+        ("small", "all", "mae"): ["n"],
+        ("small", "all", "rounds"): ["n"],
+        ("small", "valid", "acc"): ["task hash", "n"],
+    }
+    assert _grouped_warnings(bad) == [
+        ("all · mae, rounds", "not comparable: differing n"),
+        ("valid · acc", "not comparable: differing task hash / n"),
+    ]

@@ -123,6 +123,17 @@ def warning_text(reasons: list[str]) -> str:
     return "not comparable: differing " + " / ".join(reasons)
 
 
+def _grouped_warnings(bad: dict[tuple[str, str, str], list[str]]) -> list[tuple[str, str]]:
+    """One banner line per (task, reasons), naming its metrics: ``[("valid · acc, loss", text)]``."""
+    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (_, task, metric), reasons in bad.items():
+        grouped[(task, tuple(reasons))].append(metric)
+    return [
+        (f"{task} · {', '.join(metrics)}", warning_text(list(reasons)))
+        for (task, reasons), metrics in grouped.items()
+    ]
+
+
 # --------------------------------------------------------------------------- store-wide
 
 
@@ -425,9 +436,7 @@ def _results(con: duckdb.DuckDBPyConnection, paper: str) -> tuple[list[dict], di
                 "rows": rows,
                 "bars": charts,
                 "lines": lines,
-                "warnings": [
-                    (f"{task} · {metric}", warning_text(r)) for (_, task, metric), r in bad.items()
-                ],
+                "warnings": _grouped_warnings(bad),
             }
         )
     return sections, labels
