@@ -12,7 +12,7 @@ from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_jsonl
 from claimbench.records import make_run_record, metric, series, write_run_record
 from claimbench.report import render_report
-from claimbench.report.render import incomparable, value_text
+from claimbench.report.render import _grouped_warnings, incomparable, value_text
 from claimbench.report.svg import bar_chart, fmt_num, line_chart
 from claimbench.store import ingest
 
@@ -289,8 +289,6 @@ def test_comparability_is_judged_per_metric():
 
 
 def test_warnings_grouped_per_task():
-    from claimbench.report.render import _grouped_warnings
-
     bad = {
         ("small", "all", "mae"): ["n"],
         ("small", "all", "rounds"): ["n"],
