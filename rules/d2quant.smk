@@ -1,11 +1,17 @@
 # D2Quant: GPTQ underneath, the Dual-Scale Quantizer on down_proj and Deviation-Aware Correction
 # at the post-attention norm; baselines RTN and GPTQ (methods.quant.apply, uniform bits) and the
-# DSQ-only / DAC-only ablations. Variants: <arm>-w<bits>, and planted.<arm>-w<bits> for the
+# DSQ-only / DAC-only ablations, and d2quant_local (DAC measured on the float stream's input, the
+# spec's open question in section 2.3). Variants: <arm>-w<bits>, and planted.<arm>-w<bits> for the
 # planted-outlier copy of the model. Every artifact is evaluated by the generic eval_lm rule.
 D2Q = SCALE.get("papers", {}).get("d2quant")
 D2Q_BASELINES = ("rtn", "gptq")
-D2Q_ARMS = ("d2quant", "dsq", "dac")
-D2Q_FLAGS = {"d2quant": "", "dsq": "--no-dac", "dac": "--no-dsq"}
+D2Q_ARMS = ("d2quant_local", "d2quant", "dsq", "dac")
+D2Q_FLAGS = {
+    "d2quant": "",
+    "dsq": "--no-dac",
+    "dac": "--no-dsq",
+    "d2quant_local": "--dac-input float",
+}
 
 
 include: "quant_helpers.smk"

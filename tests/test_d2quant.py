@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from methods.d2quant.dac import NormWithBias, bias_into_mlp, mean_deviation
 from methods.d2quant.dsq import c_step, dual_scale_quantize, fold_into_up, output_error
-from methods.d2quant.quantize import check_model, main
+from methods.d2quant.quantize import D2QuantQuantizer, check_model, main
 from methods.quant.gptq import gptq
 from methods.quant.pack import read_codes
 from methods.quant.quantizer import QuantConfigError, levels_per_group, rtn
@@ -92,6 +92,45 @@ def test_dac_norm_bias_equals_gate_up_biases(tmp_path):
         got = layer.mlp(layer.post_attention_layernorm(h))
     assert torch.allclose(got, ref, atol=1e-5)
     assert not isinstance(layer.post_attention_layernorm, NormWithBias)
+
+
+def test_dac_input_float_corrects_only_the_layers_own_deviation(tmp_path):
+    """--dac-input float: μ_l from the float stream's input through layer l's quantized
+    attention; the same as the default at layer 0 (both streams start equal), not after it."""
+    import copy
+
+    from methods.d2quant.quantize import norm_outputs
+    from methods.quant.model import (
+        calibration_ids,
+        decoder_layers,
+        layer_inputs,
+        run_layer,
+        uniform_plan,
+    )
+
+    model, tok = save_quant_micro(tmp_path / "m")
+    ids = calibration_ids(tok, tmp_path / "calib.txt", 4, 32, 0)
+    mus = {}
+    for mode in ("quantized", "float"):
+        m, fp = copy.deepcopy(model), copy.deepcopy(model)
+        q = D2QuantQuantizer(m, uniform_plan(m, 2), 16, ids, dsq=False, fp_model=fp, dac_input=mode)
+        q.run()
+        mus[mode] = q.mu
+    assert torch.allclose(mus["float"][0], mus["quantized"][0], atol=1e-6)
+    assert not torch.allclose(mus["float"][1], mus["quantized"][1], atol=1e-4)
+    # float mode, layer 1: recompute μ by hand from the float stream
+    fp_layers = decoder_layers(model)
+    x0, kw = layer_inputs(model, ids)
+    with torch.no_grad():
+        x1 = run_layer(fp_layers[0], x0, kw)
+        qlayer = copy.deepcopy(fp_layers[1])
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            lin = getattr(qlayer.self_attn, name)
+            lin.weight.data = q.quantized[f"model.layers.1.self_attn.{name}"].dequantize()
+        mu = mean_deviation(norm_outputs(fp_layers[1], x1, kw), norm_outputs(qlayer, x1, kw))
+    assert torch.allclose(mu, mus["float"][1], atol=1e-5)
+    with pytest.raises(QuantConfigError, match="dac_input: 'fp' is not one of"):
+        D2QuantQuantizer(model, uniform_plan(model, 2), 16, ids, dac_input="fp")
 
 
 def test_model_without_down_proj_is_refused(tmp_path):

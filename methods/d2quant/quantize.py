@@ -3,7 +3,13 @@
 folded into up_proj's scales.
 
 ``python -m methods.d2quant.quantize --model A --bits 2 --group-size G --calib text
-[--heldout text] [--no-dsq] [--no-dac] [--iters 15] --out B [--record stats.json]``
+[--heldout text] [--no-dsq] [--no-dac] [--dac-input quantized|float] [--iters 15] --out B
+[--record stats.json]``
+
+``--dac-input`` settles the spec's open question (§2.3) on what H̃ is: ``quantized`` (default, the
+spec's [STD] choice) runs the quantized model's own stream up to the norm, so μ also corrects the
+drift of earlier layers; ``float`` runs the float stream's input through the quantized attention
+(the paper figure's literal drawing), so μ corrects this layer's own deviation only.
 
 Writes the same artifact as ``methods.quant.apply`` (packed checkpoint, float32 eval copy,
 meta.json last) and a run record (suite ``d2quant``) with DSQ's per-layer output error against
@@ -66,13 +72,28 @@ def rel_norm(v: torch.Tensor, h: torch.Tensor) -> float:
     return float(v.norm() / h.reshape(-1, h.shape[-1]).norm(dim=-1).mean())
 
 
+DAC_INPUTS = ("quantized", "float")
+
+
 class D2QuantQuantizer(SequentialQuantizer):
     def __init__(
-        self, model, plan, group_size, calib, dsq=True, dac=True, iters=15, fp_model=None, **kw
+        self,
+        model,
+        plan,
+        group_size,
+        calib,
+        dsq=True,
+        dac=True,
+        iters=15,
+        fp_model=None,
+        dac_input="quantized",
+        **kw,
     ):
+        if dac_input not in DAC_INPUTS:
+            raise QuantConfigError(f"dac_input: {dac_input!r} is not one of {DAC_INPUTS}")
         fp = (fp_model if fp_model is not None else copy.deepcopy(model)) if dac else None
         super().__init__(model, plan, group_size, "gptq", calib, fp_model=fp, **kw)
-        self.dsq, self.dac, self.iters = dsq, dac, iters
+        self.dsq, self.dac, self.iters, self.dac_input = dsq, dac, iters, dac_input
         self.mu: dict[int, torch.Tensor] = {}
         self.dsq_errors: dict[int, list[float]] = {}
         self.c: dict[int, torch.Tensor] = {}
@@ -81,11 +102,14 @@ class D2QuantQuantizer(SequentialQuantizer):
     def after_attention(self, i, layer, fp_layer, x, x_fp, kw) -> None:
         if not self.dac:
             return
+        # H̃: the quantized layer (attention already quantized) on its own stream, or on the
+        # float stream's input (--dac-input float: this layer's deviation only).
+        src = x if self.dac_input == "quantized" else x_fp
         h_fp = norm_outputs(fp_layer, x_fp, kw)
-        h_q = norm_outputs(layer, x, kw)
+        h_q = norm_outputs(layer, src, kw)
         mu = mean_deviation(h_fp, h_q)  # DAC: μ = mean_t (H_t − H̃_t)
         layer.post_attention_layernorm = NormWithBias(layer.post_attention_layernorm, mu)
-        after = mean_deviation(h_fp, norm_outputs(layer, x, kw))
+        after = mean_deviation(h_fp, norm_outputs(layer, src, kw))
         self.mu[i] = mu
         self.dac_calib[i] = {"before": rel_norm(mu, h_fp), "after": rel_norm(after, h_fp)}
 
@@ -229,6 +253,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--no-dsq", dest="dsq", action="store_false")
     ap.add_argument("--no-dac", dest="dac", action="store_false")
+    ap.add_argument(
+        "--dac-input",
+        default="quantized",
+        choices=DAC_INPUTS,
+        help="H̃'s input: 'quantized' (own stream, default) or 'float' (float stream's input)",
+    )
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--clip", action="store_true")
@@ -263,6 +293,7 @@ def main(argv=None) -> None:
                 dac=args.dac,
                 iters=args.iters,
                 fp_model=fp,
+                dac_input=args.dac_input,
                 clip=args.clip,
                 damp=args.damp,
             )
@@ -281,6 +312,7 @@ def main(argv=None) -> None:
             "group_size": args.group_size,
             "dsq": args.dsq,
             "dac": args.dac,
+            "dac_input": args.dac_input if args.dac else None,
             "iters": args.iters if args.dsq else 0,
             "clip": args.clip,
             "damp": args.damp,
