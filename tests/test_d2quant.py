@@ -140,11 +140,14 @@ def test_model_without_down_proj_is_refused(tmp_path):
         check_model(model)
 
 
-def test_pipeline_micro(tmp_path):
+@pytest.mark.parametrize("dac_input", ["quantized", "float"])
+def test_pipeline_micro(tmp_path, dac_input):
     save_quant_micro(tmp_path / "base")
     out = tmp_path / "d2q"
     main(
         [
+            "--dac-input",
+            dac_input,
             "--model",
             str(tmp_path / "base"),
             "--bits",
@@ -169,6 +172,7 @@ def test_pipeline_micro(tmp_path):
     )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["method"] == "d2quant" and meta["reload_max_abs_diff"] == 0.0
+    assert meta["config"]["dac_input"] == dac_input
     for q in read_codes(out / "packed").values():
         assert q.bits == 2 and levels_per_group(q.codes, 16).max() <= 4
     cfg = json.loads((out / "config.json").read_text())
