@@ -85,11 +85,22 @@ def generate(lm: HookedLM, ids: torch.Tensor, n_new: int, edits=()) -> torch.Ten
 
 
 @torch.no_grad()
-def side_effects(lm: HookedLM, ids: torch.Tensor, edits) -> dict:
-    """KL(p_base || p_edited) per token and perplexity (base and edited) on neutral windows."""
+def base_log_probs(lm: HookedLM, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities of the unedited model (``side_effects``'s reference)."""
     base, _ = lm.run(ids)
+    return F.log_softmax(base[:, :-1], -1)
+
+
+@torch.no_grad()
+def side_effects(
+    lm: HookedLM, ids: torch.Tensor, edits, base_lp: torch.Tensor | None = None
+) -> dict:
+    """KL(p_base || p_edited) per token and perplexity (base and edited) on neutral windows.
+    ``base_lp`` (from ``base_log_probs`` on the same ids) saves the reference forward pass when
+    many edits are scored against one model."""
+    lb = base_lp if base_lp is not None else base_log_probs(lm, ids)
     new, _ = lm.run(ids, edits=edits)
-    lb, ln = F.log_softmax(base[:, :-1], -1), F.log_softmax(new[:, :-1], -1)
+    ln = F.log_softmax(new[:, :-1], -1)
     tgt = ids[:, 1:, None]
     kl = (lb.exp() * (lb - ln)).sum(-1).mean()
     nll_b, nll_n = -lb.gather(-1, tgt).mean(), -ln.gather(-1, tgt).mean()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from claimbench import provenance
 from claimbench.errors import exit_on_user_error
@@ -32,6 +33,8 @@ from methods.interp.hooks import HookedLM
 from methods.mi_steer import locate as L
 from methods.mi_steer import steer as S
 from methods.mi_steer.vocab import CharVocab
+
+PARTS = (("attn", "self_attn"), ("mlp", "mlp"))  # the modules run_sensitivity zero-ablates
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -958,13 +961,13 @@ def run_sensitivity(args, cfg: dict) -> None:
             text = "neutral_test.txt windows"
         zero = lambda x: torch.zeros_like(x)  # noqa: E731
         modules, metrics = {}, []
-        base = S.side_effects(lm, ids, [])
-        for layer in range(lm.n_layers):
-            for kind, name in (("attn", "self_attn"), ("mlp", "mlp")):
-                se = S.side_effects(lm, ids, [(lm.site(kind, layer), zero)])
-                modules[f"model.layers.{layer}.{name}"] = float(
-                    np.log(se["ppl"]) - np.log(base["ppl_base"])
-                )
+        lb = S.base_log_probs(lm, ids)  # one reference pass for every ablation
+        todo = [(layer, kind, name) for layer in range(lm.n_layers) for kind, name in PARTS]
+        for layer, kind, name in tqdm(todo, desc="zero-ablation", unit="module"):
+            se = S.side_effects(lm, ids, [(lm.site(kind, layer), zero)], lb)
+            modules[f"model.layers.{layer}.{name}"] = float(
+                np.log(se["ppl"]) - np.log(se["ppl_base"])
+            )
         sites = L.patch_sites(lm, "resid")
         _, cache = lm.run(ids, read=sites)
         bi = {
