@@ -112,7 +112,7 @@ def _verdict(diff: float, se: float | None, op: str, z: float) -> tuple[bool, st
     held = gap > z * s if op in (">", "<") else gap >= -z * s
     if se is None:
         return held, f"diff {diff:+.4g} (no stderr: plain comparison)"
-    text = f"diff {diff:+.4g} ± {se:.3g} (z={z:g})"
+    text = f"diff {diff:+.4g} ± {se:.3g} (z={z:g}, z·se = {z * s:.3g})"
     if OPS[op](diff, 0.0) and not held:
         text += ": right direction, not significant"
     return held, text

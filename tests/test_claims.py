@@ -50,6 +50,7 @@ def test_compare_needs_significance_when_stderr_given():
     # diff 0.1 with combined se 0.1414: right direction, not significant at z=1.96
     row = verdict(CMP, [m("a", "t", "ppl", 1.9, 0.1), m("b", "t", "ppl", 2.0, 0.1)])
     assert row["status"] == "failed" and "not significant" in row["detail"]
+    assert "± 0.141 (z=1.96, z·se = 0.277)" in row["detail"], row["detail"]  # the bar it missed
     row = verdict(CMP, [m("a", "t", "ppl", 1.0, 0.1), m("b", "t", "ppl", 2.0, 0.1)])
     assert row["status"] == "held"
     assert row["observed"]["p/a:t.ppl"] == [1.0, 0.1]
