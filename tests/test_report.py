@@ -58,6 +58,11 @@ claims:
         ref: {variant: big, task: arith, metric: acc}
         op: ">"
         value: 0.9
+  - id: paper_table_row
+    statement: The paper reports 0.91 for the big model.
+    source: Table 2
+    scales: [paper]
+    paper_value: {model: big, benchmark: arith, metric: acc, value: 0.91}
 """
 
 OTHER_CLAIMS = """\
@@ -178,6 +183,20 @@ def test_claim_verdicts(rendered):
     cells = re.findall(r'data-sort="(\d+)"', row)
     assert cells == ["2", "1", "1", "0"]  # runs, held, failed, missing
     assert "0123456789" in pages["index.html"] and "(dirty)" in pages["index.html"]
+
+
+def test_claims_of_other_scales_are_folded_below(rendered):
+    """A claim made only at scales the store lacks (a paper-table row in a tiny store) is
+    listed in a folded section after the claims this store checks."""
+    _, paths = rendered
+    page = _pages(paths)["toy.html"]
+    main = re.search(r'<table class="sortable" id="claims-table">.*?</table>', page, re.S)
+    folded = re.search(r'<details id="claims-unchecked">(.*?)</details>', page, re.S)
+    assert main and folded, page
+    assert "big_beats_small" in main.group(0) and "paper_table_row" not in main.group(0)
+    assert "paper_table_row" in folded.group(1) and "big_beats_small" not in folded.group(1)
+    assert "1 claim not claimed at this scale (tiny)" in folded.group(1)
+    assert page.index("claims-table") < page.index("claims-unchecked")
 
 
 def test_text_is_escaped(rendered):

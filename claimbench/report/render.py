@@ -291,6 +291,9 @@ def _claims(con: duckdb.DuckDBPyConnection, paper: str, scales: list[str]) -> li
                 else "",
                 "context": context,
                 "verdicts": verdicts,
+                # claimed at none of the page's scales (e.g. a paper-table row in a tiny store):
+                # listed apart, folded, so the verdicts of this store come first
+                "unchecked": not set(c["scales"] or []) & set(scales),
             }
         )
     return out
