@@ -6,7 +6,7 @@ folded into up_proj's scales.
 [--heldout text] [--no-dsq] [--no-dac] [--dac-input quantized|float] [--iters 15] --out B
 [--record stats.json]``
 
-``--dac-input`` settles the spec's open question (§2.3) on what H̃ is: ``quantized`` (default, the
+``--dac-input`` picks one of the two readings the spec leaves open (§2.3) for H̃: ``quantized`` (default, the
 spec's [STD] choice) runs the quantized model's own stream up to the norm, so μ also corrects the
 drift of earlier layers; ``float`` runs the float stream's input through the quantized attention
 (the paper figure's literal drawing), so μ corrects this layer's own deviation only.
