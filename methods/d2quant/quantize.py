@@ -6,10 +6,11 @@ folded into up_proj's scales.
 [--heldout text] [--no-dsq] [--no-dac] [--dac-input quantized|float] [--iters 15] --out B
 [--record stats.json]``
 
-``--dac-input`` picks one of the two readings the spec leaves open (§2.3) for H̃: ``quantized`` (default, the
-spec's [STD] choice) runs the quantized model's own stream up to the norm, so μ also corrects the
-drift of earlier layers; ``float`` runs the float stream's input through the quantized attention
-(the paper figure's literal drawing), so μ corrects this layer's own deviation only.
+``--dac-input`` picks one of the two readings the spec leaves open (§2.3) for H̃:
+``quantized`` (default, the spec's [STD] choice) runs the quantized model's own stream up to
+the norm, so μ also corrects the drift of earlier layers; ``float`` runs the float stream's
+input through the quantized attention (the paper figure's literal drawing), so μ corrects this
+layer's own deviation only.
 
 Writes the same artifact as ``methods.quant.apply`` (packed checkpoint, float32 eval copy,
 meta.json last) and a run record (suite ``d2quant``) with DSQ's per-layer output error against
