@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
 from methods.nsds.allocate import layer_bits, uniform_bits
 from methods.nsds.scores import PROJECTIONS, decoder_layers
@@ -100,9 +101,19 @@ def run_study(
     n_layers = len(decoder_layers(model))
     res: dict = {"n_layers": n_layers, "n_windows": int(len(windows))}
 
+    def uniform_ok(b) -> bool:
+        return float(b) == int(b) and low <= b <= high
+
+    # one bar over every plan measured: fp, all-high, all-low, the L single-layer oracle plans,
+    # then per budget each method, uniform (integer budgets), the random draws and the oracle
+    n_plans = 3 + n_layers + sum(len(scores) + n_random + 1 + uniform_ok(b) for b in budgets)
+    bar = tqdm(total=n_plans, desc="study", unit="plan", mininterval=5.0)
+
     def measure(bits):
         fq.apply(bits)
-        return window_nll(model, windows)
+        nll = window_nll(model, windows)
+        bar.update()
+        return nll
 
     base_nll = measure([16] * n_layers)
     res["fp_ppl"] = ppl(base_nll)
@@ -127,7 +138,7 @@ def run_study(
             nll = measure(bits)
             row[m] = {"ppl": ppl(nll), "bits": bits, "avg_bits": float(np.mean(bits))}
             res["window_nll"][f"{m}@{key}"] = nll.tolist()
-        if float(b) == int(b) and low <= b <= high:
+        if uniform_ok(b):
             bits = uniform_bits(n_layers, b)
             row["uniform"] = {"ppl": ppl(measure(bits)), "bits": bits, "avg_bits": float(b)}
         rand = []
@@ -139,5 +150,6 @@ def run_study(
         bits = layer_bits(damage, b, low, high)
         row["oracle"] = {"ppl": ppl(measure(bits)), "bits": bits, "avg_bits": float(np.mean(bits))}
         res["alloc"][key] = row
+    bar.close()
     fq.restore()
     return res
