@@ -492,3 +492,16 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
                 str(tmp_path / "x.json"),
             ]
         )
+
+
+def test_spearman_of_constant_scores_is_zero_not_nan():
+    """The released code's scores on SmolLM2 are thirty copies of one value; their float std is
+    2.2e-16, not 0, and scipy then returns nan (which the run record refuses)."""
+    from methods.nsds.study import spearman
+
+    flat = np.full(30, 0.8095634190082736)
+    assert np.std(flat) != 0  # the case that used to slip through
+    damage = np.arange(30, dtype=float)
+    assert spearman(flat, damage) == 0.0
+    assert spearman(damage, flat) == 0.0
+    assert spearman(damage, damage[::-1]) == pytest.approx(-1.0)

@@ -80,7 +80,9 @@ def ppl(nll: np.ndarray) -> float:
 
 
 def spearman(a, b) -> float:
-    if np.std(a) == 0 or np.std(b) == 0:
+    """Spearman's rho; 0.0 when either side is constant (no ranking to compare). Constancy is
+    tested exactly (max == min): ``np.std`` of thirty equal floats can be 2e-16, not 0."""
+    if np.ptp(np.asarray(a, dtype=float)) == 0 or np.ptp(np.asarray(b, dtype=float)) == 0:
         return 0.0
     return float(spearmanr(a, b).statistic)
 
