@@ -1,4 +1,5 @@
-"""Standard errors used by suites and by the claims checker (one implementation of each)."""
+"""Standard errors and rank statistics used by suites, methods and the claims checker (one
+implementation of each)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,20 @@ def paired_diff(
     pairs = [(a[k][0] - b[k][0], a[k][1]) for k in docs]
     r = ratio_stderr(pairs)
     return (r[0], r[1], len(docs)) if r else None
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho; 0.0 when either side is constant (no ranking to compare).
+
+    Constancy is tested exactly (max == min): the float std of thirty equal values can be 2e-16,
+    not 0, and scipy returns nan for a constant input.
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    a, b = np.ravel(np.asarray(a, dtype=float)), np.ravel(np.asarray(b, dtype=float))
+    if len(a) != len(b):
+        raise ValueError(f"spearman: the two score lists differ in length ({len(a)} vs {len(b)})")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)

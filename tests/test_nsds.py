@@ -497,7 +497,7 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
 def test_spearman_of_constant_scores_is_zero_not_nan():
     """The released code's scores on SmolLM2 are thirty copies of one value; their float std is
     2.2e-16, not 0, and scipy then returns nan (which the run record refuses)."""
-    from methods.nsds.study import spearman
+    from claimbench.stats import spearman
 
     flat = np.full(30, 0.8095634190082736)
     assert np.std(flat) != 0  # the case that used to slip through
@@ -505,3 +505,6 @@ def test_spearman_of_constant_scores_is_zero_not_nan():
     assert spearman(flat, damage) == 0.0
     assert spearman(damage, flat) == 0.0
     assert spearman(damage, damage[::-1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        spearman([1, 2, 3], [1, 2])

@@ -126,16 +126,6 @@ def attribution_patching(
     return torch.stack(rows).detach()
 
 
-def spearman(a, b) -> float:
-    """Spearman rank correlation; 0.0 when either side is constant (no monotone relation)."""
-    from scipy.stats import spearmanr
-
-    a, b = np.ravel(a), np.ravel(b)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(spearmanr(a, b).statistic)
-
-
 def topk_overlap(a, b, k: int) -> float:
     ia = set(np.argsort(-np.abs(np.ravel(a)))[:k].tolist())
     ib = set(np.argsort(-np.abs(np.ravel(b)))[:k].tolist())

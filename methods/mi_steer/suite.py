@@ -29,6 +29,7 @@ from claimbench import provenance
 from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file, stable_hash
 from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.stats import spearman
 from methods.interp.hooks import HookedLM
 from methods.mi_steer import locate as L
 from methods.mi_steer import steer as S
@@ -271,7 +272,7 @@ def run_locate(args, cfg: dict) -> None:
                 metric(
                     "atp",
                     f"spearman_{kind}",
-                    L.spearman(atp, exact),
+                    spearman(atp, exact),
                     n=int(exact.numel()),
                     higher_is_better=True,
                 ),
@@ -617,7 +618,7 @@ def run_steer(args, cfg: dict) -> None:
             metric(
                 "steer",
                 "spearman_alpha_rate",
-                L.spearman(alphas, sweep[best]),
+                spearman(alphas, sweep[best]),
                 higher_is_better=True,
             ),
             metric("steer", "caa_effect", caa_effect, n=len(free)),

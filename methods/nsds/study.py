@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from claimbench.stats import spearman
 from methods.nsds.allocate import layer_bits, uniform_bits
 from methods.nsds.scores import PROJECTIONS, decoder_layers
 
@@ -77,14 +77,6 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 8) -> np.ndarray:
 
 def ppl(nll: np.ndarray) -> float:
     return float(math.exp(float(np.mean(nll))))
-
-
-def spearman(a, b) -> float:
-    """Spearman's rho; 0.0 when either side is constant (no ranking to compare). Constancy is
-    tested exactly (max == min): ``np.std`` of thirty equal floats can be 2e-16, not 0."""
-    if np.ptp(np.asarray(a, dtype=float)) == 0 or np.ptp(np.asarray(b, dtype=float)) == 0:
-        return 0.0
-    return float(spearmanr(a, b).statistic)
 
 
 def run_study(
