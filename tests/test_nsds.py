@@ -349,6 +349,7 @@ def test_pipeline_micro(tmp_path):
     details = json.loads((tmp_path / "study.json").read_text())
     assert len(details["oracle_damage"]) == 4
     assert details["alloc"]["3"]["nsds"]["avg_bits"] == 3.0
+    assert not (tmp_path / ".study.json.plans.jsonl").exists()  # the checkpoint goes once written
     out = tmp_path / "q"
     main(["quantize", "--model", src, "--scores", scores, "--method", "nsds", "--budget", "3.0",
           "--backend", "rtn", "--group-size", "16", "--source", "micro", "--variant", "micro-nsds-b3",
@@ -373,6 +374,49 @@ def test_study_group_size_error_names_value():
 
     with pytest.raises(QuantConfigError, match="group size 24 does not divide the layer width 32"):
         FakeQuant(micro_llama(n_layers=1), group_size=24)
+
+
+def test_study_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, monkeypatch):
+    """A study killed part way resumes from the plans on disk, measures only the rest, and gives
+    the uninterrupted study's numbers exactly; a checkpoint of another model is not reused."""
+    import methods.nsds.study as S
+
+    model = micro_llama(n_layers=4)
+    windows = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
+    scores = {"a": [0.1, 0.9, 0.5, 0.3], "b": [0.9, 0.1, 0.3, 0.5]}
+    args = (scores, [2.5, 3.0], 16, 3, 0)
+    calls = []
+    real = S.window_nll
+
+    def counted(m, w, batch_size=8):
+        calls.append(1)
+        if fail_after is not None and len(calls) > fail_after:
+            raise RuntimeError("killed")
+        return real(m, w, batch_size)
+
+    monkeypatch.setattr(S, "window_nll", counted)
+    fail_after = None
+    full = S.run_study(model, windows, *args)
+    n_unique = len(calls)
+    ck = tmp_path / "plans.jsonl"
+    calls.clear()
+    fail_after = 5
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="killed"):
+        S.run_study(model, windows, *args, checkpoint=ck)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # restored
+    assert len(ck.read_text().splitlines()) == 1 + 5  # header + the five plans measured
+    with ck.open("a") as f:
+        f.write('{"bits": [2, 2, 4')  # a line cut short by the kill
+    calls.clear()
+    fail_after = None
+    resumed = S.run_study(model, windows, *args, checkpoint=ck)
+    assert len(calls) == n_unique - 5
+    assert resumed == full
+    # another model (same shapes, other weights): the checkpoint is discarded, all plans rerun
+    calls.clear()
+    S.run_study(micro_llama(n_layers=4, seed=1), windows, *args, checkpoint=ck)
+    assert len(calls) == n_unique
 
 
 @pytest.mark.parametrize(

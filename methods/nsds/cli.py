@@ -195,7 +195,17 @@ def cmd_study(args) -> None:
         model, tok, src_meta = _load(args.model, args.device)
         windows = text_windows(tok, args.text, args.n_windows, args.seq_len).to(args.device)
         scores = _read_scores(args.scores, names)
-        res = run_study(model, windows, scores, budgets, args.group_size, args.n_random, args.seed)
+        checkpoint = Path(args.details).with_name(f".{Path(args.details).name}.plans.jsonl")
+        res = run_study(
+            model,
+            windows,
+            scores,
+            budgets,
+            args.group_size,
+            args.n_random,
+            args.seed,
+            checkpoint=checkpoint,
+        )
     metrics = [
         metric("fp", "ppl", res["fp_ppl"], n=res["n_windows"], higher_is_better=False),
         metric("all_high", "ppl", res["all_high_ppl"], higher_is_better=False),
@@ -304,6 +314,7 @@ def cmd_study(args) -> None:
     atomic_write_jsonl(Path(args.out).with_suffix(".samples.jsonl"), samples)
     atomic_write_json(args.details, {"source": args.model, "variant": args.variant, **res})
     write_run_record(args.out, record)
+    checkpoint.unlink(missing_ok=True)  # the results are written; a rerun starts afresh
 
 
 def cmd_quantize(args) -> None:

@@ -11,7 +11,11 @@ the same quantizer the real artifacts use; each (module, bits) is quantized once
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,6 +65,64 @@ class FakeQuant:
         self.apply([16] * (max(i for i, _ in self.modules) + 1))
 
 
+class PlanLog:
+    """Per-plan window NLLs, kept in memory and appended to a JSONL checkpoint as they are measured.
+
+    A study that dies (a crash, a killed job, a node's time limit) resumes from the plans already
+    on disk: the first line holds a fingerprint of the model weights, the windows and the
+    quantizer settings, and a checkpoint with another fingerprint is discarded, never reused.
+    JSON floats round-trip float64 exactly, so a resumed study gives the same numbers.
+    """
+
+    def __init__(self, path: Path | None, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+        self.nll: dict[tuple[int, ...], np.ndarray] = {}
+        self.resumed = 0
+        if path is None:
+            return
+        if path.exists():
+            lines = path.read_text().splitlines()
+            try:
+                head = json.loads(lines[0]) if lines else {}
+            except json.JSONDecodeError:
+                head = {}
+            if head.get("fingerprint") == fingerprint:
+                for line in lines[1:]:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by the crash
+                        break
+                    self.nll[tuple(row["bits"])] = np.asarray(row["nll"], dtype=np.float64)
+                self.resumed = len(self.nll)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:  # rewrite: the header and the complete lines only
+            f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+            for bits, nll in self.nll.items():
+                f.write(json.dumps({"bits": list(bits), "nll": nll.tolist()}) + "\n")
+
+    def get(self, bits) -> np.ndarray | None:
+        return self.nll.get(tuple(int(b) for b in bits))
+
+    def put(self, bits, nll: np.ndarray) -> None:
+        key = tuple(int(b) for b in bits)
+        self.nll[key] = nll
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"bits": list(key), "nll": nll.tolist()}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def fingerprint(model, windows: torch.Tensor, group_size: int, low: int, high: int) -> str:
+    """Hash of what a plan's NLL depends on: decoder weights, held-out windows, quantizer."""
+    h = hashlib.sha256(json.dumps([group_size, low, high, "rtn"]).encode())
+    h.update(windows.detach().cpu().numpy().tobytes())
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
 @torch.no_grad()
 def window_nll(model, windows: torch.Tensor, batch_size: int = 8) -> np.ndarray:
     """Mean next-token NLL of each window."""
@@ -89,9 +151,15 @@ def run_study(
     seed: int,
     low: int = 2,
     high: int = 4,
+    checkpoint: Path | None = None,
 ) -> dict:
-    """All measurements of the study (plain dict, JSON-ready)."""
+    """All measurements of the study (plain dict, JSON-ready).
+
+    With ``checkpoint``, each measured plan is appended there and a rerun resumes from it
+    (see ``PlanLog``); the caller removes it once the results are written.
+    """
     fq = FakeQuant(model, group_size)
+    log = PlanLog(checkpoint, fingerprint(model, windows, group_size, low, high))
     n_layers = len(decoder_layers(model))
     res: dict = {"n_layers": n_layers, "n_windows": int(len(windows))}
 
@@ -102,48 +170,59 @@ def run_study(
     # then per budget each method, uniform (integer budgets), the random draws and the oracle
     n_plans = 3 + n_layers + sum(len(scores) + n_random + 1 + uniform_ok(b) for b in budgets)
     bar = tqdm(total=n_plans, desc="study", unit="plan", mininterval=5.0)
+    if log.resumed:
+        bar.write(f"study: resuming, {log.resumed} plans already measured in {checkpoint}")
 
     def measure(bits):
-        fq.apply(bits)
-        nll = window_nll(model, windows)
+        nll = log.get(bits)
+        if nll is None:  # a plan met twice (two methods agree) is measured once
+            fq.apply(bits)
+            nll = window_nll(model, windows)
+            log.put(bits, nll)
         bar.update()
         return nll
 
-    base_nll = measure([16] * n_layers)
-    res["fp_ppl"] = ppl(base_nll)
-    high_nll = measure([high] * n_layers)
-    res["all_high_ppl"] = ppl(high_nll)
-    res["all_low_ppl"] = ppl(measure([low] * n_layers))
-    damage = []
-    for layer in range(n_layers):
-        bits = [high] * n_layers
-        bits[layer] = low
-        damage.append(ppl(measure(bits)) - res["all_high_ppl"])
-    res["oracle_damage"] = damage
-    res["spearman"] = {m: spearman(s, damage) for m, s in scores.items()}
-    res["alloc"] = {}
-    res["window_nll"] = {"fp": base_nll.tolist()}
-    rng_seeds = [seed + 1000 + k for k in range(n_random)]
-    for b in budgets:
-        key = f"{b:g}"
-        row: dict = {}
-        for m, s in scores.items():
-            bits = layer_bits(s, b, low, high)
-            nll = measure(bits)
-            row[m] = {"ppl": ppl(nll), "bits": bits, "avg_bits": float(np.mean(bits))}
-            res["window_nll"][f"{m}@{key}"] = nll.tolist()
-        if uniform_ok(b):
-            bits = uniform_bits(n_layers, b)
-            row["uniform"] = {"ppl": ppl(measure(bits)), "bits": bits, "avg_bits": float(b)}
-        rand = []
-        for rs in rng_seeds:
-            order = np.random.default_rng(rs).permutation(n_layers).astype(float)
-            rand.append(ppl(measure(layer_bits(order, b, low, high))))
-        row["random_all"] = rand
-        # the best allocation found by the oracle ranking (greedy on single-layer damage)
-        bits = layer_bits(damage, b, low, high)
-        row["oracle"] = {"ppl": ppl(measure(bits)), "bits": bits, "avg_bits": float(np.mean(bits))}
-        res["alloc"][key] = row
-    bar.close()
-    fq.restore()
+    try:
+        base_nll = measure([16] * n_layers)
+        res["fp_ppl"] = ppl(base_nll)
+        high_nll = measure([high] * n_layers)
+        res["all_high_ppl"] = ppl(high_nll)
+        res["all_low_ppl"] = ppl(measure([low] * n_layers))
+        damage = []
+        for layer in range(n_layers):
+            bits = [high] * n_layers
+            bits[layer] = low
+            damage.append(ppl(measure(bits)) - res["all_high_ppl"])
+        res["oracle_damage"] = damage
+        res["spearman"] = {m: spearman(s, damage) for m, s in scores.items()}
+        res["alloc"] = {}
+        res["window_nll"] = {"fp": base_nll.tolist()}
+        rng_seeds = [seed + 1000 + k for k in range(n_random)]
+        for b in budgets:
+            key = f"{b:g}"
+            row: dict = {}
+            for m, s in scores.items():
+                bits = layer_bits(s, b, low, high)
+                nll = measure(bits)
+                row[m] = {"ppl": ppl(nll), "bits": bits, "avg_bits": float(np.mean(bits))}
+                res["window_nll"][f"{m}@{key}"] = nll.tolist()
+            if uniform_ok(b):
+                bits = uniform_bits(n_layers, b)
+                row["uniform"] = {"ppl": ppl(measure(bits)), "bits": bits, "avg_bits": float(b)}
+            rand = []
+            for rs in rng_seeds:
+                order = np.random.default_rng(rs).permutation(n_layers).astype(float)
+                rand.append(ppl(measure(layer_bits(order, b, low, high))))
+            row["random_all"] = rand
+            # the best allocation found by the oracle ranking (greedy on single-layer damage)
+            bits = layer_bits(damage, b, low, high)
+            row["oracle"] = {
+                "ppl": ppl(measure(bits)),
+                "bits": bits,
+                "avg_bits": float(np.mean(bits)),
+            }
+            res["alloc"][key] = row
+    finally:  # a failed study leaves the caller's model as it found it
+        bar.close()
+        fq.restore()
     return res
