@@ -114,12 +114,13 @@ class PlanLog:
 
 
 def fingerprint(model, windows: torch.Tensor, group_size: int, low: int, high: int) -> str:
-    """Hash of what a plan's NLL depends on: decoder weights, held-out windows, quantizer."""
+    """Hash of what a plan's NLL depends on: the model's weights (raw bytes, any dtype), the
+    held-out windows and the quantizer settings."""
     h = hashlib.sha256(json.dumps([group_size, low, high, "rtn"]).encode())
     h.update(windows.detach().cpu().numpy().tobytes())
     for name, p in model.named_parameters():
         h.update(name.encode())
-        h.update(p.detach().cpu().float().numpy().tobytes())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
