@@ -127,7 +127,7 @@ def evaluate(args) -> dict:
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -167,7 +167,7 @@ def evaluate(args) -> dict:
         lm = HFLM(
             pretrained=pretrained, device=device, batch_size=args.batch_size, dtype=args.dtype
         )
-        task_dict = get_task_dict(tasks, tm)
+        task_dict = tm.load(tasks)["tasks"]
         gen = [k for k, v in task_dict.items() if v.get_config("output_type") == "generate_until"]
         groups = [(gen, args.chat_template), ([k for k in task_dict if k not in gen], False)]
         results, samples, n_samples, hib, task_hashes = {}, {}, {}, {}, {}
@@ -177,6 +177,9 @@ def evaluate(args) -> dict:
             out = simple_evaluate(
                 model=lm,
                 tasks=[task_dict[k] for k in names],
+                # Without it, lm-eval builds a default TaskManager per call: an index of all its
+                # built-in task YAMLs, about 10 s each time, whether or not they are used.
+                task_manager=tm,
                 limit=args.limit,
                 num_fewshot=args.num_fewshot,
                 log_samples=True,

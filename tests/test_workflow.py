@@ -72,3 +72,41 @@ def test_two_runs_from_scratch_are_identical(tmp_path, root):
         assert proc.returncode == 0, tail(proc)
         values.append(metric_values(tmp_path / name / "results" / "claimbench.duckdb"))
     assert values[0] == values[1]
+
+
+def test_one_task_index_per_evaluation(reduced_run, tmp_path, monkeypatch):
+    """lm-eval builds a default TaskManager (an index of its thousands of built-in task YAMLs,
+    about 10 s) inside every ``simple_evaluate`` call unless it is handed one. The suite builds
+    exactly one, of the harness's own tasks, and still gives the pipeline's numbers."""
+    import json
+
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    from benchmarks import lm_eval_suite
+
+    assert reduced_run["proc"].returncode == 0, tail(reduced_run["proc"])
+    work = reduced_run["work"]
+    ref = json.loads((work / "results/runs/tiny/base/lm-s/lm_eval.json").read_text())
+    cfg = ref["config"]
+    built = []
+    init = TaskManager.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(kwargs.get("include_defaults", True))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskManager, "__init__", counting_init)
+    out = tmp_path / "lm_eval.json"
+    argv = ["--artifact", str(work / "artifacts/tiny/base/lm-s"), "--scale", "tiny"]
+    argv += ["--paper", "base", "--variant", "lm-s", "--tasks", ",".join(cfg["tasks"])]
+    argv += ["--data-dir", str(work / "data/tiny"), "--out", str(out), "--seed", str(ref["seed"])]
+    argv += ["--batch-size", str(cfg["batch_size"]), "--limit", str(cfg["limit"])]
+    argv += ["--max-gen-toks", str(cfg["max_gen_toks"]), "--dtype", cfg["dtype"]]
+    threads = torch.get_num_threads()
+    try:
+        lm_eval_suite.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert built == [False]
+    assert json.loads(out.read_text())["metrics"] == ref["metrics"]
