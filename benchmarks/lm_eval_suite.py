@@ -164,6 +164,12 @@ def evaluate(args) -> dict:
                     else " (registered lm-eval tasks need include_defaults: true)"
                 )
             )
+        grouped = [x for x in tasks if x not in tm.all_subtasks]
+        if grouped:
+            raise ClaimbenchError(
+                f"lm-eval task(s) {grouped} are groups or tags, not single tasks: list their "
+                "tasks instead (the suite records metrics per task)"
+            )
         lm = HFLM(
             pretrained=pretrained, device=device, batch_size=args.batch_size, dtype=args.dtype
         )

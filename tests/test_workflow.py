@@ -9,6 +9,8 @@ determinism check runs the same workflow twice and is marked slow (`make test-al
 
 from __future__ import annotations
 
+import shutil
+
 import duckdb
 import pytest
 
@@ -110,3 +112,21 @@ def test_one_task_index_per_evaluation(reduced_run, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert built == [False]
     assert json.loads(out.read_text())["metrics"] == ref["metrics"]
+
+
+def test_a_task_group_is_refused_before_any_work(reduced_run, tmp_path, monkeypatch, capsys):
+    from benchmarks import lm_eval_suite
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(lm_eval_suite.TASK_DIR, tasks)
+    (tasks / "arith_both.yaml").write_text("group: arith_both\ntask: [arith_id, arith_ood]\n")
+    monkeypatch.setattr(lm_eval_suite, "TASK_DIR", tasks)
+    work, out = reduced_run["work"], tmp_path / "lm_eval.json"
+    argv = ["--artifact", str(work / "artifacts/tiny/base/lm-s"), "--scale", "tiny"]
+    argv += ["--paper", "base", "--variant", "lm-s", "--tasks", "arith_mc,arith_both"]
+    argv += ["--data-dir", str(work / "data/tiny"), "--out", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        lm_eval_suite.main(argv)
+    assert exc.value.code == 2
+    assert "['arith_both'] are groups or tags" in capsys.readouterr().err
+    assert not out.exists()
