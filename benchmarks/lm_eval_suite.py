@@ -1,14 +1,18 @@
 """The lm-eval suite: evaluate one artifact on a list of tasks in one process, write a run record.
 
-    python -m benchmarks.lm_eval_suite --artifact artifacts/tiny/base/lm-s \\
-        --scale tiny --paper base --method base --variant lm-s --base-model lm-s \\
-        --tasks arith_id,arith_ood,arith_mc,text_ppl --data-dir data/tiny \\
+    python -m benchmarks.lm_eval_suite --scale tiny --paper base --variant lm-s \\
+        --artifact artifacts/tiny/base/lm-s --data-dir data/tiny \\
+        --tasks arith_id,arith_ood,arith_mc,text_ppl \\
         --out results/runs/tiny/base/lm-s/lm_eval.json
 
-Models load through lm-eval's ``hf`` model from the artifact's folder (or, at the paper scale,
-a cached hub id); local task YAMLs live beside this file and registered lm-eval tasks
-(wikitext, arc_easy, ...) are reachable with ``--include-defaults``. Per-sample outputs go to a
-``.samples.jsonl`` beside the record.
+A job (``claimbench.job``) whose paper and variant are the artifact's. Settings not given on
+the command line are the scale file's ``eval.lm_eval`` ones (schema defaults filled in); the
+model loads in ``eval.lm_eval.dtype`` when the scale sets it, else in the job's ``--dtype``,
+on the job's device. Models load through lm-eval's ``hf`` model from the artifact's folder (or,
+at the paper scale, a cached hub id); local task YAMLs live beside this file and registered
+lm-eval tasks (wikitext, arc_easy, ...) are reachable with ``--include-defaults``. Per-sample
+outputs go to a ``.samples.jsonl`` beside the record. Training curves are not read here: a
+method that trains writes its curve into a record of its own (``series``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import json
 import os
 from pathlib import Path
 
-from claimbench import provenance
-from claimbench.errors import ClaimbenchError, exit_on_user_error
+from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_jsonl, sha256_files
+from claimbench.job import Job, job_parser, run_job
 from claimbench.models import read_meta, resolve_pretrained
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.records import metric
 from claimbench.stats import ratio_stderr, rolling_metric
 
 TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -100,27 +104,25 @@ def _sample_rows(task: str, samples: list[dict]) -> list[dict]:
     return rows
 
 
-def training_curves(artifact: str | Path, max_points: int = 200) -> list[dict]:
-    """The artifact's training loss (``train_log.jsonl``, if it has one), for the report."""
-    log = Path(artifact) / "train_log.jsonl"
-    if not log.is_file():
-        return []
-    rows = [
-        json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-    if not rows or "loss" not in rows[0]:
-        return []
-    stride = max(1, len(rows) // max_points)
-    # Average each block of `stride` steps so the curve is readable and its length bounded.
-    xs, ys = [], []
-    for i in range(0, len(rows), stride):
-        block = rows[i : i + stride]
-        xs.append(block[-1]["step"])
-        ys.append(sum(r["loss"] for r in block) / len(block))
-    return [series("train_loss", xs, ys, "step", "training loss")]
+def settings(job: Job) -> dict:
+    """The suite's settings (the record's ``config``): the command line's, else the scale's
+    ``eval.lm_eval`` (validated, schema defaults filled in)."""
+    args, lm = job.args, job.scale_config["eval"]["lm_eval"]
+    return {
+        "tasks": [t for t in args.tasks.split(",") if t] if args.tasks else list(lm["tasks"]),
+        "batch_size": args.batch_size or lm["batch_size"],
+        "limit": args.limit if args.limit is not None else lm.get("limit"),
+        "max_gen_toks": args.max_gen_toks or lm["max_gen_toks"],
+        "num_fewshot": args.num_fewshot if args.num_fewshot is not None else lm.get("num_fewshot"),
+        "chat_template": args.chat_template,
+        # eval.lm_eval.dtype, when the scale sets it, overrides the job's dtype for the eval.
+        "dtype": args.model_dtype or lm.get("dtype") or job.dtype,
+        "device": job.device,
+        "include_defaults": args.include_defaults or lm["include_defaults"],
+    }
 
 
-def evaluate(args) -> dict:
+def evaluate(job: Job) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -129,80 +131,70 @@ def evaluate(args) -> dict:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    torch.set_num_threads(args.threads)
-    tasks = [t for t in args.tasks.split(",") if t]
+    torch.set_num_threads(job.threads)  # torch is imported here, after the job's setup
+    args = job.args
+    config = settings(job)
+    tasks = config["tasks"]
     data_dir = str(Path(args.data_dir).resolve())
     pretrained = resolve_pretrained(args.artifact)
     meta = read_meta(args.artifact)
-    device = (
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    tm = TaskManager(
+        include_path=str(TASK_DIR),
+        include_defaults=config["include_defaults"],
+        metadata={"data_dir": data_dir},
     )
-    config = {
-        "tasks": tasks,
-        "batch_size": args.batch_size,
-        "limit": args.limit,
-        "max_gen_toks": args.max_gen_toks,
-        "num_fewshot": args.num_fewshot,
-        "chat_template": args.chat_template,
-        "dtype": args.dtype,
-        "device": device,
-        "include_defaults": args.include_defaults,
-    }
-    with provenance.timed() as t:
-        tm = TaskManager(
-            include_path=str(TASK_DIR),
-            include_defaults=args.include_defaults,
-            metadata={"data_dir": data_dir},
+    unknown = [x for x in tasks if x not in tm.all_tasks]
+    if unknown:
+        raise ClaimbenchError(
+            f"lm-eval task(s) {unknown} are not defined in {TASK_DIR}"
+            + (
+                ""
+                if config["include_defaults"]
+                else " (registered lm-eval tasks need include_defaults: true)"
+            )
         )
-        unknown = [x for x in tasks if x not in tm.all_tasks]
-        if unknown:
-            raise ClaimbenchError(
-                f"lm-eval task(s) {unknown} are not defined in {TASK_DIR}"
-                + (
-                    ""
-                    if args.include_defaults
-                    else " (registered lm-eval tasks need include_defaults: true)"
-                )
-            )
-        grouped = [x for x in tasks if x not in tm.all_subtasks]
-        if grouped:
-            raise ClaimbenchError(
-                f"lm-eval task(s) {grouped} are groups or tags, not single tasks: list their "
-                "tasks instead (the suite records metrics per task)"
-            )
-        lm = HFLM(
-            pretrained=pretrained, device=device, batch_size=args.batch_size, dtype=args.dtype
+    grouped = [x for x in tasks if x not in tm.all_subtasks]
+    if grouped:
+        raise ClaimbenchError(
+            f"lm-eval task(s) {grouped} are groups or tags, not single tasks: list their "
+            "tasks instead (the suite records metrics per task)"
         )
-        task_dict = tm.load(tasks)["tasks"]
-        gen = [k for k, v in task_dict.items() if v.get_config("output_type") == "generate_until"]
-        groups = [(gen, args.chat_template), ([k for k in task_dict if k not in gen], False)]
-        results, samples, n_samples, hib, task_hashes = {}, {}, {}, {}, {}
-        for names, chat in groups:
-            if not names:
-                continue
-            out = simple_evaluate(
-                model=lm,
-                tasks=[task_dict[k] for k in names],
-                # Without it, lm-eval builds a default TaskManager per call: an index of all its
-                # built-in task YAMLs, about 10 s each time, whether or not they are used.
-                task_manager=tm,
-                limit=args.limit,
-                num_fewshot=args.num_fewshot,
-                log_samples=True,
-                apply_chat_template=chat,
-                gen_kwargs={"max_gen_toks": args.max_gen_toks} if names is gen else None,
-                bootstrap_iters=args.bootstrap_iters,
-                random_seed=args.seed,
-                numpy_random_seed=args.seed,
-                torch_random_seed=args.seed,
-                fewshot_random_seed=args.seed,
-            )
-            results.update(out["results"])
-            samples.update(out["samples"])
-            n_samples.update(out.get("n-samples", {}))
-            for task_name, flags in out.get("higher_is_better", {}).items():
-                hib[task_name] = flags
-            task_hashes.update(out.get("task_hashes", {}))
+    lm = HFLM(
+        pretrained=pretrained,
+        device=job.device,
+        batch_size=config["batch_size"],
+        dtype=config["dtype"],
+    )
+    task_dict = tm.load(tasks)["tasks"]
+    gen = [k for k, v in task_dict.items() if v.get_config("output_type") == "generate_until"]
+    groups = [(gen, config["chat_template"]), ([k for k in task_dict if k not in gen], False)]
+    results, samples, n_samples, hib, task_hashes = {}, {}, {}, {}, {}
+    for names, chat in groups:
+        if not names:
+            continue
+        out = simple_evaluate(
+            model=lm,
+            tasks=[task_dict[k] for k in names],
+            # Without it, lm-eval builds a default TaskManager per call: an index of all its
+            # built-in task YAMLs, about 10 s each time, whether or not they are used.
+            task_manager=tm,
+            limit=config["limit"],
+            num_fewshot=config["num_fewshot"],
+            log_samples=True,
+            apply_chat_template=chat,
+            gen_kwargs={"max_gen_toks": config["max_gen_toks"]} if names is gen else None,
+            bootstrap_iters=args.bootstrap_iters,
+            random_seed=job.seed,
+            numpy_random_seed=job.seed,
+            torch_random_seed=job.seed,
+            fewshot_random_seed=job.seed,
+        )
+        results.update(out["results"])
+        samples.update(out["samples"])
+        n_samples.update(out.get("n-samples", {}))
+        for task_name, flags in out.get("higher_is_better", {}).items():
+            hib[task_name] = flags
+        task_hashes.update(out.get("task_hashes", {}))
     metrics, rows = [], []
     for task in tasks:
         n = (n_samples.get(task) or {}).get("effective")
@@ -217,9 +209,8 @@ def evaluate(args) -> dict:
             hashes[task] = sha256_files(files)[:16]
         elif task_hashes.get(task):
             hashes[task] = str(task_hashes[task])[:16]
-    out_path = Path(args.out)
-    samples_name = out_path.with_suffix(".samples.jsonl").name
-    atomic_write_jsonl(out_path.parent / samples_name, rows)
+    samples_name = job.out.with_suffix(".samples.jsonl").name
+    atomic_write_jsonl(job.out.parent / samples_name, rows)
     config["model"] = {
         "pretrained": pretrained
         if meta.get("load", {}).get("hub_id")
@@ -227,49 +218,50 @@ def evaluate(args) -> dict:
         "kind": meta.get("kind"),
         "n_params": meta.get("n_params"),
     }
-    record = make_run_record(
-        scale=args.scale,
-        paper=args.paper,
-        method=args.method or meta.get("method", args.paper),
-        variant=args.variant,
-        base_model=args.base_model or meta.get("base_model", args.variant),
+    prov = job.provenance()
+    prov["dtype"] = config["dtype"]  # what the model was loaded in
+    record = job.record(
         suite="lm_eval",
+        method=args.method or meta.get("method", job.paper),
+        base_model=args.base_model or meta.get("base_model", job.variant),
         tasks=tasks,
-        seed=args.seed,
         config=config,
         metrics=metrics,
-        provenance=provenance.capture(t["started_at"], t["wall_s"]),
+        provenance=prov,
         task_hashes=hashes,
         samples=samples_name,
-        series=training_curves(args.artifact),
     )
-    write_run_record(out_path, record)
+    job.write_record(record)
     return record
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser() -> argparse.ArgumentParser:
+    ap = job_parser(__doc__, out="the run record (.json) this evaluation writes")
     ap.add_argument("--artifact", required=True, help="artifact folder (holds meta.json)")
-    for key in ("--scale", "--paper", "--variant", "--tasks", "--data-dir", "--out"):
-        ap.add_argument(key, required=True)
+    ap.add_argument("--data-dir", required=True, help="the scale's data folder (data/<scale>)")
+    ap.add_argument("--tasks", default="", help="comma-separated; default: eval.lm_eval.tasks")
     ap.add_argument("--method", help="default: meta.json's method")
     ap.add_argument("--base-model", help="default: meta.json's base_model")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--max-gen-toks", type=int, default=16)
-    ap.add_argument("--num-fewshot", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: eval.lm_eval's")
+    ap.add_argument("--limit", type=int, default=None, help="default: eval.lm_eval's")
+    ap.add_argument("--max-gen-toks", type=int, default=None, help="default: eval.lm_eval's")
+    ap.add_argument("--num-fewshot", type=int, default=None, help="default: eval.lm_eval's")
     ap.add_argument("--chat-template", action="store_true")
-    ap.add_argument("--include-defaults", action="store_true")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--include-defaults", action="store_true", help="or eval.lm_eval.include_defaults"
+    )
+    ap.add_argument(
+        "--model-dtype",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default=None,
+        help="lm-eval's load dtype; default: eval.lm_eval.dtype if set, else the job's --dtype",
+    )
     ap.add_argument("--bootstrap-iters", type=int, default=1000)
-    args = ap.parse_args(argv)
-    with exit_on_user_error():
-        evaluate(args)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_job(parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

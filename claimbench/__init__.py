@@ -1,6 +1,6 @@
 """claimbench: configs -> artifacts -> run records -> DuckDB store -> HTML leaderboards.
 
-The core package imports neither ``methods`` nor ``benchmarks`` (see DESIGN.md, layering rule).
+The core package imports neither ``methods`` nor ``benchmarks`` (README: Layout).
 """
 
 __version__ = "0.1.0"

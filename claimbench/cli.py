@@ -74,7 +74,7 @@ def cmd_claims(args) -> None:
 def cmd_report(args) -> None:
     from claimbench.report import render_report
 
-    pages = render_report(args.db, args.out)
+    pages = render_report(args.db, args.out, args.methods)
     print(f"wrote {len(pages)} pages: {Path(args.out) / 'index.html'}")
 
 
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="regenerate the HTML leaderboards from the store")
     p.add_argument("--db", default=DEFAULT_DB)
+    p.add_argument(
+        "--methods", default="methods", help="folder of the paper packages (their report.html.j2)"
+    )
     p.add_argument("--out", default="reports")
     p.set_defaults(func=cmd_report)
 

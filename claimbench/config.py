@@ -8,6 +8,7 @@ Schemas in ``config/schema/`` before any job starts. A paper may add
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ def read_yaml(path: str | os.PathLike) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from e
 
 
 def _format_error(where: str, err: jsonschema.ValidationError) -> str:
@@ -45,6 +49,70 @@ def validate(obj: Any, schema: dict, where: str) -> None:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_format_error(where, best))
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    """Follow a local ``$ref`` (``#/$defs/name``) inside the same schema document."""
+    while isinstance(schema, dict) and "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            raise ConfigError(f"schema: $ref {ref!r} is not a local reference")
+        node: Any = root
+        for part in ref[2:].split("/"):
+            node = node[part]
+        merged = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**node, **merged}
+    return schema
+
+
+def fill_defaults(obj: Any, schema: dict, root: dict | None = None) -> Any:
+    """Insert every ``default`` the schema declares for a missing key, recursively.
+
+    Defaults live in the schemas only (``config/schema/``); code reads ``section[key]``. The walk
+    follows ``properties``, ``additionalProperties``, ``items``, local ``$ref``s and the branches
+    of ``allOf`` (``if``/``then`` included when the ``if`` holds); ``oneOf`` / ``anyOf`` are left
+    alone (which branch applies is not the walker's to guess). ``obj`` is changed in place.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return obj
+    if isinstance(obj, dict):
+        props = schema.get("properties") or {}
+        for key, sub in props.items():
+            sub = _resolve(sub, root)
+            if key not in obj and isinstance(sub, dict) and "default" in sub:
+                obj[key] = copy.deepcopy(sub["default"])
+            if key in obj:
+                fill_defaults(obj[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in obj:
+                if key not in props:
+                    fill_defaults(obj[key], extra, root)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for item in obj:
+            fill_defaults(item, schema["items"], root)
+    for branch in schema.get("allOf") or []:
+        branch = _resolve(branch, root)
+        if "if" in branch:
+            cond = _resolve(branch["if"], root)
+            if jsonschema.Draft202012Validator(cond).is_valid(obj):
+                if "then" in branch:
+                    fill_defaults(obj, branch["then"], root)
+            elif "else" in branch:
+                fill_defaults(obj, branch["else"], root)
+        else:
+            fill_defaults(obj, branch, root)
+    return obj
+
+
+def validate_with_defaults(obj: Any, schema: dict, where: str) -> Any:
+    """Validate what the user wrote, fill the schema's defaults, validate the result again."""
+    validate(obj, schema, where)
+    fill_defaults(obj, schema)
+    validate(obj, schema, where + " (with schema defaults)")
+    return obj
 
 
 def known_papers(root: Path = ROOT) -> dict[str, Path]:
@@ -88,7 +156,7 @@ def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[
     where = _display(path)
     data = read_yaml(path)
     schema = read_yaml(SCHEMA_DIR / "scale.schema.yaml")
-    validate(data, schema, where)
+    validate_with_defaults(data, schema, where)
     if data["scale"] != scale:
         raise ConfigError(
             f"{where}: scale: {data['scale']!r} does not match the requested scale {scale!r}"
@@ -96,12 +164,12 @@ def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[
     for paper, section in (data.get("papers") or {}).items():
         paper_schema = SCHEMA_DIR / "papers" / f"{paper}.schema.yaml"
         if paper_schema.is_file():
-            validate(section, read_yaml(paper_schema), f"{where}: papers.{paper}")
+            validate_with_defaults(section, read_yaml(paper_schema), f"{where}: papers.{paper}")
     for bench, section in (data.get("benchmarks") or {}).items():
         bench_schema = SCHEMA_DIR / "benchmarks" / f"{bench}.schema.yaml"
         if not bench_schema.is_file():
             raise ConfigError(f"{where}: benchmarks.{bench}: no schema {_display(bench_schema)}")
-        validate(section, read_yaml(bench_schema), f"{where}: benchmarks.{bench}")
+        validate_with_defaults(section, read_yaml(bench_schema), f"{where}: benchmarks.{bench}")
     _check_models(data, where)
     _check_model_references(data, where)
     return data

@@ -1,6 +1,6 @@
 """The run-record contract: one JSON file per (artifact, suite), written atomically.
 
-This module is the single owner of the contract (STYLE.md point 5). The writer (suites and
+This module is the single owner of the contract . The writer (suites and
 method-specific measurements), ``claimbench.store`` (ingest) and the report all go through it.
 
 Keys of a record::
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,201 @@ def series(name: str, x: list, y: list, x_label: str = "x", y_label: str = "y") 
         "x_label": x_label,
         "y_label": y_label,
     }
+
+
+def sample_row(
+    task: str,
+    doc_id: int | None,
+    *,
+    metrics: dict[str, Any] | None = None,
+    prompt: str | None = None,
+    target: str | None = None,
+    response: str | None = None,
+    doc_hash: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One line of a record's per-sample ``.jsonl`` file (what the store's ``samples`` and
+    ``sample_scores`` tables read). ``metrics`` maps a metric name to a number, or to a
+    ``[value, weight]`` pair for a weighted per-document score; ``extra`` keys are kept in the
+    file for the report's examples (a paper template may read them)."""
+    if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, int)):
+        raise RecordError(f"sample row of task {task!r}: doc_id {doc_id!r} must be an int or None")
+    row: dict[str, Any] = {"task": task, "doc_id": doc_id, "metrics": dict(metrics or {})}
+    for key, value in (
+        ("prompt", prompt),
+        ("target", target),
+        ("response", response),
+        ("doc_hash", doc_hash),
+    ):
+        if value is not None:
+            row[key] = value
+    row.update(extra)
+    return row
+
+
+# --------------------------------------------------------------------------- the store's tables
+# The DuckDB tables that hold run records are derived from this contract: one column list per
+# table (name, DuckDB type, pandas dtype for bulk inserts) and one function per table that turns
+# a record into its rows in that column order. ``claimbench.store`` builds its DDL and inserts
+# from these; a new record key is added here once.
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql: str
+    pandas: str = "object"
+
+
+TABLES: dict[str, tuple[Column, ...]] = {
+    "runs": (
+        Column("run_id", "VARCHAR PRIMARY KEY"),
+        Column("harness_version", "VARCHAR"),
+        Column("scale", "VARCHAR"),
+        Column("paper", "VARCHAR"),
+        Column("method", "VARCHAR"),
+        Column("variant", "VARCHAR"),
+        Column("base_model", "VARCHAR"),
+        Column("suite", "VARCHAR"),
+        Column("tasks", "VARCHAR[]"),
+        Column("seed", "BIGINT"),
+        Column("config", "JSON"),
+        Column("config_hash", "VARCHAR"),
+        Column("task_hashes", "JSON"),
+        Column("git_sha", "VARCHAR"),
+        Column("git_dirty", "BOOLEAN"),
+        Column("started_at", "VARCHAR"),
+        Column("wall_s", "DOUBLE"),
+        Column("host", "VARCHAR"),
+        Column("device", "VARCHAR"),
+        Column("versions", "JSON"),
+        Column("record_path", "VARCHAR"),
+        Column("samples_path", "VARCHAR"),
+    ),
+    "metrics": (
+        Column("run_id", "VARCHAR"),
+        Column("task", "VARCHAR"),
+        Column("metric", "VARCHAR"),
+        Column("value", "DOUBLE"),
+        Column("stderr", "DOUBLE"),
+        Column("n", "BIGINT"),
+        Column("higher_is_better", "BOOLEAN"),
+        Column("task_hash", "VARCHAR"),
+    ),
+    "samples": (
+        Column("run_id", "VARCHAR", "string"),
+        Column("task", "VARCHAR", "string"),
+        Column("doc_id", "BIGINT", "Int64"),
+        Column("prompt", "VARCHAR", "string"),
+        Column("target", "VARCHAR", "string"),
+        Column("response", "VARCHAR", "string"),
+        Column("metrics", "JSON", "string"),
+        Column("doc_hash", "VARCHAR", "string"),
+    ),
+    "sample_scores": (
+        Column("run_id", "VARCHAR", "string"),
+        Column("task", "VARCHAR", "string"),
+        Column("doc_id", "BIGINT", "Int64"),
+        Column("metric", "VARCHAR", "string"),
+        Column("value", "DOUBLE", "Float64"),
+        Column("weight", "DOUBLE", "Float64"),
+    ),
+    "series": (
+        Column("run_id", "VARCHAR"),
+        Column("name", "VARCHAR"),
+        Column("x_label", "VARCHAR"),
+        Column("y_label", "VARCHAR"),
+        Column("x", "DOUBLE[]"),
+        Column("y", "DOUBLE[]"),
+    ),
+}
+
+
+def ddl(tables: dict[str, tuple[Column, ...]]) -> str:
+    """``CREATE TABLE`` statements for the given column lists."""
+    return "\n".join(
+        f"CREATE TABLE {name} ({', '.join(f'{c.name} {c.sql}' for c in cols)});"
+        for name, cols in tables.items()
+    )
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def run_row(record: dict[str, Any], record_path: str, samples: str | None) -> list:
+    """The record's row of ``runs`` (column order of ``TABLES["runs"]``)."""
+    p = record["provenance"]
+    return [
+        record["run_id"],
+        record["harness_version"],
+        record["scale"],
+        record["paper"],
+        record["method"],
+        record["variant"],
+        record["base_model"],
+        record["suite"],
+        record["tasks"],
+        record["seed"],
+        _json_text(record["config"]),
+        record["config_hash"],
+        _json_text(record["task_hashes"]),
+        p["git_sha"],
+        bool(p["git_dirty"]),
+        p["started_at"],
+        float(p["wall_s"]),
+        p["host"],
+        p["device"],
+        _json_text(p["versions"]),
+        record_path,
+        samples,
+    ]
+
+
+def metric_rows(record: dict[str, Any]) -> list[list]:
+    """The record's rows of ``metrics``."""
+    return [
+        [
+            record["run_id"],
+            m["task"],
+            m["metric"],
+            m["value"],
+            m["stderr"],
+            m["n"],
+            m["higher_is_better"],
+            record["task_hashes"].get(m["task"]),
+        ]
+        for m in record["metrics"]
+    ]
+
+
+def series_rows(record: dict[str, Any]) -> list[list]:
+    """The record's rows of ``series``."""
+    return [
+        [
+            record["run_id"],
+            c["name"],
+            c.get("x_label", "x"),
+            c.get("y_label", "y"),
+            [float(v) for v in c["x"]],
+            [float(v) for v in c["y"]],
+        ]
+        for c in record.get("series") or []
+    ]
+
+
+def sample_table_row(run_id: str, row: dict[str, Any]) -> list:
+    """One per-sample line's row of ``samples``."""
+    return [
+        run_id,
+        row.get("task"),
+        row.get("doc_id"),
+        row.get("prompt"),
+        row.get("target"),
+        row.get("response"),
+        _json_text(row.get("metrics", {})),
+        row.get("doc_hash"),
+    ]
 
 
 def write_run_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:

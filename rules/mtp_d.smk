@@ -6,17 +6,20 @@ if "mtp_d" not in SCALE.get("papers", {}):
     )
 MTPD = SCALE["papers"]["mtp_d"]
 MTPD_ART = f"{ART}/mtp_d"
+MTPD_RUNS = f"{RUNS}/mtp_d"
 MTPD_TRAINED = list(MTPD["variants"])
+# The grid as data: looped extensions <source>_loop<K * factor> -> (source, factor) and the
+# training-free cyclic reuses (source, draft depth), both optional sections of papers.mtp_d.
 MTPD_LOOPS = {
     f"{src}_loop{MTPD['heads'] * f}": (src, f)
-    for src in MTPD.get("loop", {}).get("sources", [])
+    for src in (MTPD.get("loop") or {}).get("sources", [])
     for f in MTPD["loop"]["factors"]
 }
 MTPD_REUSE = [
-    f"{src}:{MTPD['reuse']['depth']}"
-    for src in MTPD.get("reuse", {}).get("sources", [])
+    (src, MTPD["reuse"]["depth"])
+    for src in (MTPD.get("reuse") or {}).get("sources", [])
 ]
-for _src in [s for s, _ in MTPD_LOOPS.values()] + [r.split(":")[0] for r in MTPD_REUSE]:
+for _src in [s for s, _ in MTPD_LOOPS.values()] + [s for s, _ in MTPD_REUSE]:
     if _src not in MTPD_TRAINED:
         raise WorkflowError(
             f"papers.mtp_d: {_src!r} is a loop/reuse source but not in variants {MTPD_TRAINED} "
@@ -28,34 +31,18 @@ for _need in ("ntp", "mtp"):
             f"papers.mtp_d.variants: {MTPD_TRAINED} must include {_need!r} (speedup reference)"
         )
 MTPD_ARTIFACTS = MTPD_TRAINED + sorted(MTPD_LOOPS)
+# every speculative record: the 1-head MTP reference, each artifact, each reuse
 MTPD_SPEC_CONFIGS = (
-    ["mtp_1head"]
-    + MTPD_ARTIFACTS
-    + [f"{r.split(':')[0]}_reuse{r.split(':')[1]}" for r in MTPD_REUSE]
+    ["mtp_1head"] + MTPD_ARTIFACTS + [f"{src}_reuse{d}" for src, d in MTPD_REUSE]
 )
+# the pre-training text: a local dump (text_file) or the scale's text split
 MTPD_TEXT = MTPD.get("text_file", f"{DATA}/text/train.txt")
-MTPD_RES = MTPD.get("resources", {})
+MTPD_RES = MTPD["resources"]
 
-RUN_RECORDS["mtp_d"] = expand(
-    f"{RUNS}/mtp_d/{{variant}}/lm_eval.json", variant=MTPD_ARTIFACTS
-) + expand(f"{RUNS}/mtp_d/{{variant}}/speculative.json", variant=MTPD_SPEC_CONFIGS)
-
-
-_arch = MTPD["architecture"]
-MTPD_ARCH_NAME = _arch if isinstance(_arch, str) else "mtp_d-arch"
-MTPD_ARCH_JSON = json.dumps(
-    {
-        k: v
-        for k, v in (MODELS[_arch] if isinstance(_arch, str) else _arch).items()
-        if k != "train"
-    },
-    sort_keys=True,
-)
-MTPD_TRAIN_JSON = json.dumps(
-    {k: MTPD[k] for k in ("heads", "train", "loss")}, sort_keys=True
-)
-MTPD_LOOP_JSON = json.dumps(
-    {"loss": MTPD["loss"], "train": MTPD.get("loop", {}).get("train")}, sort_keys=True
+RUN_RECORDS["mtp_d"] = (
+    expand(f"{MTPD_RUNS}/{{variant}}/lm_eval.json", variant=MTPD_ARTIFACTS)
+    + expand(f"{MTPD_RUNS}/{{variant}}/train.json", variant=MTPD_ARTIFACTS)
+    + expand(f"{MTPD_RUNS}/{{variant}}/speculative.json", variant=MTPD_SPEC_CONFIGS)
 )
 
 
@@ -66,6 +53,7 @@ rule mtp_d_train:
         arith=f"{DATA}/arith/train.jsonl",
     output:
         meta=f"{MTPD_ART}/{{variant}}/meta.json",
+        record=f"{MTPD_RUNS}/{{variant}}/train.json",
     log:
         f"{LOGS}/mtp_d/{{variant}}.log",
     benchmark:
@@ -74,25 +62,15 @@ rule mtp_d_train:
         variant=one_of(MTPD_TRAINED),
     threads: JOB_THREADS
     resources:
-        mem_mb=MTPD_RES.get("train_mem_mb", 4000),
-        runtime=MTPD_RES.get("train_runtime", 30),
+        mem_mb=MTPD_RES["train_mem_mb"],
+        runtime=MTPD_RES["train_runtime"],
         gpu=GPU,
     params:
-        spec=MTPD_ARCH_JSON,
-        arch=MTPD_ARCH_NAME,
-        config=MTPD_TRAIN_JSON,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
-        long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
+        job=job("mtp_d", "{variant}"),
         tokenizer=input_dir,
-        out=output_dir,
     shell:
-        "python -m methods.mtp_d.build train --variant {wildcards.variant} --spec {params.spec:q} "
-        "--base-model {params.arch} --config {params.config:q} --tokenizer {params.tokenizer} "
-        "--text {input.text} --arith {input.arith} --seed {params.seed} "
-        "--long-fraction {params.long_fraction} --threads {threads} --device {params.device} "
-        "--out {params.out} "
-        "> {log} 2>&1"
+        "python -m methods.mtp_d.build train {params.job} --tokenizer {params.tokenizer} "
+        "--text {input.text} --arith {input.arith} --record {output.record} > {log} 2>&1"
 
 
 rule mtp_d_extend:
@@ -103,6 +81,7 @@ rule mtp_d_extend:
         arith=f"{DATA}/arith/train.jsonl",
     output:
         meta=f"{MTPD_ART}/{{variant}}/meta.json",
+        record=f"{MTPD_RUNS}/{{variant}}/train.json",
     log:
         f"{LOGS}/mtp_d/{{variant}}.log",
     benchmark:
@@ -111,24 +90,18 @@ rule mtp_d_extend:
         variant=one_of(sorted(MTPD_LOOPS)),
     threads: JOB_THREADS
     resources:
-        mem_mb=MTPD_RES.get("train_mem_mb", 4000),
-        runtime=MTPD_RES.get("train_runtime", 30),
+        mem_mb=MTPD_RES["train_mem_mb"],
+        runtime=MTPD_RES["train_runtime"],
         gpu=GPU,
     params:
-        config=MTPD_LOOP_JSON,
+        job=job("mtp_d", "{variant}"),
         factor=lambda w: MTPD_LOOPS[w.variant][1],
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
-        long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
         source=input_dir,
         tokenizer=lambda w, input: os.path.dirname(input.tokenizer),
-        out=output_dir,
     shell:
-        "python -m methods.mtp_d.build extend --variant {wildcards.variant} "
-        "--source {params.source} --factor {params.factor} --config {params.config:q} "
-        "--tokenizer {params.tokenizer} --text {input.text} --arith {input.arith} "
-        "--seed {params.seed} --long-fraction {params.long_fraction} --threads {threads} "
-        "--device {params.device} --out {params.out} > {log} 2>&1"
+        "python -m methods.mtp_d.build extend {params.job} --source {params.source} "
+        "--factor {params.factor} --tokenizer {params.tokenizer} --text {input.text} "
+        "--arith {input.arith} --record {output.record} > {log} 2>&1"
 
 
 rule mtp_d_speculative:
@@ -137,7 +110,7 @@ rule mtp_d_speculative:
         data=[f"{DATA}/arith/test_id.jsonl", f"{DATA}/text/test.jsonl"],
     output:
         records=expand(
-            f"{RUNS}/mtp_d/{{variant}}/speculative.json", variant=MTPD_SPEC_CONFIGS
+            f"{MTPD_RUNS}/{{variant}}/speculative.json", variant=MTPD_SPEC_CONFIGS
         ),
     log:
         f"{LOGS}/mtp_d/speculative.log",
@@ -146,23 +119,19 @@ rule mtp_d_speculative:
     threads: JOB_THREADS
     resources:
         mem_mb=4000,
-        runtime=MTPD_RES.get("speculative_runtime", 20),
+        runtime=MTPD_RES["speculative_runtime"],
         gpu=GPU,
     params:
+        # one job writes every record: its --out is their folder, not one of the outputs
+        job=job("mtp_d", "speculative", out=lambda w: MTPD_RUNS),
         artifacts=lambda w, input: os.path.dirname(os.path.dirname(input.metas[0])),
         variants=",".join(MTPD_ARTIFACTS),
-        reuse=",".join(MTPD_REUSE),
-        config=json.dumps(MTPD["speculative"], sort_keys=True),
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
+        reuse=",".join(f"{src}:{d}" for src, d in MTPD_REUSE),
         data=data_dir,
-        out=lambda w, output: os.path.dirname(os.path.dirname(output.records[0])),
     shell:
-        "python -m methods.mtp_d.speculative --artifacts {params.artifacts} "
+        "python -m methods.mtp_d.speculative {params.job} --artifacts {params.artifacts} "
         "--variants {params.variants} --reuse '{params.reuse}' --data-dir {params.data} "
-        "--config {params.config:q} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} --out-root {params.out} > {log} 2>&1"
+        "> {log} 2>&1"
 
 
 rule mtp_d_all:

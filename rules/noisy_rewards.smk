@@ -1,7 +1,8 @@
 # Noisy rewards in RL for reasoning: B (the start model after SFT on step-by-step traces) and a
 # weaker B_weak; PPO-with-critic runs with group reward flips over p, RPR only, a simulated RM of
 # controlled accuracy with and without RPR calibration, GRPO as a named variant; every final
-# policy evaluated by the lm-eval suite on step-by-step answers; one summary record (N3-N5).
+# policy evaluated by the lm-eval suite on step-by-step answers; one summary record
+# (methods/noisy_rewards/README.md).
 NR = SCALE.get("papers", {}).get("noisy_rewards")
 NR_SFT_KEY = {"base": "start_sft", "weak": "weak_sft"}
 
@@ -57,18 +58,13 @@ rule noisy_rewards_start:
         runtime=NR.get("runtime", 30) if NR else 30,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(NR[NR_SFT_KEY[w.which]], sort_keys=True),
+        job=job("noisy_rewards", "{which}"),
+        settings=lambda w: NR_SFT_KEY[w.which],
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli sft --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --out {params.out} "
-        "--variant {wildcards.which} --paper noisy_rewards --record {output.record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli sft {params.job} --settings {params.settings} "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule noisy_rewards_train:
@@ -87,31 +83,21 @@ rule noisy_rewards_train:
         variant=one_of(sorted(NR_VARIANTS)),
     threads: JOB_THREADS
     resources:
-        mem_mb=NR.get("mem_mb", 4000) if NR else 4000,
-        runtime=NR.get("runtime", 30) if NR else 30,
+        mem_mb=NR["mem_mb"] if NR else 4000,
+        runtime=NR["runtime"] if NR else 30,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(
-            dict(NR["rl"], algo=NR_ARMS[NR_VARIANTS[w.variant][0]][2]), sort_keys=True
-        ),
-        reward=lambda w: json.dumps(
-            NR_ARMS[NR_VARIANTS[w.variant][0]][1], sort_keys=True
-        ),
-        seed=lambda w: NR_VARIANTS[w.variant][1],
+        job=_nr_job,
+        arm=_nr_arm_args,
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.noisy_rewards.train --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --reward {params.reward:q} "
-        "--out {params.out} --record {output.record} --variant {wildcards.variant} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.noisy_rewards.train {params.job} {params.arm} "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
-# The lm-eval suite on this paper's artifacts with its own tasks and generation length (the
-# step-by-step answers need more tokens than the scale's default; scored on "answer is N").
+# Cross-run measurements of the flip / RPR arms: one summary record whose seed is the grid's
+# first (the seed of its first input record).
 rule noisy_rewards_summary:
     input:
         [
@@ -120,7 +106,7 @@ rule noisy_rewards_summary:
             if a in NR_SUMMARY_ARMS
         ],
     output:
-        f"{RUNS}/noisy_rewards/summary/summary.json",
+        summary=f"{RUNS}/noisy_rewards/summary/summary.json",
     log:
         f"{LOGS}/noisy_rewards/summary.log",
     threads: 1
@@ -128,10 +114,14 @@ rule noisy_rewards_summary:
         mem_mb=1000,
         runtime=5,
     params:
-        scale=SCALE_NAME,
+        job=job(
+            "noisy_rewards",
+            "summary",
+            out="summary",
+            seed=NR["seeds"][0] if NR else None,
+        ),
     shell:
-        "python -m methods.noisy_rewards.summary --records {input} --out {output} "
-        "--scale {params.scale} > {log} 2>&1"
+        "python -m methods.noisy_rewards.summary {params.job} --records {input} > {log} 2>&1"
 
 
 rule noisy_rewards_all:

@@ -15,45 +15,36 @@ def _nr_start(which):
 
 
 def _nr_arms():
-    """{arm: (start, reward config, algo)} over the scale's grid."""
+    """{arm: (start, reward options of methods.noisy_rewards.train, algo)} over the scale's
+    grid; the RPR and RM settings come from the scale file in the job itself."""
     if not NR:
         return {}
-    rpr = NR.get("rpr", {})
-    rm = NR.get("rm", {})
-    algo = NR["rl"].get("algo", "ppo")
+    algo = NR["rl"]["algo"]
     arms = {}
     for p in NR["flip_ps"]:
-        arms[f"p{float(p)}"] = (
-            "base",
-            {"kind": "correct", "flip_p": p, "rpr": rpr},
-            algo,
-        )
-    if NR.get("rpr_only"):
-        arms["rpr"] = ("base", {"kind": "rpr", "rpr": rpr}, algo)
-    for p in NR.get("weak_flip_ps", []):
-        arms[f"weak_p{float(p)}"] = (
-            "weak",
-            {"kind": "correct", "flip_p": p, "rpr": rpr},
-            algo,
-        )
-    for acc in rm.get("accuracies", []):
-        for cal in rm.get("calibrate", [False]):
+        arms[f"p{float(p)}"] = ("base", f"--reward correct --flip-p {p}", algo)
+    if NR["rpr_only"]:
+        arms["rpr"] = ("base", "--reward rpr", algo)
+    for p in NR["weak_flip_ps"]:
+        arms[f"weak_p{float(p)}"] = ("weak", f"--reward correct --flip-p {p}", algo)
+    rm = NR.get("rm")
+    for acc in rm["accuracies"] if rm else []:
+        for cal in rm["calibrate"]:
             arms[f"rm{round(acc * 100)}" + ("_cal" if cal else "")] = (
                 "base",
-                {
-                    "kind": "rm",
-                    "rm_accuracy": acc,
-                    "calibrate": cal,
-                    "tau": rm.get("tau", 0.5),
-                    "alpha": rm.get("alpha", 0.1),
-                    "rpr": rpr,
-                },
+                f"--reward rm --rm-accuracy {acc}" + (" --calibrate" if cal else ""),
                 algo,
             )
-    for p in NR.get("grpo_flip_ps", []):
-        arms[f"grpo_p{float(p)}"] = (
-            "base",
-            {"kind": "correct", "flip_p": p, "rpr": rpr},
-            "grpo",
-        )
+    for p in NR["grpo_flip_ps"]:
+        arms[f"grpo_p{float(p)}"] = ("base", f"--reward correct --flip-p {p}", "grpo")
     return arms
+
+
+# The job options of an RL run: its seed is the run's.
+_nr_job = job("noisy_rewards", "{variant}", seed=lambda w: NR_VARIANTS[w.variant][1])
+
+
+def _nr_arm_args(wildcards):
+    """The arm's --algo and reward options."""
+    _, reward, algo = NR_ARMS[NR_VARIANTS[wildcards.variant][0]]
+    return f"--algo {algo} {reward}"

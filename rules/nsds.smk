@@ -11,8 +11,8 @@ include: "nsds_helpers.smk"
 NSDS_SOURCES = NSDS["sources"] if NSDS else {}
 NSDS_TRAINED = sorted(s for s, v in NSDS_SOURCES.items() if "train" in v)
 NSDS_PLANTED = sorted(s for s, v in NSDS_SOURCES.items() if "plant" in v)
-NSDS_MEM = NSDS.get("mem_mb", 4000) if NSDS else 4000
-NSDS_RUNTIME = NSDS.get("runtime", 60) if NSDS else 60
+NSDS_MEM = NSDS["mem_mb"] if NSDS else 4000
+NSDS_RUNTIME = NSDS["runtime"] if NSDS else 60
 
 
 if NSDS:
@@ -32,7 +32,7 @@ NSDS_SCORED = sorted(
     set(NSDS_STUDIED) | {v[0] for v in NSDS_VARIANTS.values() if v[1] != "uniform"}
 )
 # "mi": per-layer scores imported from the MI suite's zero-ablation sensitivity (mi_steer's
-# efficiency use case, ../shared/specs/mi-steer.md), measured on the NSDS source itself.
+# efficiency use case, methods/mi_steer/README.md), measured on the NSDS source itself.
 NSDS_IMPORTED = {"mi"}
 NSDS_SCORE_METHODS = (
     sorted(
@@ -60,7 +60,8 @@ if NSDS and "nsds" in PAPERS:
             for v in sorted(NSDS_VARIANTS)
             for suite in ("plan", "lm_eval")
         ]
-        + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS.get("eval_sources", [])]
+        + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS["eval_sources"]]
+        + [f"{RUNS}/nsds/{s}/train.json" for s in NSDS_TRAINED]
         + [f"{RUNS}/mi_steer/nsds-{s}/sensitivity.json" for s in NSDS_MI_SOURCES]
     )
 
@@ -72,6 +73,7 @@ rule nsds_train_source:
         arith=f"{DATA}/arith/train.jsonl",
     output:
         meta=f"{ART}/nsds/{{src}}/meta.json",
+        record=f"{RUNS}/nsds/{{src}}/train.json",
     log:
         f"{LOGS}/nsds/{{src}}.train.log",
     benchmark:
@@ -84,16 +86,12 @@ rule nsds_train_source:
         runtime=60,
         gpu=GPU,
     params:
-        spec=lambda w: json.dumps(NSDS_SOURCES[w.src]["train"], sort_keys=True),
-        seed=SCALE["seed"],
-        long_fraction=SCALE["data"]["arith"].get("long_fraction", 0.3),
+        job=job("nsds", "{src}"),
         tokenizer=input_dir,
-        out=output_dir,
     shell:
-        "python -m methods.lm.build tiny --name {wildcards.src} --spec {params.spec:q} "
+        "python -m methods.lm.build tiny {params.job} --spec sources.{wildcards.src}.train "
         "--tokenizer {params.tokenizer} --text {input.text} --arith {input.arith} "
-        "--seed {params.seed} --long-fraction {params.long_fraction} --threads {threads} "
-        "--out {params.out} > {log} 2>&1"
+        "--record {output.record} > {log} 2>&1"
 
 
 rule nsds_plant:
@@ -110,16 +108,15 @@ rule nsds_plant:
         mem_mb=NSDS_MEM,
         runtime=10,
     params:
+        job=job("nsds", "{src}"),
         source=input_dir,
         layers=lambda w: ",".join(map(str, NSDS_SOURCES[w.src]["plant"]["layers"])),
         channels=lambda w: NSDS_SOURCES[w.src]["plant"]["channels"],
         alpha=lambda w: NSDS_SOURCES[w.src]["plant"]["alpha"],
-        seed=SCALE["seed"],
-        out=output_dir,
     shell:
-        "python -m methods.quant.plant --model {params.source} --layers {params.layers} "
-        "--channels {params.channels} --alpha {params.alpha} --seed {params.seed} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m methods.quant.plant {params.job} --model {params.source} "
+        "--layers {params.layers} --channels {params.channels} --alpha {params.alpha} "
+        "> {log} 2>&1"
 
 
 rule nsds_scores:
@@ -140,20 +137,12 @@ rule nsds_scores:
         runtime=NSDS_RUNTIME,
         gpu=GPU,
     params:
+        job=job("nsds", "{src}"),
         source=input_dir,
         methods=",".join(NSDS_SCORE_METHODS),
-        options=lambda w: json.dumps(NSDS.get("nsds", {}), sort_keys=True),
-        n_calib=lambda w: NSDS["calib"]["n"],
-        seq_len=lambda w: NSDS["calib"]["seq_len"],
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
-        scale=SCALE_NAME,
-        out=output_dir,
     shell:
-        "python -m methods.nsds.cli scores --model {params.source} --methods {params.methods} "
-        "--nsds-options {params.options:q} --calib {input.calib} --n-calib {params.n_calib} "
-        "--seq-len {params.seq_len} --seed {params.seed} --threads {threads} "
-        "--device {params.device} --scale {params.scale} --out {params.out} > {log} 2>&1"
+        "python -m methods.nsds.cli scores {params.job} --model {params.source} "
+        "--methods {params.methods} --calib {input.calib} > {log} 2>&1"
 
 
 rule nsds_study:
@@ -180,24 +169,12 @@ rule nsds_study:
         runtime=2 * NSDS_RUNTIME,
         gpu=GPU,
     params:
+        job=job("nsds", "{src}", out="record"),
         source=input_dir,
         scores=lambda w, input: os.path.dirname(input.scores),
-        methods=lambda w: ",".join(NSDS["study_methods"]),
-        budgets=lambda w: ",".join(map(str, NSDS["study_budgets"])),
-        group_size=lambda w: NSDS["group_size"],
-        n_random=lambda w: NSDS["n_random"],
-        n_windows=lambda w: NSDS["study"]["n_windows"],
-        seq_len=lambda w: NSDS["study"]["seq_len"],
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
-        scale=SCALE_NAME,
     shell:
-        "python -m methods.nsds.cli study --model {params.source} --scores {params.scores} "
-        "--methods {params.methods} --budgets {params.budgets} --text {input.text} "
-        "--n-windows {params.n_windows} --seq-len {params.seq_len} "
-        "--group-size {params.group_size} --n-random {params.n_random} --seed {params.seed} "
-        "--threads {threads} --device {params.device} --scale {params.scale} "
-        "--variant {wildcards.src} --out {output.record} --details {output.details} > {log} 2>&1"
+        "python -m methods.nsds.cli study {params.job} --model {params.source} "
+        "--scores {params.scores} --text {input.text} --details {output.details} > {log} 2>&1"
 
 
 rule nsds_quantize:
@@ -231,25 +208,16 @@ rule nsds_quantize:
         runtime=NSDS_RUNTIME,
         gpu=GPU,
     params:
+        job=job("nsds", "{variant}"),
         source=input_dir,
         scores=lambda w: f"{ART}/nsds/scores/{NSDS_VARIANTS[w.variant][0]}",
         src=lambda w: NSDS_VARIANTS[w.variant][0],
         method=lambda w: NSDS_VARIANTS[w.variant][1],
         budget=lambda w: NSDS_VARIANTS[w.variant][2],
-        backend=lambda w: NSDS["backend"],
-        group_size=lambda w: NSDS["group_size"],
-        n_calib=lambda w: NSDS["calib"]["n"],
-        seq_len=lambda w: NSDS["calib"]["seq_len"],
-        seed=SCALE["seed"],
-        scale=SCALE_NAME,
-        out=output_dir,
     shell:
-        "python -m methods.nsds.cli quantize --model {params.source} --scores {params.scores} "
-        "--method {params.method} --budget {params.budget} --backend {params.backend} "
-        "--group-size {params.group_size} --calib {input.calib} --n-calib {params.n_calib} "
-        "--seq-len {params.seq_len} --source {params.src} --variant {wildcards.variant} "
-        "--seed {params.seed} --threads {threads} --scale {params.scale} --out {params.out} "
-        "--record {output.record} > {log} 2>&1"
+        "python -m methods.nsds.cli quantize {params.job} --model {params.source} "
+        "--scores {params.scores} --method {params.method} --budget {params.budget} "
+        "--calib {input.calib} --source {params.src} --record {output.record} > {log} 2>&1"
 
 
 rule nsds_mi_sensitivity:
@@ -272,19 +240,15 @@ rule nsds_mi_sensitivity:
         runtime=NSDS_RUNTIME,
         gpu=GPU,
     params:
+        job=job("mi_steer", "nsds-{src}", out="record"),
         source=input_dir,
-        config=lambda w: json.dumps(
-            {"n_neutral": NSDS["calib"]["n"], "neutral_len": NSDS["calib"]["seq_len"]},
-            sort_keys=True,
-        ),
+        n_neutral=lambda w: NSDS["calib"]["n"],
+        neutral_len=lambda w: NSDS["calib"]["seq_len"],
         data=lambda w, input: os.path.dirname(input.text),
-        seed=SCALE["seed"],
-        scale=SCALE_NAME,
     shell:
-        "python -m methods.mi_steer.suite sensitivity --artifact {params.source} "
-        "--data {params.data} --text {input.text} --config {params.config:q} "
-        "--record {output.record} --sensitivity {output.scores} --scale {params.scale} "
-        "--variant nsds-{wildcards.src} --seed {params.seed} --threads {threads} > {log} 2>&1"
+        "python -m methods.mi_steer.suite sensitivity {params.job} --artifact {params.source} "
+        "--data {params.data} --text {input.text} --n-neutral {params.n_neutral} "
+        "--neutral-len {params.neutral_len} --sensitivity {output.scores} > {log} 2>&1"
 
 
 rule nsds_import_mi:
@@ -299,10 +263,11 @@ rule nsds_import_mi:
         src=one_of(NSDS_MI_SOURCES),
     localrule: True
     params:
+        job=job("nsds", "{src}", out="scores"),
         source=input_dir,
     shell:
-        "python -m methods.nsds.cli import-scores --model {params.source} --method mi "
-        "--sensitivity {input.sensitivity} --out {output.scores} > {log} 2>&1"
+        "python -m methods.nsds.cli import-scores {params.job} --model {params.source} "
+        "--method mi --sensitivity {input.sensitivity} > {log} 2>&1"
 
 
 rule nsds_all:

@@ -10,12 +10,12 @@ def nsds_check_sources():
     """Cross-references the schema cannot check: every source named is defined."""
     where = f"config/scales/{SCALE_NAME}.yaml: papers.nsds"
     for key in ("study_sources", "artifact_sources", "eval_sources"):
-        for src in NSDS.get(key, []):
+        for src in NSDS[key]:
             if src not in NSDS_SOURCES:
                 raise WorkflowError(
                     f"{where}.{key}: {src!r} is not a source (sources: {sorted(NSDS_SOURCES)})"
                 )
-    for src in NSDS.get("eval_sources", []):
+    for src in NSDS["eval_sources"]:
         if "base_model" in NSDS_SOURCES[src]:
             raise WorkflowError(
                 f"{where}.eval_sources: {src!r} is a base model (evaluated by base_all)"

@@ -48,38 +48,18 @@ if OMNI and "omniflow" in PAPERS:
         threads: 1
         resources:
             mem_mb=4000,
-            runtime=OMNI.get("runtime", 30),
-            gpu=lambda w: (
-                GPU if OMNI["backends"][OMNI_QA[w.variant][0]]["kind"] == "hf" else 0
-            ),
+            runtime=OMNI["runtime"],
+            gpu=lambda w: omni_backend_gpu(OMNI_QA[w.variant][0]),
         params:
-            backend=lambda w: json.dumps(
-                omni_backend(OMNI_QA[w.variant][0]), sort_keys=True
-            ),
-            variants=lambda w: json.dumps(
-                {
-                    w.variant: {
-                        **OMNI.get("pgcot", {}),
-                        **OMNI["qa"]["runs"][OMNI_QA[w.variant][0]].get("pgcot", {}),
-                        **OMNI["qa"]["ablations"][OMNI_QA[w.variant][1]],
-                    }
-                },
-                sort_keys=True,
-            ),
-            limit=lambda w: OMNI["qa"]["runs"][OMNI_QA[w.variant][0]].get(
-                "limit_per_kind"
-            )
-            or 0,
+            job=job("omniflow", "{variant}"),
+            backend=lambda w: OMNI_QA[w.variant][0],
+            ablation=lambda w: OMNI_QA[w.variant][1],
+            model=lambda w, input: omni_model_option(input.backend),
             data=lambda w, input: os.path.dirname(input.manifest),
-            art=lambda w, output: os.path.dirname(os.path.dirname(output.meta)),
-            runs=lambda w, output: os.path.dirname(os.path.dirname(output.record)),
-            scale=SCALE_NAME,
-            seed=SCALE["seed"],
         shell:
-            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run qa --data {params.data} "
-            "--backend {params.backend:q} --variants {params.variants:q} "
-            "--limit-per-kind {params.limit} --art {params.art} --runs {params.runs} "
-            "--scale {params.scale} --seed {params.seed} --threads {threads} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run qa {params.job} "
+            "--data {params.data} --backend {params.backend} --ablation {params.ablation} "
+            "{params.model} --record {output.record} > {log} 2>&1"
 
     rule omniflow_score_qa:
         input:
@@ -96,23 +76,21 @@ if OMNI and "omniflow" in PAPERS:
             mem_mb=2000,
             runtime=10,
         params:
+            job=job("omniflow", "{variant}", out="record"),
             data=lambda w, input: os.path.dirname(input.manifest),
             answers=lambda w, input: f"{os.path.dirname(input.meta)}/answers.jsonl",
             method=lambda w: OMNI["qa"]["method_names"][OMNI_QA[w.variant][1]],
             base=lambda w: omni_backend(OMNI_QA[w.variant][0]).get("label")
             or OMNI_QA[w.variant][0],
-            scale=SCALE_NAME,
-            seed=SCALE["seed"],
         shell:
-            "python -m benchmarks.pde.suite questions --data {params.data} "
-            "--answers {params.answers} --scale {params.scale} --paper omniflow "
-            "--method {params.method} --variant {wildcards.variant} "
-            "--base-model {params.base:q} --seed {params.seed} "
-            "--extra-metrics rounds,violations --out {output.record} > {log} 2>&1"
+            "python -m benchmarks.pde.suite questions {params.job} --data {params.data} "
+            "--answers {params.answers} --method {params.method} --base-model {params.base:q} "
+            "--extra-metrics rounds,violations > {log} 2>&1"
 
     rule omniflow_forecast:
         input:
             manifest=PDE_MANIFEST,
+            backend=omni_backend_inputs(OMNI_FC_BACKEND),
         output:
             meta=f"{OMNI_ART}/{{variant}}/meta.json",
             record=f"{OMNI_RUNS}/{{variant}}/pgcot_forecast.json",
@@ -125,26 +103,17 @@ if OMNI and "omniflow" in PAPERS:
         threads: 1
         resources:
             mem_mb=4000,
-            runtime=OMNI.get("runtime", 30),
-            gpu=0,
+            runtime=OMNI["runtime"],
+            gpu=omni_backend_gpu(OMNI_FC_BACKEND),
         params:
-            backend=json.dumps(omni_backend(OMNI_FC_BACKEND), sort_keys=True),
-            pgcot=omni_pgcot(OMNI["forecast"].get("pgcot", {})),
+            job=job("omniflow", "{variant}"),
             k=lambda w: OMNI_FC[w.variant],
-            regimes=lambda w: ",".join(omni_regimes(OMNI_FC[w.variant])),
-            source=PDE_SOURCE,
-            fits=OMNI["forecast"].get("max_source_fits", 8),
+            model=lambda w, input: omni_model_option(input.backend),
             data=lambda w, input: os.path.dirname(input.manifest),
-            out=output_dir,
-            runs=lambda w, output: os.path.dirname(output.record),
-            scale=SCALE_NAME,
-            seed=SCALE["seed"],
         shell:
-            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run forecast "
-            "--data {params.data} --regimes {params.regimes} --source {params.source} "
-            "--k {params.k} --max-source-fits {params.fits} --backend {params.backend:q} "
-            "--pgcot {params.pgcot:q} --variant {wildcards.variant} --out {params.out} "
-            "--runs {params.runs} --scale {params.scale} --seed {params.seed} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} python -m methods.omniflow.run forecast {params.job} "
+            "--data {params.data} --k {params.k} {params.model} --record {output.record} "
+            "> {log} 2>&1"
 
     rule omniflow_train_baseline:
         input:
@@ -160,22 +129,14 @@ if OMNI and "omniflow" in PAPERS:
         threads: JOB_THREADS
         resources:
             mem_mb=4000,
-            runtime=OMNI.get("runtime", 30),
+            runtime=OMNI["runtime"],
             gpu=GPU,
         params:
-            spec=lambda w: json.dumps(
-                OMNI["baselines"]["archs"][w.arch], sort_keys=True
-            ),
+            job=job("omniflow", "{arch}-src"),
             data=lambda w, input: os.path.dirname(input.manifest),
-            source=PDE_SOURCE,
-            out=output_dir,
-            scale=SCALE_NAME,
-            seed=SCALE["seed"],
         shell:
             "OMP_NUM_THREADS={threads} python -m methods.omniflow.run train-baseline "
-            "--arch {wildcards.arch} --spec {params.spec:q} --data {params.data} "
-            "--source {params.source} --out {params.out} --scale {params.scale} "
-            "--seed {params.seed} --threads {threads} > {log} 2>&1"
+            "{params.job} --arch {wildcards.arch} --data {params.data} > {log} 2>&1"
 
     rule omniflow_baseline_forecast:
         input:
@@ -192,22 +153,17 @@ if OMNI and "omniflow" in PAPERS:
         threads: JOB_THREADS
         resources:
             mem_mb=4000,
-            runtime=OMNI.get("runtime", 30),
+            runtime=OMNI["runtime"],
             gpu=GPU,
         params:
+            job=job("omniflow", "{variant}"),
             model=lambda w, input: os.path.dirname(input.model),
             k=lambda w: OMNI_BL[w.variant][1],
-            finetune=json.dumps(OMNI["baselines"]["finetune"], sort_keys=True),
-            regimes=lambda w: ",".join(omni_regimes(OMNI_BL[w.variant][1])),
             data=lambda w, input: os.path.dirname(input.manifest),
-            out=output_dir,
-            scale=SCALE_NAME,
-            seed=SCALE["seed"],
         shell:
             "OMP_NUM_THREADS={threads} python -m methods.omniflow.run baseline-forecast "
-            "--model {params.model} --k {params.k} --finetune {params.finetune:q} "
-            "--data {params.data} --regimes {params.regimes} --out {params.out} "
-            "--scale {params.scale} --seed {params.seed} --threads {threads} > {log} 2>&1"
+            "{params.job} --model {params.model} --k {params.k} --data {params.data} "
+            "> {log} 2>&1"
 
     rule omniflow_score_forecast:
         input:
@@ -224,6 +180,7 @@ if OMNI and "omniflow" in PAPERS:
             mem_mb=2000,
             runtime=10,
         params:
+            job=job("omniflow", "{variant}", out="record"),
             data=lambda w, input: os.path.dirname(input.manifest),
             preds=lambda w, input: f"{os.path.dirname(input.meta)}/predictions",
             regimes=lambda w: ",".join(
@@ -241,14 +198,10 @@ if OMNI and "omniflow" in PAPERS:
                 if w.variant in OMNI_FC
                 else f"{OMNI_BL[w.variant][0]}-src"
             ),
-            scale=SCALE_NAME,
-            seed=SCALE["seed"],
         shell:
-            "python -m benchmarks.pde.suite forecast --data {params.data} "
-            "--regimes {params.regimes} --predictions {params.preds} --scale {params.scale} "
-            "--paper omniflow --method {params.method} --variant {wildcards.variant} "
-            "--base-model {params.base:q} --seed {params.seed} --out {output.record} "
-            "> {log} 2>&1"
+            "python -m benchmarks.pde.suite forecast {params.job} --data {params.data} "
+            "--regimes {params.regimes} --predictions {params.preds} "
+            "--method {params.method} --base-model {params.base:q} > {log} 2>&1"
 
     rule omniflow_all:
         input:

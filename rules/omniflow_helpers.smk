@@ -3,7 +3,9 @@
 
 
 def omni_backend(name):
-    """Backend spec of the config with a scale model name resolved to its artifact folder."""
+    """Backend spec of the config with a scale model name resolved to its artifact folder (the
+    same resolution as methods.omniflow.run.backend_spec; used here for record labels).
+    """
     spec = dict(OMNI["backends"][name])
     if "base_model" in spec:
         spec["path"] = f"{ART}/base/{spec.pop('base_model')}"
@@ -18,10 +20,18 @@ def omni_backend_inputs(name):
     )
 
 
+def omni_backend_gpu(name):
+    """A GPU for jobs of a local-model backend only."""
+    return GPU if OMNI["backends"][name]["kind"] == "hf" else 0
+
+
+def omni_model_option(backend_inputs):
+    """``--model <artifact folder>`` of a backend's scale model (``omni_backend_inputs``)."""
+    paths = list(backend_inputs)
+    return f"--model {os.path.dirname(paths[0])}" if paths else ""
+
+
 def omni_regimes(k):
-    """Zero-shot forecasts cover every regime (source = in-distribution); k-shot the shifted."""
+    """Zero-shot forecasts cover every regime (source = in-distribution); k-shot the shifted
+    (the same choice as methods.omniflow.run.forecast_regimes)."""
     return PDE_REGIMES if int(k) == 0 else PDE_SHIFTED
-
-
-def omni_pgcot(extra):
-    return json.dumps({**OMNI.get("pgcot", {}), **extra}, sort_keys=True)

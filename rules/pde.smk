@@ -23,12 +23,10 @@ if PDE:
             mem_mb=8000 if SCALE_NAME == "paper" else 2000,
             runtime=600 if SCALE_NAME == "paper" else 30,
         params:
-            spec=json.dumps(PDE, sort_keys=True),
-            seed=SCALE["seed"],
-            out=output_dir,
+            job=job("omniflow", "pde"),
         shell:
-            "OMP_NUM_THREADS={threads} python -m benchmarks.pde.generate --spec {params.spec:q} "
-            "--seed {params.seed} --threads {threads} --out {params.out} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} python -m benchmarks.pde.generate {params.job} "
+            "> {log} 2>&1"
 
     rule pde_reference:
         input:
@@ -46,9 +44,9 @@ if PDE:
             mem_mb=1000,
             runtime=10,
         params:
+            job=job("omniflow", "{kind}"),
             data=input_dir,
             regimes=",".join(PDE_REGIMES),
-            out=output_dir,
         shell:
-            "python -m benchmarks.pde.suite reference --data {params.data} "
-            "--regimes {params.regimes} --kind {wildcards.kind} --out {params.out} > {log} 2>&1"
+            "python -m benchmarks.pde.suite reference {params.job} --data {params.data} "
+            "--regimes {params.regimes} --kind {wildcards.kind} > {log} 2>&1"

@@ -13,7 +13,7 @@ if PIG:
     PIG_RUNS = f"{RUNS}/pig"
     PIG_BENCH = PIG["benchmarks"]
     PIG_ARM_SEEDS = [(a, s) for a in PIG["arms"] for s in PIG["seeds"]] + [
-        (a, s) for a in PIG.get("ablations", []) for s in PIG.get("ablation_seeds", [])
+        (a, s) for a in PIG["ablations"] for s in PIG["ablation_seeds"]
     ]
     PIG_VARIANTS = [
         f"{b}-{a}-s{s}" for b in sorted(PIG_BENCH) for a, s in PIG_ARM_SEEDS
@@ -35,12 +35,9 @@ if PIG:
         resources:
             runtime=10,
         params:
-            spec=json.dumps(PIG.get("generator", {}), sort_keys=True),
-            seed=SCALE["seed"],
-            out=output_dir,
+            job=job("pig", "moving_shapes"),
         shell:
-            "python -m benchmarks.data.moving_shapes --spec {params.spec:q} --seed {params.seed} "
-            "--out {params.out} > {log} 2>&1"
+            "python -m benchmarks.data.moving_shapes {params.job} > {log} 2>&1"
 
     rule pig_prepare:
         input:
@@ -55,14 +52,11 @@ if PIG:
             runtime=30,
             mem_mb=8000,
         params:
-            annotations=pig_split_field("annotations"),
-            frames=pig_split_field("frames"),
-            options=pig_split_options,
-            out=output_dir,
+            job=job("pig", "{split}"),
+            generated=PIG_GEN,
         shell:
-            "python -m benchmarks.retrieval.prepare --annotations {params.annotations:q} "
-            "--frames {params.frames:q} --name {wildcards.split} {params.options} "
-            "--out {params.out} > {log} 2>&1"
+            "python -m benchmarks.retrieval.prepare {params.job} "
+            "--generated {params.generated} > {log} 2>&1"
 
     rule pig_pretrain:
         input:
@@ -79,16 +73,11 @@ if PIG:
             runtime=120,
             gpu=GPU,
         params:
-            spec=json.dumps(PIG["pretrain"], sort_keys=True),
-            split=PIG["pretrain"].get("split", "none"),
-            vocab=",".join(PIG["pretrain"].get("vocab_splits", [])),
-            seed=SCALE["seed"],
+            job=job("pig", "theta0"),
             data=PIG_DATA,
-            out=output_dir,
         shell:
-            "python -m methods.pig.build pretrain --spec {params.spec:q} --data {params.data} "
-            "--split {params.split} --vocab-splits '{params.vocab}' --seed {params.seed} "
-            "--threads {threads} --out {params.out} > {log} 2>&1"
+            "python -m methods.pig.build pretrain {params.job} --data {params.data} "
+            "> {log} 2>&1"
 
     rule pig_finetune:
         input:
@@ -110,17 +99,12 @@ if PIG:
             runtime=600,
             gpu=GPU,
         params:
-            spec=json.dumps(PIG["finetune"], sort_keys=True),
-            train=pig_train_split,
-            tests=pig_tests,
+            job=job("pig", "{arm}", seed="{seed}"),
             init=lambda wildcards, input: os.path.dirname(input.theta0),
             data=PIG_DATA,
-            out=output_dir,
         shell:
-            "python -m methods.pig.build finetune --spec {params.spec:q} --data {params.data} "
-            "--split {params.train} --arm {wildcards.arm} --init {params.init} "
-            "--tests {params.tests} --seed {wildcards.seed} --threads {threads} "
-            "--out {params.out} > {log} 2>&1"
+            "python -m methods.pig.build finetune {params.job} --data {params.data} "
+            "--init {params.init} --benchmark {wildcards.bench} > {log} 2>&1"
 
     rule pig_retrieval:
         input:
@@ -138,14 +122,13 @@ if PIG:
             mem_mb=4000,
             runtime=30,
         params:
+            job=job("pig", "{arm}", out="record", seed="{seed}"),
             artifact=input_dir,
             tests=pig_tests,
             data=PIG_DATA,
-            scale=SCALE_NAME,
         shell:
-            "python -m benchmarks.retrieval.suite --artifact {params.artifact} "
-            "--data {params.data} --tests {params.tests} --scale {params.scale} --paper pig "
-            "--out {output.record} > {log} 2>&1"
+            "python -m benchmarks.retrieval.suite {params.job} --artifact {params.artifact} "
+            "--data {params.data} --tests {params.tests} > {log} 2>&1"
 
     rule pig_cost:
         input:
@@ -163,18 +146,14 @@ if PIG:
             runtime=30,
             gpu=GPU,
         params:
+            job=job("pig", "cost", out="pig", seed=PIG_COST["seed"]),
             baseline=lambda wildcards, input: os.path.dirname(input.baseline),
             pig=lambda wildcards, input: os.path.dirname(input.pig),
-            test=PIG_COST["test"],
-            queries=PIG_COST.get("queries", 50),
-            repeats=PIG_COST.get("repeats", 5),
             data=lambda wildcards, input: os.path.dirname(input.test),
-            scale=SCALE_NAME,
         shell:
-            "python -m methods.pig.cost --baseline {params.baseline} --pig {params.pig} "
-            "--data {params.data} --test {params.test} --queries {params.queries} "
-            "--repeats {params.repeats} --threads {threads} --scale {params.scale} "
-            "--out-baseline {output.baseline} --out-pig {output.pig} > {log} 2>&1"
+            "python -m methods.pig.cost {params.job} --baseline {params.baseline} "
+            "--pig {params.pig} --data {params.data} "
+            "--out-baseline {output.baseline} > {log} 2>&1"
 
 
 rule pig_all:

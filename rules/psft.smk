@@ -10,12 +10,19 @@ PSFT_VARIANTS = {
     for s in PSFT["seeds"]
 }
 
-# RL after SFT (spec P5): {variant: source arm variant}, GRPO from each listed arm's artifact.
+# RL after SFT (claim P5, the paper's Table 2): {variant: source arm variant}, GRPO from each
+# listed arm's artifact; no rl section, no RL runs.
 PSFT_RL = {
     f"{v}-rl": v
     for v, (arm, s) in PSFT_VARIANTS.items()
-    if arm in ((PSFT or {}).get("rl") or {}).get("arms", [])
+    if PSFT and "rl" in PSFT and arm in PSFT["rl"]["arms"]
 }
+
+# job() of a PSFT variant with the seed of its arm variant (``source`` maps the {variant}
+# wildcard to a key of PSFT_VARIANTS).
+PSFT_JOB = lambda source: job(
+    "psft", "{variant}", seed=lambda w: PSFT_VARIANTS[source(w.variant)][1]
+)
 
 if PSFT and "psft" in PAPERS:
     RUN_RECORDS["psft"] = [
@@ -41,23 +48,17 @@ rule psft_train:
         variant=one_of(sorted(PSFT_VARIANTS)),
     threads: JOB_THREADS
     resources:
-        mem_mb=PSFT.get("mem_mb", 4000) if PSFT else 4000,
-        runtime=PSFT.get("runtime", 30) if PSFT else 30,
+        mem_mb=PSFT["mem_mb"] if PSFT else 4000,
+        runtime=PSFT["runtime"] if PSFT else 30,
         gpu=GPU,
     params:
+        job=PSFT_JOB(lambda v: v),
         arm=lambda w: PSFT_VARIANTS[w.variant][0],
-        seed=lambda w: PSFT_VARIANTS[w.variant][1],
-        config=lambda w: json.dumps(PSFT["train"], sort_keys=True),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.psft.train --arm {params.arm} --start {params.start} "
-        "--train {input.train} --valid {input.valid} --config {params.config:q} "
-        "--out {params.out} --record {output.record} --scale {params.scale} "
-        "--variant {wildcards.variant} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.psft.train {params.job} --arm {params.arm} "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule psft_rl:
@@ -76,22 +77,16 @@ rule psft_rl:
         variant=one_of(sorted(PSFT_RL)),
     threads: JOB_THREADS
     resources:
-        mem_mb=PSFT.get("mem_mb", 4000) if PSFT else 4000,
-        runtime=PSFT.get("runtime", 30) if PSFT else 30,
+        mem_mb=PSFT["mem_mb"] if PSFT else 4000,
+        runtime=PSFT["runtime"] if PSFT else 30,
         gpu=GPU,
     params:
-        config=lambda w: json.dumps(PSFT["rl"]["grpo"], sort_keys=True),
+        job=PSFT_JOB(lambda v: PSFT_RL[v]),
         start=lambda w, input: os.path.dirname(input.start),
-        seed=lambda w: PSFT_VARIANTS[PSFT_RL[w.variant]][1],
-        out=output_dir,
-        scale=SCALE_NAME,
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli grpo --start {params.start} --train {input.train} "
-        "--valid {input.valid} --config {params.config:q} --out {params.out} "
-        "--variant {wildcards.variant} --paper psft --record {output.record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli grpo {params.job} --settings rl.grpo "
+        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule psft_all:

@@ -23,11 +23,10 @@ rule quant_plant:
         mem_mb=4000,
         runtime=30,
     params:
+        job=job("quant", "{name}-plant-L{layers}-a{alpha}-c{channels}"),
         base=lambda w, input: os.path.dirname(input.base),
         layers=lambda w: w.layers.replace("_", ","),
-        seed=SCALE["seed"],
-        out=output_dir,
     shell:
-        "python -m methods.quant.plant --model {params.base} --layers {params.layers} "
-        "--alpha {wildcards.alpha} --channels {wildcards.channels} --seed {params.seed} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m methods.quant.plant {params.job} --model {params.base} "
+        "--layers {params.layers} --alpha {wildcards.alpha} --channels {wildcards.channels} "
+        "> {log} 2>&1"

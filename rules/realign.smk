@@ -12,7 +12,7 @@ include: "realign_helpers.smk"
 
 # {variant: (lambda, direction, mode, aligned teacher variant, seed)}; the lambda sweep runs
 # every seed of trra.seeds (default: the scale's seed), the first keeping the bare name and the
-# others named trra-lam<lambda>-s<seed> (spec section 8: 3 seeds); the other runs use the first.
+# others named trra-lam<lambda>-s<seed> (the small scale runs 3); the other runs use the first.
 RA_TRRA = {}
 RA_DERA = []
 RA_INRA = []
@@ -101,21 +101,16 @@ rule realign_ref:
         f"{LOGS}/realign/ref.train.benchmark.tsv"
     threads: JOB_THREADS
     resources:
-        mem_mb=REALIGN.get("mem_mb", 4000) if REALIGN else 4000,
-        runtime=REALIGN.get("runtime", 30) if REALIGN else 30,
+        mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
+        runtime=REALIGN["runtime"] if REALIGN else 30,
         gpu=GPU,
     params:
-        config=ra_json("reference_sft"),
+        job=job("realign", "ref"),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.posttrain.cli sft --start {params.start} --train {input.train} "
-        "--config {params.config:q} --out {params.out} --variant ref --paper realign "
-        "--record {output.record} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.posttrain.cli sft {params.job} --settings reference_sft "
+        "--families-key families --start {params.start} --train {input.train} "
+        "--record {output.record} > {log} 2>&1"
 
 
 rule realign_aligned:
@@ -131,21 +126,15 @@ rule realign_aligned:
         f"{LOGS}/realign/aligned.train.benchmark.tsv"
     threads: JOB_THREADS
     resources:
-        mem_mb=REALIGN.get("mem_mb", 4000) if REALIGN else 4000,
-        runtime=REALIGN.get("runtime", 30) if REALIGN else 30,
+        mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
+        runtime=REALIGN["runtime"] if REALIGN else 30,
         gpu=GPU,
     params:
-        config=ra_json("aligned_sft"),
+        job=job("realign", "aligned"),
         start=lambda w, input: os.path.dirname(input.start),
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.realign.train sft --ref {params.start} --train {input.train} "
-        "--config {params.config:q} --out {params.out} --variant aligned "
-        "--record {output.record} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.realign.train sft {params.job} --ref {params.start} "
+        "--train {input.train} --record {output.record} > {log} 2>&1"
 
 
 rule realign_link:
@@ -159,11 +148,10 @@ rule realign_link:
         variant=one_of(sorted(RA_LINKED)),
     localrule: True
     params:
+        job=job("realign", "{variant}"),
         src=lambda w, input: os.path.dirname(input.src),
-        out=output_dir,
     shell:
-        "python -m methods.realign.link --src {params.src} --variant {wildcards.variant} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m methods.realign.link {params.job} --src {params.src} > {log} 2>&1"
 
 
 rule realign_decode_ref:
@@ -180,16 +168,11 @@ rule realign_decode_ref:
         runtime=30,
         gpu=GPU,
     params:
-        config=ra_decode_cfg,
+        job=job("realign", "ref", out="record"),
         model=input_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.realign.evaluate single --model {params.model} --variant ref "
-        "--test {input.test} --config {params.config:q} --out {output.record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.realign.evaluate single {params.job} --model {params.model} "
+        "--test {input.test} > {log} 2>&1"
 
 
 rule realign_decode_aligned:
@@ -207,16 +190,11 @@ rule realign_decode_aligned:
         runtime=30,
         gpu=GPU,
     params:
-        config=ra_decode_cfg,
+        job=job("realign", "aligned", out="record"),
         model=input_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.realign.evaluate single --model {params.model} --variant aligned "
-        "--test {input.test} --config {params.config:q} --out {output.record} "
-        "--ref-record {input.ref_record} --scale {params.scale} --seed {params.seed} "
-        "--threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.realign.evaluate single {params.job} --model {params.model} "
+        "--test {input.test} --ref-record {input.ref_record} > {log} 2>&1"
 
 
 rule realign_trra:
@@ -238,28 +216,22 @@ rule realign_trra:
         variant=one_of(sorted(RA_TRRA)),
     threads: JOB_THREADS
     resources:
-        mem_mb=REALIGN.get("mem_mb", 4000) if REALIGN else 4000,
-        runtime=REALIGN.get("runtime", 30) if REALIGN else 30,
+        mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
+        runtime=REALIGN["runtime"] if REALIGN else 30,
         gpu=GPU,
     params:
+        job=ra_trra_job,
         lam=lambda w: RA_TRRA[w.variant][0],
         direction=lambda w: RA_TRRA[w.variant][1],
         mode=lambda w: RA_TRRA[w.variant][2],
         ref=lambda w, input: os.path.dirname(input.ref),
         aligned=lambda w, input: os.path.dirname(input.aligned),
-        config=ra_trra_cfg,
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=lambda w: RA_TRRA[w.variant][4],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.realign.train trra --ref {params.ref} --aligned {params.aligned} "
-        "--lam={params.lam} --direction {params.direction} --mode {params.mode} "
-        "--train {input.train} --test {input.test} --config {params.config:q} "
-        "--out {params.out} --variant {wildcards.variant} --record {output.record} "
-        "--decode-out {output.decode} --ref-record {input.ref_record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.realign.train trra {params.job} --ref {params.ref} "
+        "--aligned {params.aligned} --lam={params.lam} --direction {params.direction} "
+        "--mode {params.mode} --train {input.train} --test {input.test} "
+        "--record {output.record} --decode-out {output.decode} "
+        "--ref-record {input.ref_record} > {log} 2>&1"
 
 
 rule realign_dera:
@@ -280,19 +252,13 @@ rule realign_dera:
         runtime=30,
         gpu=GPU,
     params:
-        lams=",".join(_lam(x) for x in REALIGN["dera_lambdas"]) if REALIGN else "",
-        outs=lambda w, output: ",".join(output.records),
+        job=ra_runs_job("dera"),
         ref=lambda w, input: os.path.dirname(input.ref),
         aligned=lambda w, input: os.path.dirname(input.aligned),
-        config=ra_decode_cfg,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
     shell:
-        "python -m methods.realign.evaluate dera --ref {params.ref} --aligned {params.aligned} "
-        "--lams={params.lams} --test {input.test} --config {params.config:q} "
-        "--out {params.outs} --ref-record {input.ref_record} --scale {params.scale} "
-        "--seed {params.seed} --threads {threads} --device {params.device} > {log} 2>&1"
+        "python -m methods.realign.evaluate dera {params.job} --ref {params.ref} "
+        "--aligned {params.aligned} --test {input.test} "
+        "--ref-record {input.ref_record} > {log} 2>&1"
 
 
 rule realign_inra:
@@ -311,25 +277,17 @@ rule realign_inra:
         f"{LOGS}/realign/inra.train.benchmark.tsv"
     threads: JOB_THREADS
     resources:
-        mem_mb=REALIGN.get("mem_mb", 4000) if REALIGN else 4000,
-        runtime=REALIGN.get("runtime", 30) if REALIGN else 30,
+        mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
+        runtime=REALIGN["runtime"] if REALIGN else 30,
         gpu=GPU,
     params:
-        lams=",".join(_lam(x) for x in RA_INRA_LAMS) if REALIGN else "",
-        outs=lambda w, output: ",".join(output.records),
+        job=job("realign", "inra"),
         ref=lambda w, input: os.path.dirname(input.ref),
-        config=ra_inra_cfg,
-        out=output_dir,
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
-        device=SCALE.get("device", "cpu"),
+        runs=lambda w: RA_RUNS,
     shell:
-        "python -m methods.realign.train inra --ref {params.ref} --lams={params.lams} "
-        "--train {input.train} --test {input.test} --config {params.config:q} "
-        "--out {params.out} --variant inra --record {output.record} "
-        "--decode-out {params.outs} --ref-record {input.ref_record} "
-        "--scale {params.scale} --seed {params.seed} --threads {threads} "
-        "--device {params.device} > {log} 2>&1"
+        "python -m methods.realign.train inra {params.job} --ref {params.ref} "
+        "--train {input.train} --test {input.test} --record {output.record} "
+        "--runs {params.runs} --ref-record {input.ref_record} > {log} 2>&1"
 
 
 rule realign_sweep:
@@ -344,12 +302,10 @@ rule realign_sweep:
         mem_mb=1000,
         runtime=10,
     params:
+        job=job("realign", "sweep", out="record"),
         records=lambda w, input: ",".join(input.records),
-        scale=SCALE_NAME,
-        seed=SCALE["seed"],
     shell:
-        "python -m methods.realign.sweep --records {params.records} --out {output.record} "
-        "--scale {params.scale} --seed {params.seed} > {log} 2>&1"
+        "python -m methods.realign.sweep {params.job} --records {params.records} > {log} 2>&1"
 
 
 rule realign_all:

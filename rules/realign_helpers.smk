@@ -6,48 +6,12 @@ def _lam(x):
     return f"{float(x):g}"
 
 
-def ra_json(*keys):
-    """Params function: a sub-section of papers.realign as JSON, with the shared settings."""
-
-    def get(wildcards):
-        sec = REALIGN
-        for k in keys:
-            sec = sec[k]
-        return json.dumps({**sec, "families": REALIGN["families"]}, sort_keys=True)
-
-    return get
+# A TrRa run's job options carry that run's seed (the lambda sweep runs every seed of trra.seeds).
+ra_trra_job = job("realign", "{variant}", seed=lambda w: RA_TRRA[w.variant][4])
 
 
-def ra_decode_cfg(wildcards):
-    return json.dumps(
-        {**REALIGN["decode"], "families": REALIGN["families"]}, sort_keys=True
-    )
-
-
-def ra_trra_cfg(wildcards):
-    return json.dumps(
-        {
-            **{k: v for k, v in REALIGN["trra"].items() if k in RA_TRAIN_KEYS},
-            "families": REALIGN["families"],
-            "decode": REALIGN["decode"],
-        },
-        sort_keys=True,
-    )
-
-
-def ra_inra_cfg(wildcards):
-    return json.dumps(
-        {
-            **{
-                k: v
-                for k, v in REALIGN["inra"].items()
-                if k in (*RA_TRAIN_KEYS, "form")
-            },
-            "families": REALIGN["families"],
-            "decode": REALIGN["decode"],
-        },
-        sort_keys=True,
-    )
-
-
-RA_TRAIN_KEYS = ("steps", "minibatch", "lr", "warmup_steps")
+def ra_runs_job(variant):
+    """Params function: the job options of a job that writes one decode record per lambda; its
+    --out is their folder, results/runs/<scale>/realign (<out>/<variant>/realign_decode.json).
+    """
+    return job("realign", variant, out=lambda w: RA_RUNS)

@@ -13,7 +13,7 @@ rule ingest:
         "logs/ingest.log",
     localrule: True
     params:
-        z=SCALE.get("claims", {}).get("z", 1.96),
+        z=SCALE["claims"]["z"],
         methods=methods_dir,
     shell:
         "python -m claimbench.cli ingest --runs results/runs --db {output.db} --methods {params.methods} "
@@ -23,6 +23,9 @@ rule ingest:
 rule report:
     input:
         db=DB,
+        templates=sorted(
+            str(p) for p in Path(workflow.basedir).glob("methods/*/report.html.j2")
+        ),
     output:
         index=report(
             "reports/index.html",
@@ -37,5 +40,8 @@ rule report:
     log:
         "logs/report.log",
     localrule: True
+    params:
+        methods=lambda w: os.path.join(workflow.basedir, "methods"),
     shell:
-        "python -m claimbench.cli report --db {input.db} --out reports > {log} 2>&1"
+        "python -m claimbench.cli report --db {input.db} --out reports "
+        "--methods {params.methods} > {log} 2>&1"

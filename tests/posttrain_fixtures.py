@@ -45,3 +45,17 @@ def write_problems(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def scale_file(path: Path, paper: str, section: dict, scale: str = "tiny") -> Path:
+    """A copy of ``config/scales/<scale>.yaml`` whose only paper section is ``papers.<paper>``:
+    the scale's own section with ``section``'s keys replaced (a job's ``--scale-file``)."""
+    import yaml
+
+    from claimbench.config import CONFIG_DIR
+
+    data = yaml.safe_load((CONFIG_DIR / "scales" / f"{scale}.yaml").read_text())
+    data["papers"] = {paper: {**(data.get("papers") or {}).get(paper, {}), **section}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -28,3 +28,24 @@ def save_quant_micro(out: Path, seed: int = 0):
     (out / "meta.json").write_text(json.dumps({"name": "micro", "method": "base"}))
     (out.parent / "calib.txt").write_text(TEXT)
     return model, tok
+
+
+def scale_file(path: Path, **papers) -> Path:
+    """A copy of the tiny scale file at ``path`` whose ``papers.<name>`` sections are updated
+    with ``papers[name]`` (the job reads its settings from there)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "config/scales/tiny.yaml").read_text())
+    for name, changes in papers.items():
+        data["papers"][name].update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def job_args(paper: str, variant: str, out, scale_file_path=None) -> list[str]:
+    """The job options of an entry point (``claimbench.job``) at the tiny scale."""
+    args = ["--scale", "tiny", "--paper", paper, "--variant", variant, "--out", str(out)]
+    if scale_file_path is not None:
+        args += ["--scale-file", str(scale_file_path)]
+    return args

@@ -6,7 +6,7 @@ Missing pieces are installed when the machine allows it (root and ``apt-get``; p
 playwright), as on CI; otherwise :class:`Unavailable` carries a one-line reason and the test
 skips with it. The cluster's daemons run in the foreground under ``subprocess.Popen`` (real
 PIDs) with every file under a temporary folder, and are stopped by PID. Recipe and traps:
-``../shared/SLURM-AND-BROWSER.md``.
+the README's SLURM section.
 """
 
 from __future__ import annotations

@@ -83,3 +83,30 @@ def test_cli_writes_manifest_with_hash(tmp_path):
     first = manifest["sha256"]
     build_arith(SPEC, 0, tmp_path)
     assert json.loads((tmp_path / "manifest.json").read_text())["sha256"] == first
+
+
+def test_cli_job_builds_the_scales_arith_world(tmp_path, capsys):
+    """``benchmarks.data.cli arith`` is a job (paper base, variant arith) reading the scale's
+    ``data.arith`` and seed: the same files as ``build_arith`` on that section."""
+    from pathlib import Path
+
+    import yaml
+
+    from benchmarks.data.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    scale = yaml.safe_load((root / "config/scales/tiny.yaml").read_text())
+    scale["seed"] = 3
+    scale["data"]["arith"].update(SPEC)
+    scale_file = tmp_path / "tiny.yaml"
+    scale_file.write_text(yaml.safe_dump(scale))
+    job = ["--scale", "tiny", "--scale-file", str(scale_file), "--paper", "base"]
+    main(["arith", *job, "--variant", "arith", "--out", str(tmp_path / "cli")])
+    build_arith(scale["data"]["arith"], 3, tmp_path / "direct")
+    for name in ("train.jsonl", "test_ood.jsonl", "mc_test.jsonl", "manifest.json"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(["arith", *job, "--variant", "text", "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    assert "--variant text: the arith data set's variant is 'arith'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -15,7 +15,7 @@ from methods.d2quant.quantize import D2QuantQuantizer, check_model, main
 from methods.quant.gptq import gptq
 from methods.quant.pack import read_codes
 from methods.quant.quantizer import QuantConfigError, levels_per_group, rtn
-from tests.quant_fixtures import save_quant_micro
+from tests.quant_fixtures import job_args, save_quant_micro, scale_file
 
 
 def problem(seed=0, d=16, d_ff=48, n=400):
@@ -144,6 +144,10 @@ def test_model_without_down_proj_is_refused(tmp_path):
 def test_pipeline_micro(tmp_path, dac_input):
     save_quant_micro(tmp_path / "base")
     out = tmp_path / "d2q"
+    sf = scale_file(
+        tmp_path / "tiny.yaml",
+        d2quant={"group_size": 16, "calib": {"n": 4, "seq_len": 32}, "iters": 3},
+    )
     main(
         [
             "--dac-input",
@@ -152,22 +156,13 @@ def test_pipeline_micro(tmp_path, dac_input):
             str(tmp_path / "base"),
             "--bits",
             "2",
-            "--group-size",
-            "16",
             "--calib",
             str(tmp_path / "calib.txt"),
             "--heldout",
             str(tmp_path / "calib.txt"),
-            "--n-calib",
-            "4",
-            "--seq-len",
-            "32",
-            "--iters",
-            "3",
-            "--out",
-            str(out),
             "--record",
             str(tmp_path / "r.json"),
+            *job_args("d2quant", "d2quant-w2", out, sf),
         ]
     )
     meta = json.loads((out / "meta.json").read_text())
@@ -181,6 +176,28 @@ def test_pipeline_micro(tmp_path, dac_input):
     m = {(r["task"], r["metric"]): r["value"] for r in rec["metrics"]}
     assert m[("dac_calib", "shift_after_max")] < 1e-4 < m[("dac_calib", "shift_before_mean")]
     assert m[("dsq", "down_error_ratio_max")] <= 1.0
+    assert meta["config"]["iters"] == 3 and meta["config"]["group_size"] == 16
+    assert (rec["paper"], rec["variant"], rec["suite"]) == ("d2quant", "d2quant-w2", "d2quant")
+
+
+def test_pipeline_follows_the_job_dtype(tmp_path):
+    """--dtype bfloat16: the model, its float copy for DAC and the DAC biases are bfloat16 (DSQ
+    and GPTQ still solve in float64 per layer); the codes reload exactly."""
+    save_quant_micro(tmp_path / "base")
+    out = tmp_path / "d2q"
+    sf = scale_file(
+        tmp_path / "tiny.yaml",
+        d2quant={"group_size": 16, "calib": {"n": 2, "seq_len": 16}, "iters": 2},
+    )
+    main(
+        ["--model", str(tmp_path / "base"), "--bits", "2", "--calib", str(tmp_path / "calib.txt"),
+         *job_args("d2quant", "d2quant-w2", out, sf), "--dtype", "bfloat16"]
+    )  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dtype"] == "bfloat16" and meta["reload_max_abs_diff"] == 0.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16" and cfg["mlp_bias"] is True
+    assert len(json.loads((out / "dac_bias.json").read_text())) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,33 @@
-"""G-OPD's exact unit tests (spec U1-U4) on hand-made tensors."""
+"""G-OPD's exact unit tests (U1-U4 of methods/gopd/README.md) on hand-made tensors, and micro
+pipeline runs of the entry points."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scale(tmp_path: Path, **gopd) -> Path:
+    """The tiny scale file with ``papers.gopd`` keys replaced (micro settings for micro models)."""
+    data = yaml.safe_load((ROOT / "config/scales/tiny.yaml").read_text())
+    data["papers"]["gopd"].update(gopd)
+    path = tmp_path / "scale.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _job(scale: Path, variant: str, out: Path) -> list[str]:
+    return [
+        *["--scale", "tiny", "--scale-file", str(scale), "--paper", "gopd"],
+        *["--variant", variant, "--out", str(out), "--threads", "1"],
+    ]
 
 
 def test_u1_lambda_one_ignores_the_reference():
@@ -101,32 +123,20 @@ def test_micro_gopd_pipeline_and_bad_inputs(tmp_path):
     va = write_problems(tmp_path / "valid.jsonl", problems(8, seed=1))
     # the teacher: GRPO from the student via the shared layer's CLI
     g = {"steps": 2, "prompts_per_step": 2, "n": 4, "lr": 1e-3, "max_new_tokens": 4}
+    cfg = {"steps": 2, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4}
+    scale = _scale(tmp_path, teacher_grpo=g, train=cfg)
     posttrain_main(
         [
             "grpo",
-            "--start",
-            str(tmp_path / "student"),
-            "--train",
-            str(tr),
-            "--valid",
-            str(va),
-            "--config",
-            json.dumps(g),
-            "--out",
-            str(tmp_path / "teacher"),
-            "--variant",
-            "teacher",
-            "--paper",
-            "gopd",
-            "--record",
-            str(tmp_path / "teacher.json"),
+            *_job(scale, "teacher", tmp_path / "teacher"),
+            *["--settings", "teacher_grpo", "--start", str(tmp_path / "student")],
+            *["--train", str(tr), "--valid", str(va), "--record", str(tmp_path / "teacher.json")],
         ]
     )
     teacher_rec = load_run_record(tmp_path / "teacher.json")
     assert teacher_rec["series"]
     # its validation accuracy says which file it was measured on, like every other arm's
     assert set(teacher_rec["task_hashes"]) == {"train", "valid"}
-    cfg = {"steps": 2, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4}
     common = [
         "--student",
         str(tmp_path / "student"),
@@ -134,30 +144,34 @@ def test_micro_gopd_pipeline_and_bad_inputs(tmp_path):
         str(tr),
         "--valid",
         str(va),
-        "--config",
-        json.dumps(cfg),
         "--teacher",
         str(tmp_path / "teacher"),
     ]
     main(
         [
+            *_job(scale, "exopd", tmp_path / "ex"),
             *common,
             "--ref",
             str(tmp_path / "ref"),
             "--lam",
             "1.25",
-            "--out",
-            str(tmp_path / "ex"),
             "--record",
             str(tmp_path / "ex.json"),
-            "--variant",
-            "exopd",
         ]
     )
     rec = load_run_record(tmp_path / "ex.json")
     assert rec["config"]["lambda"] == 1.25
+    # the run's settings are the scale's papers.gopd.train, with the schema's defaults
+    assert {k: rec["config"][k] for k in cfg} == cfg
+    assert (rec["config"]["n"], rec["config"]["temperature"]) == (1, 1.0)
     assert any(s["name"].startswith("implicit reward") for s in rec["series"])
-    assert (tmp_path / "ex" / "meta.json").is_file()
+    meta = json.loads((tmp_path / "ex" / "meta.json").read_text())
+    assert (meta["name"], meta["paper"], meta["scale"], meta["seed"]) == (
+        "exopd",
+        "gopd",
+        "tiny",
+        0,
+    )
     for bad in (
         ["--lam", "1.25"],
         ["--lam", "-1", "--ref", str(tmp_path / "ref")],
@@ -165,14 +179,11 @@ def test_micro_gopd_pipeline_and_bad_inputs(tmp_path):
         with pytest.raises(SystemExit):
             main(
                 [
+                    *_job(scale, "x", tmp_path / "x"),
                     *common,
                     *bad,
-                    "--out",
-                    str(tmp_path / "x"),
                     "--record",
                     str(tmp_path / "x.json"),
-                    "--variant",
-                    "x",
                 ]
             )
 
@@ -214,28 +225,26 @@ def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
     tr = write_problems(tmp_path / "train.jsonl", problems(32))
     va = write_problems(tmp_path / "valid.jsonl", problems(8, seed=1))
     doms = {"a": ["add"], "s": ["sub"]}
-    cfg = {
-        "steps": 2,
-        "prompts_per_step": 4,
-        "lr": 1e-3,
-        "max_new_tokens": 4,
-        "routes": {"add": "a", "sub": "s"},
-        "eval_domains": doms,
-    }
+    cfg = {"steps": 2, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4}
+    g = {"steps": 2, "prompts_per_step": 2, "n": 4, "lr": 1e-3, "max_new_tokens": 4}
+    scale = _scale(
+        tmp_path, train=cfg, multi_teacher={"domains": doms, "teacher_grpo": g, "lambdas": [1.25]}
+    )
+    routes = {"add": "a", "sub": "s"}
     # routing: each prompt's completion comes from its own family's teacher
     ta, _ = load_model(tmp_path / "ta")
     tb, _ = load_model(tmp_path / "tb")
     chosen = problems(4)
     b, _, names = baselines._routed_samples(
-        {"a": ta, "s": tb}, tok, chosen, cfg["routes"], {**cfg, "_stop": None}, seed=0
+        {"a": ta, "s": tb}, tok, chosen, routes, {**cfg, "temperature": 1.0, "_stop": None}, seed=0
     )
     assert names == ["a" if p["family"] == "add" else "s" for p in chosen]
     assert b.loss_mask.sum() > 0 and (b.loss_mask * (1 - b.attention_mask)).sum() == 0
     common = ["--student", str(tmp_path / "student"), "--train", str(tr), "--valid", str(va)]
     two = ["--teacher", f"a={tmp_path / 'ta'}", "--teacher", f"s={tmp_path / 'tb'}"]
     for variant, extra in {
-        "mt-sft": ["--method", "sft", *two],
-        "mt-ex": ["--lam", "1.25", "--ref", str(tmp_path / "student"), *two],
+        "mt-sft": ["--method", "sft", "--route", *two],
+        "mt-ex": ["--lam", "1.25", "--ref", str(tmp_path / "student"), "--route", *two],
         "rc": [
             "--lam",
             "1.25",
@@ -247,42 +256,37 @@ def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
     }.items():
         main(
             [
+                *_job(scale, variant, tmp_path / variant),
                 *common,
                 *extra,
-                "--config",
-                json.dumps(cfg if variant != "rc" else {**cfg, "routes": None}),
-                "--out",
-                str(tmp_path / variant),
+                "--eval-domains",
                 "--record",
                 str(tmp_path / f"{variant}.json"),
-                "--variant",
-                variant,
             ]
         )
         rec = load_run_record(tmp_path / f"{variant}.json")
         tasks = {m["task"] for m in rec["metrics"]}
         assert {"valid_a", "valid_s"} <= tasks
+        # routes come from papers.gopd.multi_teacher.domains with --route only
+        assert rec["config"].get("routes") == (routes if "--route" in extra else None)
+        assert rec["config"]["eval_domains"] == doms
     assert load_run_record(tmp_path / "mt-sft.json")["method"] == "sft-teacher-samples"
     assert json.loads((tmp_path / "rc" / "meta.json").read_text())["inputs"]["ref"].endswith(
         "tbase"
     )
     expo_main(
         [
+            *_job(scale, "expo", tmp_path / "expo"),
             "--student",
             str(tmp_path / "student"),
             *["--teacher", str(tmp_path / "ta"), "--teacher", str(tmp_path / "tb")],
             "--alpha",
             "0.5",
+            "--eval-domains",
             "--valid",
             str(va),
-            "--config",
-            json.dumps({"max_new_tokens": 4, "eval_domains": doms}),
-            "--out",
-            str(tmp_path / "expo"),
             "--record",
             str(tmp_path / "expo.json"),
-            "--variant",
-            "expo",
         ]
     )
     m, _ = load_model(tmp_path / "expo")

@@ -259,32 +259,30 @@ def test_vocab_round_trip():
 # ---------------------------------------------------------------------- micro pipeline
 
 
+def job_options(tmp_path, section: dict, name: str = "scale.yaml") -> list[str]:
+    """The job options of a tiny scale file whose ``papers.mi_steer`` section is ``section``."""
+    import yaml
+
+    from claimbench.config import CONFIG_DIR
+
+    scale = yaml.safe_load((CONFIG_DIR / "scales" / "tiny.yaml").read_text())
+    scale["papers"]["mi_steer"] = {"seeds": [0], **section}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(scale))
+    return ["--scale", "tiny", "--scale-file", str(path), "--paper", "mi_steer"]
+
+
 def test_micro_pipeline_writes_run_records(tmp_path):
-    from benchmarks.data.mi_worlds import write_worlds
+    from benchmarks.data import mi_worlds
+    from claimbench.job import job_from_args, job_parser
     from claimbench.records import load_run_record
     from methods.mi_steer import suite, train
 
-    data = tmp_path / "worlds"
-    write_worlds(data, seed=0, n_induction=200, half=12, n_mode=300, n_trigger=300, n_eval=64)
     small = {**SPEC, "num_kv_heads": 4}
-    for world in ("induction", "behaviour"):
-        spec = {
-            **small,
-            "train": {"steps": 4, "batch_size": 4, "seq_len": 32, "lr": 0.01, "warmup_steps": 1},
-        }
-        train.main(
-            [
-                "--world",
-                world,
-                "--data",
-                str(data),
-                "--spec",
-                json.dumps(spec),
-                "--out",
-                str(tmp_path / world),
-            ]
-        )
-        assert json.loads((tmp_path / world / "meta.json").read_text())["world"] == world
+    spec = {
+        **small,
+        "train": {"steps": 4, "batch_size": 4, "seq_len": 32, "lr": 0.01, "warmup_steps": 1},
+    }
     cfgs = {
         "locate": {"n_pairs": 4, "lens_sequences": 4, "tuned_lens_steps": 2, "tuned_lens_lr": 0.01},
         "probe": {},
@@ -312,26 +310,35 @@ def test_micro_pipeline_writes_run_records(tmp_path):
         },
         "sensitivity": {"n_neutral": 2, "neutral_len": 16},
     }
+    worlds = {"n_induction": 200, "half": 12, "n_mode": 300, "n_trigger": 300, "n_eval": 64}
+    opts = job_options(
+        tmp_path, {"worlds": worlds, "models": {"induction": spec, "behaviour": spec}, **cfgs}
+    )
+    data = tmp_path / "worlds"
+    mi_worlds.main([*opts, "--variant", "mi_worlds", "--out", str(data)])
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["generator"] == "mi_worlds" and meta["counts"]["induction.jsonl"] == 200
+    assert meta["paper"] == "mi_steer" and meta["scale"] == "tiny" and "provenance" in meta
+    for world in ("induction", "behaviour"):
+        out = tmp_path / world
+        train.main(
+            [*opts, "--variant", world, "--world", world, "--data", str(data), "--out", str(out)]
+        )
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["world"] == world and meta["name"] == world and meta["dtype"] == "float32"
+        assert meta["config"]["train"]["weight_decay"] == 0.1  # the schema's default
     for cmd, cfg in cfgs.items():
         art = tmp_path / ("induction" if cmd == "locate" else "behaviour")
         rec = tmp_path / "runs" / f"{cmd}.json"
-        args = [
-            "--artifact",
-            str(art),
-            "--data",
-            str(data),
-            "--config",
-            json.dumps(cfg),
-            "--record",
-            str(rec),
-            "--variant",
-            art.name,
-        ]
+        args = [*opts, "--variant", art.name, "--out", str(rec)]
+        args += ["--artifact", str(art), "--data", str(data)]
         if cmd == "sensitivity":
             args += ["--sensitivity", str(tmp_path / "sens.json")]
         suite.main([cmd, *args])
         r = load_run_record(rec)
         assert r["paper"] == "mi_steer" and r["suite"] == cmd and r["metrics"]
+        assert r["variant"] == art.name and r["scale"] == "tiny"
+        assert {k: v for k, v in r["config"].items() if k in cfg} == cfg
     sens = json.loads((tmp_path / "sens.json").read_text())
     assert set(sens["modules"]) == {
         f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn", "mlp")
@@ -345,6 +352,50 @@ def test_micro_pipeline_writes_run_records(tmp_path):
         for m in load_run_record(tmp_path / "runs" / "improve.json")["metrics"]
     }
     assert imp["orth_vs_runtime_max_abs_diff"] < 1e-4
+    # The job's dtype reaches the model, its hooks and every tensor the suite makes (bfloat16 on
+    # the CPU here): the improve suite (directions, orthogonalised copy, random controls) runs.
+    ap = job_parser(None, papers=["mi_steer"])
+    job = job_from_args(
+        ap.parse_args([*opts, "--variant", "behaviour", "--out", "x", "--dtype", "bfloat16"])
+    )
+    lm, _, _ = suite.load(job, tmp_path / "behaviour")
+    assert lm.dtype == torch.bfloat16 and lm.device.type == "cpu"
+    rec = tmp_path / "runs" / "bf16" / "improve.json"
+    suite.main(
+        [
+            "improve",
+            *opts,
+            "--variant",
+            "behaviour",
+            "--dtype",
+            "bfloat16",
+            "--out",
+            str(rec),
+            "--artifact",
+            str(tmp_path / "behaviour"),
+            "--data",
+            str(data),
+        ]
+    )
+    assert load_run_record(rec)["provenance"]["dtype"] == "bfloat16"
+    # a suite whose section the scale file lacks is refused by name
+    bare = job_options(tmp_path, {}, "bare.yaml")
+    with pytest.raises(SystemExit) as err:
+        suite.main(
+            [
+                "steer",
+                *bare,
+                "--variant",
+                "behaviour",
+                "--out",
+                str(tmp_path / "x.json"),
+                "--artifact",
+                str(tmp_path / "behaviour"),
+                "--data",
+                str(data),
+            ]
+        )
+    assert err.value.code == 2
 
 
 def test_heatmap_svg_and_line_labels():
@@ -406,29 +457,21 @@ def test_contrast_pipeline_on_a_micro_hf_model(tmp_path):
         },
     }
     rec = tmp_path / "contrast.json"
-    args = [
-        "--artifact",
-        str(art),
-        "--behaviour",
-        "refusal",
-        "--config",
-        json.dumps(cfg),
-        "--text",
-        str(text),
-        "--record",
-        str(rec),
-        "--variant",
-        "micro-refusal",
-    ]
-    contrast.main(args)
-    vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
+    args = ["--variant", "micro-refusal", "--out", str(rec), "--artifact", str(art)]
+    args += ["--text", str(text)]
+    contrast.main([*job_options(tmp_path, {"contrast": cfg}), *args, "--behaviour", "refusal"])
+    r = load_run_record(rec)
+    vals = {m["metric"]: m["value"] for m in r["metrics"]}
     assert {"rate_positive", "rate_positive_ablated", "kl_neutral", "criterion_met"} <= set(vals)
     assert vals["criterion_met"] <= vals["selection_passed"]
+    # the record's config is the validated section (schema defaults filled in) + the behaviour
+    assert r["config"]["behaviour"] == "refusal" and r["config"]["select_kl_max"] == 0.1
+    assert r["config"]["layers"] == [0] and r["variant"] == "micro-refusal"
     # no layer passing the selection rule is a recorded failure of the criterion, not a crash
-    strict = json.dumps({**cfg, "select_kl_max": 0.0})
-    contrast.main([*args[:5], strict, *args[6:]])
+    strict = job_options(tmp_path, {"contrast": {**cfg, "select_kl_max": 0.0}}, "strict.yaml")
+    contrast.main([*strict, *args, "--behaviour", "refusal"])
     vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
     assert vals["selection_passed"] == 0 and vals["criterion_met"] == 0
     assert vals["layer"] == 0 and vals["select_kl"] >= 0
     with pytest.raises(SystemExit):
-        contrast.main([*args[:2], "--behaviour", "sentiment", *args[4:]])
+        contrast.main([*strict, *args, "--behaviour", "sentiment"])

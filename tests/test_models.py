@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,13 @@ def test_build_hub_offline_cli_error(tmp_path):
     import subprocess
     import sys
 
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    scale = yaml.safe_load((root / "config/scales/tiny.yaml").read_text())
+    scale["models"]["x"] = {"kind": "hub", "id": "org/not-cached"}
+    scale_file = tmp_path / "tiny-hub.yaml"
+    scale_file.write_text(yaml.safe_dump(scale))
     out = tmp_path / "art"
     proc = subprocess.run(
         [
@@ -39,15 +47,20 @@ def test_build_hub_offline_cli_error(tmp_path):
             "-m",
             "methods.lm.build",
             "hub",
-            "--name",
+            "--scale",
+            "tiny",
+            "--scale-file",
+            str(scale_file),
+            "--paper",
+            "base",
+            "--variant",
             "x",
-            "--id",
-            "org/not-cached",
             "--out",
             str(out),
         ],
         capture_output=True,
         text=True,
+        cwd=root,
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": ""},
     )
     assert proc.returncode == 2

@@ -27,6 +27,14 @@ from methods.mtp_d.heads import (
 from methods.mtp_d.loss import MTPLM, MTPLoss, freeze_for_extension, run_heads, topn_kl
 
 V = 40
+# papers.mtp_d.loss as its schema fills it in
+LOSS = {
+    "mtp_lambda": 0.3,
+    "beta": 1.0,
+    "top_n_fraction": 0.08,
+    "kl_direction": "forward",
+    "temperature": 1.0,
+}
 
 
 def _config(hidden=32, vocab=V, init=0.02):
@@ -232,7 +240,7 @@ def test_bad_inputs_name_the_value(tmp_path):
     with pytest.raises(ConfigError, match="K = 0"):
         MTPHeads(cfg, 0)
     with pytest.raises(ConfigError, match="top_n = 50 is larger than the vocabulary size 40"):
-        MTPLoss.from_config({"top_n": 50}, 2, V)
+        MTPLoss.from_config({**LOSS, "top_n": 50}, 2, V)
     with pytest.raises(ConfigError, match="top_n = 41"):
         topn_kl(torch.zeros(1, V), torch.zeros(1, V), 41)
     with pytest.raises(ConfigError, match="needs a model with trained MTP heads"):
@@ -274,6 +282,7 @@ def test_pipeline_micro(tmp_path):
 
     from methods.lm.tokenizer import save_tokenizer, train_tokenizer
     from methods.mtp_d import build, speculative
+    from tests.posttrain_fixtures import scale_file
 
     torch.set_num_threads(1)
     data = tmp_path / "data"
@@ -305,49 +314,52 @@ def test_pipeline_micro(tmp_path):
         "intermediate_size": 32,
         "max_position_embeddings": 128,
     }
-    cfg = {
+    train = {"steps": 3, "batch_size": 4, "seq_len": 16, "lr": 0.01, "warmup_steps": 1}
+    section = {
+        "architecture": spec,
         "heads": 2,
-        "train": {"steps": 3, "batch_size": 4, "seq_len": 16, "lr": 0.01, "warmup_steps": 1},
+        "train": train,
         "loss": {"mtp_lambda": 0.3, "beta": 1.0, "top_n_fraction": 0.08},
+        "variants": ["ntp", "mtp", "mtp_d"],
+        "loop": {"sources": ["mtp_d"], "factors": [2], "train": train},
+        "reuse": {"sources": ["mtp_d"], "depth": 4},
+        "speculative": {"n_prompts": 4, "new_tokens": 6, "batch_sizes": [1, 2], "repeats": 2},
     }
+    sf = scale_file(tmp_path / "scale.yaml", "mtp_d", section)
+    job = ["--scale", "tiny", "--paper", "mtp_d", "--scale-file", str(sf)]
     common = ["--tokenizer", str(tok_dir), "--text", str(data / "text" / "train.txt")]
     common += ["--arith", str(data / "arith" / "train.jsonl")]
     art = tmp_path / "art"
     for v in ("ntp", "mtp", "mtp_d"):
-        build.main(
-            ["train", "--variant", v, "--config", json.dumps(cfg), "--spec", json.dumps(spec)]
-            + ["--base-model", "micro", "--out", str(art / v)]
-            + common
-        )
+        build.main(["train", *job, "--variant", v, "--out", str(art / v), *common])
     build.main(
-        ["extend", "--variant", "mtp_d_loop4", "--source", str(art / "mtp_d"), "--factor", "2"]
-        + ["--config", json.dumps({"loss": cfg["loss"], "train": cfg["train"]})]
-        + ["--out", str(art / "mtp_d_loop4")]
-        + common
+        ["extend", *job, "--variant", "mtp_d_loop4", "--source", str(art / "mtp_d")]
+        + ["--factor", "2", "--out", str(art / "mtp_d_loop4"), *common]
     )
     loop_meta = json.loads((art / "mtp_d_loop4" / "meta.json").read_text())
     assert loop_meta["main_weights_sha256"] == loop_meta["source_main_weights_sha256"]
+    assert loop_meta["name"] == "mtp_d_loop4" and loop_meta["paper"] == "mtp_d"
+    assert loop_meta["base_model"] == "mtp_d-arch" and loop_meta["dtype"] == "float32"
     # the main model loads alone; the heads load beside it
     main = LlamaForCausalLM.from_pretrained(art / "mtp_d")
     assert load_heads(art / "mtp_d", main).num_modules == 2
     assert AutoTokenizer.from_pretrained(art / "mtp_d") is not None
     with pytest.raises(SystemExit):  # a model with no heads cannot be extended
         build.main(
-            ["extend", "--variant", "x", "--source", str(art / "ntp"), "--config", "{}"]
-            + ["--out", str(tmp_path / "x")]
-            + common
+            ["extend", *job, "--variant", "x", "--source", str(art / "ntp"), "--factor", "2"]
+            + ["--out", str(tmp_path / "x"), *common]
         )
     runs = tmp_path / "runs"
-    sconf = {"n_prompts": 4, "new_tokens": 6, "batch_sizes": [1, 2], "repeats": 2}
     speculative.main(
-        ["--artifacts", str(art), "--variants", "ntp,mtp,mtp_d,mtp_d_loop4"]
-        + ["--reuse", "mtp_d:4", "--data-dir", str(data), "--config", json.dumps(sconf)]
-        + ["--scale", "tiny", "--out-root", str(runs)]
+        [*job, "--variant", "speculative", "--artifacts", str(art), "--data-dir", str(data)]
+        + ["--variants", "ntp,mtp,mtp_d,mtp_d_loop4", "--reuse", "mtp_d:4", "--out", str(runs)]
     )
     names = {"ntp", "mtp_1head", "mtp", "mtp_d", "mtp_d_loop4", "mtp_d_reuse4"}
     assert {p.parent.name for p in runs.glob("*/speculative.json")} == names
     rec = load_run_record(runs / "mtp_d_loop4" / "speculative.json")
-    assert rec["suite"] == "speculative"
+    assert rec["suite"] == "speculative" and rec["variant"] == "mtp_d_loop4"
+    assert rec["config"]["dtype"] == "float32" and rec["config"]["device"] == "cpu"
+    assert rec["config"]["prompt_tokens"] == 24  # the schema's default
     m = {(x["task"], x["metric"]): x["value"] for x in rec["metrics"]}
     assert m[("spec_b1", "lossless")] == 1.0
     assert {f"car_{k}" for k in range(1, 5)} <= {k[1] for k in m}

@@ -1,12 +1,13 @@
-"""Noisy rewards (spec noisy-rewards.md section 7, exact unit tests) and a micro pipeline run."""
+"""Noisy rewards: exact unit tests of the rewards and losses (methods/noisy_rewards/README.md) and a micro
+pipeline run."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 import torch
+import yaml
 
 from methods.noisy_rewards.ppo import (
     clipped_surrogate,
@@ -176,7 +177,6 @@ def test_micro_pipeline(tmp_path, algo):
     tr = write_problems(tmp_path / "train.jsonl", problems(32))
     va = write_problems(tmp_path / "valid.jsonl", problems(8, seed=1))
     cfg = {
-        "algo": algo,
         "steps": 3,
         "prompts_per_step": 2,
         "n": 2,
@@ -186,32 +186,41 @@ def test_micro_pipeline(tmp_path, algo):
         "max_new_tokens": 6,
         "eval_every": 2,
     }
+    data = yaml.safe_load(open("config/scales/tiny.yaml"))
+    data["papers"]["noisy_rewards"]["rl"] = cfg
+    scale = tmp_path / "scale.yaml"
+    scale.write_text(yaml.safe_dump(data))
     args = [
+        *["--scale", "tiny", "--scale-file", str(scale), "--paper", "noisy_rewards"],
+        *["--variant", "p0.4", "--out", str(tmp_path / "out"), "--threads", "1"],
         "--start",
         str(tmp_path / "start"),
         "--train",
         str(tr),
         "--valid",
         str(va),
-        "--config",
-        json.dumps(cfg),
-        "--out",
-        str(tmp_path / "out"),
         "--record",
         str(tmp_path / "rec.json"),
-        "--variant",
-        "p0.4",
+        "--algo",
+        algo,
     ]
-    main([*args, "--reward", json.dumps({"kind": "correct", "flip_p": 0.4})])
+    main([*args, "--reward", "correct", "--flip-p", "0.4"])
     rec = load_run_record(tmp_path / "rec.json")
     names = {m["metric"] for m in rec["metrics"]}
     assert {"peak_accuracy", "final_accuracy", "final_truncation_rate", "reward_final"} <= names
     assert {s["name"] for s in rec["series"]} >= {"greedy accuracy", "training reward"}
     assert [p for s in rec["series"] if s["name"] == "greedy accuracy" for p in s["x"]] == [0, 2, 3]
+    # the RL settings are the scale's rl section with the schema's defaults, the arm's algo
+    assert rec["method"] == algo and rec["config"]["rl"]["algo"] == algo
+    assert {k: rec["config"]["rl"][k] for k in cfg} == cfg
+    assert rec["config"]["rl"]["clip_ratio"] == 0.2 and "ppo_epochs" not in rec["config"]["rl"]
+    rpr = data["papers"]["noisy_rewards"]["rpr"]
+    assert rec["config"]["reward"] == {"kind": "correct", "flip_p": 0.4, "rpr": rpr}
     assert (tmp_path / "out" / "meta.json").is_file()
-    with pytest.raises(SystemExit) as e:
-        main([*args, "--reward", json.dumps({"kind": "correct", "flip_p": 1.2})])
-    assert e.value.code != 0
+    for bad in (["--flip-p", "1.2"], ["--rm-accuracy", "0.7"], []):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--reward", "correct", *bad])
+        assert e.value.code != 0
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def micro_llama(n_layers=4, seed=0, d=32, heads=4, kv=2, ff=64, vocab=96, head_d
     return LlamaForCausalLM(cfg).eval()
 
 
-# ---- §2.2 kurtosis ------------------------------------------------------------------------------
+# ---- eq. (2) kurtosis ------------------------------------------------------------------------------
 
 
 def test_kurtosis_hand_values():
@@ -76,7 +76,7 @@ def test_kurtosis_hand_values():
     assert float(excess_kurtosis(torch.ones(7))) == 0.0
 
 
-# ---- §2.3 structural expressiveness -------------------------------------------------------------
+# ---- eqs. (3)-(6) structural expressiveness -------------------------------------------------------------
 
 
 def test_effective_rank_and_capacity():
@@ -136,7 +136,7 @@ def test_down_proj_faithful_shape_bug():
     assert coded == pytest.approx(capacity_score(s * torch.linalg.norm(u.T @ p_u8, dim=0)))
 
 
-# ---- §2.4 aggregation ---------------------------------------------------------------------------
+# ---- eqs. (7)-(8) aggregation ---------------------------------------------------------------------------
 
 
 def test_mad_sigmoid_hand_values_and_invariance():
@@ -176,7 +176,9 @@ def test_aggregate_per_layer_vs_faithful_scalar():
     nv = out["aspect"]["nv"]
     np.testing.assert_allclose(nv, mad_sigmoid([1.0, 2.0, 9.0, 3.0]))  # one module: identity OR
     faithful = aggregate(raw, options_from({"faithful_to_code": True}))
-    assert len(set(faithful["scores"])) == 1  # §2.6.1: collapses to one value for every layer
+    assert (
+        len(set(faithful["scores"])) == 1
+    )  # README defect 1: collapses to one value for every layer
     mean = aggregate(raw, NSDSOptions(aggregate="mean"))
     se_rows = np.stack([mad_sigmoid(raw["gate"]["se"]), mad_sigmoid(raw["up"]["se"])])
     np.testing.assert_allclose(mean["aspect"]["se"], se_rows.mean(0))
@@ -193,7 +195,7 @@ def test_options_errors():
     assert options_from({}).mad_c == 1.4826
 
 
-# ---- §2.1 circuits, whole model -----------------------------------------------------------------
+# ---- eq. (1) circuits, whole model -----------------------------------------------------------------
 
 
 def test_head_circuits_gqa_and_head_dim():
@@ -252,7 +254,7 @@ def test_planted_layers_rank_in_top_half():
     assert sorted(i for i, b in enumerate(layer_bits(s, 2.0 + 2 * 2 / 6)) if b == 4) == [1, 4]
 
 
-# ---- §2.5 allocation ----------------------------------------------------------------------------
+# ---- eq. (9) allocation ----------------------------------------------------------------------------
 
 
 def test_bit_plan_meets_budget():
@@ -260,7 +262,16 @@ def test_bit_plan_meets_budget():
     for budget, n4 in ((2.5, 2), (3.0, 4), (3.5, 6), (2.0, 0), (4.0, 8)):
         bits = layer_bits(s, budget)
         assert bits.count(4) == n4 and average_bits(bits) <= budget + 1e-12
-    assert layer_bits(s, 3.0) == [2, 4, 4, 4, 2, 2, 4, 2]  # top-4 by score, descending (§2.6.3)
+    assert layer_bits(s, 3.0) == [
+        2,
+        4,
+        4,
+        4,
+        2,
+        2,
+        4,
+        2,
+    ]  # top-4 by score, descending (README defect 3)
     assert n_high_layers(3, 3.0) == 1  # fractional: floor keeps avg 2.67 <= 3.0
     assert layer_bits([0.5, 0.5, 0.1], 3.0) == [4, 2, 2]  # ties: earlier layer first
     plan = plan_from_bits([2, 4])
@@ -320,7 +331,7 @@ def test_pipeline_micro(tmp_path):
 
     from claimbench.records import load_run_record
     from methods.nsds.cli import main
-    from tests.quant_fixtures import SPEC, TEXT, save_quant_micro
+    from tests.quant_fixtures import SPEC, TEXT, job_args, save_quant_micro, scale_file
 
     spec = dict(SPEC, num_layers=4)
     import tests.quant_fixtures as qf
@@ -333,16 +344,27 @@ def test_pipeline_micro(tmp_path):
     text = tmp_path / "held.jsonl"
     text.write_text(json.dumps({"text": TEXT}) + "\n")
     src, scores = str(tmp_path / "src"), str(tmp_path / "scores")
+    nsds = {
+        "calib": {"n": 4, "seq_len": 16},
+        "study_methods": ["nsds", "zd", "reversed"],
+        "study_budgets": [2.5, 3.0],
+        "study": {"n_windows": 2, "seq_len": 16},
+        "group_size": 16,
+        "n_random": 3,
+        "backend": "rtn",
+    }
+    sf = scale_file(tmp_path / "tiny.yaml", nsds=nsds)
     main(["scores", "--model", src, "--methods", "nsds,zd,lim,reversed,nsds_code",
-          "--calib", str(tmp_path / "calib.txt"), "--n-calib", "4", "--seq-len", "16", "--out", scores])  # fmt: skip
-    assert json.loads((tmp_path / "scores" / "meta.json").read_text())["methods"] == [
-        "lim", "nsds", "nsds_code", "reversed", "zd"]  # fmt: skip
+          "--calib", str(tmp_path / "calib.txt"), *job_args("nsds", "micro", scores, sf)])  # fmt: skip
+    smeta = json.loads((tmp_path / "scores" / "meta.json").read_text())
+    assert smeta["methods"] == ["lim", "nsds", "nsds_code", "reversed", "zd"]
+    assert smeta["calibration"]["n"] == 4 and smeta["nsds_options"] == {}
     rec = tmp_path / "alloc.json"
-    main(["study", "--model", src, "--scores", scores, "--methods", "nsds,zd,reversed",
-          "--budgets", "2.5,3.0", "--text", str(text), "--n-windows", "2", "--seq-len", "16",
-          "--group-size", "16", "--n-random", "3", "--variant", "micro", "--out", str(rec),
-          "--details", str(tmp_path / "study.json")])  # fmt: skip
+    main(["study", "--model", src, "--scores", scores, "--text", str(text),
+          "--details", str(tmp_path / "study.json"), *job_args("nsds", "micro", rec, sf)])  # fmt: skip
     r = load_run_record(rec)
+    assert (r["paper"], r["variant"], r["suite"]) == ("nsds", "micro", "alloc")
+    assert r["config"]["methods"] == ["nsds", "zd", "reversed"] and r["config"]["n_random"] == 3
     got = {(m["task"], m["metric"]): m["value"] for m in r["metrics"]}
     assert ("nsds", "ppl_b3") in got and ("random_median", "ppl_b2.5") in got
     assert ("uniform", "ppl_b3") in got and ("uniform", "ppl_b2.5") not in got
@@ -352,20 +374,42 @@ def test_pipeline_micro(tmp_path):
     assert not (tmp_path / ".study.json.plans.jsonl").exists()  # the checkpoint goes once written
     out = tmp_path / "q"
     main(["quantize", "--model", src, "--scores", scores, "--method", "nsds", "--budget", "3.0",
-          "--backend", "rtn", "--group-size", "16", "--source", "micro", "--variant", "micro-nsds-b3",
-          "--out", str(out), "--record", str(tmp_path / "plan.json")])  # fmt: skip
+          "--source", "micro", "--record", str(tmp_path / "plan.json"),
+          *job_args("nsds", "micro-nsds-b3", out, sf)])  # fmt: skip
     meta = json.loads((out / "meta.json").read_text())
     assert meta["method"] == "nsds" and meta["allocation"]["bits"].count(4) == 2
+    assert meta["allocation"]["backend"] == "rtn" and meta["config"]["method"] == "rtn"
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(set(plan.values())) == [2, 4] and len(plan) == 28
     assert json.loads((out / "layer_scores.json").read_text())["avg_bits_nominal"] == 3.0
     p = load_run_record(tmp_path / "plan.json")
     assert {m["metric"] for m in p["metrics"]} >= {"avg_bits", "file_bytes", "avg_bits_nominal"}
+    assert (p["variant"], p["method"], p["suite"]) == ("micro-nsds-b3", "nsds", "plan")
     with pytest.raises(SystemExit):  # a budget the 2/4-bit plan cannot meet: error before work
         main(["quantize", "--model", src, "--scores", scores, "--method", "nsds", "--budget", "4.5",
-              "--backend", "rtn", "--group-size", "16", "--source", "micro", "--variant", "x",
-              "--out", str(tmp_path / "bad"), "--record", str(tmp_path / "bad.json")])  # fmt: skip
+              "--source", "micro", "--record", str(tmp_path / "bad.json"),
+              *job_args("nsds", "x", tmp_path / "bad", sf)])  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_scores_follow_the_job_dtype(tmp_path):
+    """--dtype bfloat16: the source loads in bfloat16 and NSDS still scores it (SVDs and
+    kurtoses in float64 per matrix), equal to the scores of the same bfloat16 weights."""
+    import json
+
+    from methods.nsds.cli import main
+    from methods.nsds.methods import score_all
+    from tests.quant_fixtures import job_args, save_quant_micro
+
+    model, _ = save_quant_micro(tmp_path / "src")
+    out = tmp_path / "scores"
+    main(["scores", "--model", str(tmp_path / "src"), "--methods", "nsds,zd",
+          *job_args("nsds", "micro", out), "--dtype", "bfloat16"])  # fmt: skip
+    assert json.loads((out / "meta.json").read_text())["dtype"] == "bfloat16"
+    want = score_all(model.to(torch.bfloat16), ["nsds", "zd"])
+    for name in ("nsds", "zd"):
+        got = json.loads((out / f"{name}.json").read_text())["scores"]
+        assert got == pytest.approx(want[name]["scores"], rel=1e-12)
 
 
 def test_study_group_size_error_names_value():
@@ -464,7 +508,7 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
     from methods.nsds import cli
     from methods.nsds.allocate import layer_bits
     from methods.nsds.methods import score_all
-    from tests.quant_fixtures import save_quant_micro
+    from tests.quant_fixtures import job_args, save_quant_micro
 
     art = tmp_path / "micro"
     save_quant_micro(art)
@@ -478,14 +522,13 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
             str(tmp_path),
             "--text",
             str(tmp_path / "calib.txt"),
-            "--config",
-            json.dumps({"n_neutral": 3, "neutral_len": 16}),
-            "--record",
-            str(tmp_path / "runs" / "sensitivity.json"),
+            "--n-neutral",
+            "3",
+            "--neutral-len",
+            "16",
             "--sensitivity",
             str(sens),
-            "--variant",
-            "nsds-micro",
+            *job_args("mi_steer", "nsds-micro", tmp_path / "runs" / "sensitivity.json"),
         ]
     )
     modules = json.loads(sens.read_text())["modules"]
@@ -499,8 +542,7 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
             "mi",
             "--sensitivity",
             str(sens),
-            "--out",
-            str(scores_dir / "mi.json"),
+            *job_args("nsds", "micro", scores_dir / "mi.json"),
         ]
     )
     got = cli._read_scores(str(scores_dir), ["mi"])["mi"]
@@ -532,8 +574,7 @@ def test_mi_sensitivity_feeds_nsds_scores(tmp_path):
                 "nsds",
                 "--sensitivity",
                 str(sens),
-                "--out",
-                str(tmp_path / "x.json"),
+                *job_args("nsds", "micro", tmp_path / "x.json"),
             ]
         )
 

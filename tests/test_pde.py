@@ -12,6 +12,7 @@ import pytest
 from benchmarks.pde import metrics as M
 from benchmarks.pde import solvers as S
 from benchmarks.pde.generate import generate
+from benchmarks.pde.generate import main as generate_main
 from benchmarks.pde.questions import gaussian_vortices
 from benchmarks.pde.spectral import (
     PDEInputError,
@@ -24,6 +25,7 @@ from benchmarks.pde.spectral import (
     vorticity_from_velocity,
 )
 from benchmarks.pde.suite import main as suite_main
+from claimbench.config import ROOT, SCHEMA_DIR, fill_defaults, read_yaml
 from claimbench.errors import ConfigError
 from claimbench.records import load_run_record
 
@@ -303,11 +305,45 @@ MICRO = {
 }
 
 
+def micro_spec() -> dict:
+    """MICRO with the schema's defaults filled in, as the job layer hands it to ``generate``."""
+    return fill_defaults(json.loads(json.dumps(MICRO)), read_yaml(PDE_SCHEMA))
+
+
+PDE_SCHEMA = SCHEMA_DIR / "benchmarks" / "pde.schema.yaml"
+
+
+def micro_scale_file(folder) -> str:
+    """The tiny scale file with MICRO as its ``benchmarks.pde`` section."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "config" / "scales" / "tiny.yaml").read_text())
+    data["benchmarks"]["pde"] = json.loads(json.dumps(MICRO))
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pde") / "data"
-    manifest = generate(json.loads(json.dumps(MICRO)), 0, out)
-    return out, manifest
+    """The data set written by the generator's job (``python -m benchmarks.pde.generate``)."""
+    root = tmp_path_factory.mktemp("pde")
+    out = root / "data"
+    generate_main(
+        [
+            "--scale",
+            "tiny",
+            "--scale-file",
+            micro_scale_file(root),
+            "--paper",
+            "omniflow",
+            "--variant",
+            "pde",
+            "--out",
+            str(out),
+        ]
+    )
+    return out, json.loads((out / "manifest.json").read_text())
 
 
 def _args(data, out, variant="v"):
@@ -332,9 +368,18 @@ def test_generator_layout_and_determinism(micro, tmp_path):
     with np.load(out / "src" / "test.npz") as z:
         assert z["omega"].shape == (3, 4, 16, 16) and z["u"].shape == (3, 4, 16, 16)
         assert z["t"].tolist() == [0.0, 0.5, 1.0, 1.5] and z["forcing"].shape == (16, 16)
-    meta = json.loads((out / "beta" / "meta.json").read_text())
+    meta = json.loads((out / "beta" / "regime.json").read_text())
     assert meta["role"] == "shifted" and meta["params"]["beta"] == 5.0
-    again = generate(json.loads(json.dumps(MICRO)), 0, tmp_path / "again")
+    # schema defaults reached the solver: src has no drag, the default init and precision
+    src = json.loads((out / "src" / "regime.json").read_text())["params"]
+    assert (
+        src["alpha"] == 0.0 and src["init"] == "grf" and manifest["spec"]["precision"] == "single"
+    )
+    job_meta = json.loads((out / "meta.json").read_text())
+    assert job_meta["kind"] == "pde_data" and job_meta["name"] == "pde"
+    assert job_meta["paper"] == "omniflow" and job_meta["seed"] == 0 and "provenance" in job_meta
+    # the job's data equal the library function's on the same spec and seed, file by file
+    again = generate(micro_spec(), 0, tmp_path / "again")
     assert again["files"] == manifest["files"]
 
 
@@ -389,6 +434,12 @@ def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, 
                 "src,beta",
                 "--kind",
                 kind,
+                "--scale",
+                "tiny",
+                "--paper",
+                "omniflow",
+                "--variant",
+                kind,
                 "--out",
                 str(tmp_path / kind),
             ]
@@ -406,8 +457,17 @@ def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, 
                 str(tmp_path / kind),
             ]
         )
-        recs[kind] = {(m["task"], m["metric"]): m["value"] for m in load_run_record(out)["metrics"]}
+        rec = load_run_record(out)
+        recs[kind] = {(m["task"], m["metric"]): m["value"] for m in rec["metrics"]}
         assert (out.parent / "pde_forecast.samples.jsonl").is_file()
+        # the job's identity, and the scoring settings of benchmarks.pde.eval (schema defaults)
+        assert (rec["paper"], rec["variant"], rec["method"], rec["seed"]) == (
+            "omniflow",
+            kind,
+            kind,
+            0,
+        )
+        assert rec["config"]["stable_threshold"] == 0.5 and rec["config"]["slope_band"] == [2, None]
     for task in ("src", "beta"):
         assert recs["truth"][(task, "nrmse")] == 0 and recs["truth"][(task, "lsd")] == 0
         assert (

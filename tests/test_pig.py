@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -21,7 +22,14 @@ from methods.pig.model import (
     query_scores,
     vip_mask,
 )
-from methods.pig.train import Vocab
+from methods.pig.train import (
+    SplitData,
+    Vocab,
+    encode_texts,
+    encode_videos,
+    set_determinism,
+    train,
+)
 
 MICRO = dict(
     frames=2,
@@ -133,123 +141,157 @@ def test_generator_starts_from_text_tower_and_constant_bos_eos():
     assert "e_bos" not in names and "e_eos" not in names  # buffers, no gradient
 
 
+CAPTIONS = ["a red circle moves left", "a small blue square stays still", "a green ring rises"]
+
+
+@pytest.mark.parametrize(
+    "device,dtype", [("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")]
+)
+def test_towers_and_training_follow_the_job_device_and_dtype(device, dtype):
+    """A float32 model moved like ``job.to`` encodes on that device as the CPU model does (exactly
+    on the CPU), stores a float32 index, and trains repeatably there (deterministic kernels)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    set_determinism()
+    torch.manual_seed(0)
+    ref = RetrievalModel(TowerConfig(**MICRO), "pig").eval()
+    vocab = Vocab.build(CAPTIONS)
+    frames = _frames(b=3).numpy()
+    data = SplitData(CAPTIONS, np.arange(3), ["v0", "v1", "v2"], frames)
+    settings = dict(steps=3, batch_size=3, lr=1e-3, seed=0, gen_lambda=1.0, weight_decay=0.2)
+    settings.update(warmup_ratio=0.01, grad_clip=1.0, log_every=1)
+
+    def moved():
+        return copy.deepcopy(ref).to(device=device, dtype=getattr(torch, dtype))
+
+    model = moved()
+    idx, txt = encode_videos(model, frames), encode_texts(model, vocab, CAPTIONS)
+    assert idx.device.type == txt.device.type == device
+    assert idx.dtype == txt.dtype == torch.float32
+    ref_idx, ref_txt = encode_videos(ref, frames), encode_texts(ref, vocab, CAPTIONS)
+    if device == "cpu":
+        assert torch.equal(idx, ref_idx) and torch.equal(txt, ref_txt)
+    else:
+        tol = 1e-3 if dtype == "float32" else 0.1
+        assert torch.allclose(idx.cpu(), ref_idx, atol=tol)
+        assert torch.allclose(txt.cpu(), ref_txt, atol=tol)
+    tokens, eot = vocab.encode(CAPTIONS[:1], model.cfg.context_length)
+    with torch.no_grad():
+        s = query_scores(model, tokens.to(device), eot.to(device), idx)
+    assert s.shape == (1, 3) and s.dtype == torch.float32
+    logs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        m = moved()
+        logs.append(train(m, vocab, data, **settings))
+        assert next(m.parameters()).device.type == device
+    assert all(math.isfinite(r["loss"]) for r in logs[0])
+    assert logs[0] == logs[1]  # same seed, same device: the same run
+
+
+def _micro_scale(path):
+    """A tiny scale file whose ``papers.pig`` section is the micro pipeline (a job's --scale-file)."""
+    import yaml
+
+    from claimbench.config import CONFIG_DIR
+
+    scale = yaml.safe_load((CONFIG_DIR / "scales" / "tiny.yaml").read_text())
+    tower = {k: v for k, v in MICRO.items() if k not in ("frames", "image_size", "vocab_size")}
+    splits = {
+        "pretrain": {"annotations": "{generated}/pretrain.jsonl"},
+        "train": {"annotations": "{generated}/train.jsonl"},
+        "t1k": {"annotations": "{generated}/MSRVTT_JSFUSION_test.csv"},
+        "multi": {"annotations": "{generated}/MSRVTT_data.json", "split": "test"},
+    }
+    for spec in splits.values():
+        spec["frames"] = "{generated}/frames"
+    scale["papers"] = {
+        "pig": {
+            "seeds": [0],
+            "arms": ["two_tower", "pig"],
+            "generator": dict(
+                frames=2,
+                size=16,
+                max_objects=2,
+                captions_per_video=2,
+                n_pretrain=24,
+                n_train=24,
+                n_test1k=10,
+                n_test_multi=6,
+            ),
+            "splits": splits,
+            "benchmarks": {"shapes": {"train": "train", "tests": ["t1k", "multi"]}},
+            "pretrain": {
+                "split": "pretrain",
+                "vocab_splits": ["train"],
+                "tower": tower,
+                "train": {"steps": 3, "batch_size": 8, "lr": 1e-3},
+            },
+            "finetune": {"gen_lambda": 1.0, "train": {"steps": 2, "batch_size": 8, "lr": 1e-3}},
+            "cost": {"benchmark": "shapes", "test": "t1k", "seed": 0, "queries": 3, "repeats": 2},
+        }
+    }
+    path.write_text(yaml.safe_dump(scale))
+    return path
+
+
 def test_pipeline_micro(tmp_path, monkeypatch):
-    """generate -> prepare -> stage 0 -> two arms -> suite -> cost -> ingest -> claims."""
+    """generate -> prepare -> stage 0 -> two arms -> suite -> cost -> ingest -> claims, each step
+    through its entry point with the job options (scale file: the micro ``papers.pig``)."""
     from benchmarks.data import moving_shapes
     from benchmarks.retrieval import prepare, suite
     from claimbench.records import load_run_record
     from claimbench.store import ingest
     from methods.pig import build, cost
 
+    sf = _micro_scale(tmp_path / "scale.yaml")
+    job = ["--scale", "tiny", "--scale-file", str(sf), "--paper", "pig", "--device", "cpu"]
     gen = tmp_path / "gen"
-    moving_shapes.build(
-        dict(
-            frames=2,
-            size=16,
-            max_objects=2,
-            captions_per_video=2,
-            n_pretrain=24,
-            n_train=24,
-            n_test1k=10,
-            n_test_multi=6,
-        ),
-        seed=0,
-        out=gen,
-    )
+    moving_shapes.main([*job, "--variant", "moving_shapes", "--out", str(gen)])
     data = tmp_path / "data"
-    for name, ann, split in (
-        ("pretrain", "pretrain.jsonl", None),
-        ("train", "train.jsonl", None),
-        ("t1k", "MSRVTT_JSFUSION_test.csv", None),
-        ("multi", "MSRVTT_data.json", "test"),
-    ):
-        prepare.prepare(gen / ann, gen / "frames", name, data, split=split)
-    tower = {k: v for k, v in MICRO.items() if k not in ("frames", "image_size", "vocab_size")}
-    pre = {"split": "pretrain", "tower": tower, "train": {"steps": 3, "batch_size": 8, "lr": 1e-3}}
+    for name in ("pretrain", "train", "t1k", "multi"):
+        prepare.main([*job, "--variant", name, "--out", str(data), "--generated", str(gen)])
+    assert json.loads((data / "multi.manifest.json").read_text())["format"] == "msrvtt_json"
     build.main(
-        [
-            "pretrain",
-            "--spec",
-            json.dumps(pre),
-            "--data",
-            str(data),
-            "--split",
-            "pretrain",
-            "--vocab-splits",
-            "train",
-            "--seed",
-            "0",
-            "--out",
-            str(tmp_path / "theta0"),
-        ]
+        ["pretrain", *job, "--variant", "theta0", "--out", str(tmp_path / "theta0")]
+        + ["--data", str(data)]
     )
-    ft = {"gen_lambda": 1.0, "train": {"steps": 2, "batch_size": 8, "lr": 1e-3}}
+    theta0 = json.loads((tmp_path / "theta0" / "meta.json").read_text())
+    assert theta0["variant"] == theta0["name"] == "theta0" and theta0["dtype"] == "float32"
+    # schema defaults reach the training loop (the scale file names none of these)
+    assert theta0["config"]["train"]["weight_decay"] == 0.2
     runs = tmp_path / "runs" / "tiny" / "pig"
     for arm in ("two_tower", "pig"):
         art = tmp_path / f"{arm}-s0"
         build.main(
-            [
-                "finetune",
-                "--spec",
-                json.dumps(ft),
-                "--data",
-                str(data),
-                "--split",
-                "train",
-                "--arm",
-                arm,
-                "--init",
-                str(tmp_path / "theta0"),
-                "--tests",
-                "t1k,multi",
-                "--seed",
-                "0",
-                "--out",
-                str(art),
-            ]
+            ["finetune", *job, "--variant", arm, "--seed", "0", "--out", str(art)]
+            + ["--data", str(data), "--init", str(tmp_path / "theta0"), "--benchmark", "shapes"]
         )
-        assert json.loads((art / "meta.json").read_text())["variant"] == arm
+        meta = json.loads((art / "meta.json").read_text())
+        assert meta["variant"] == meta["arm"] == arm and meta["seed"] == 0
+        record = runs / art.name / "retrieval.json"
         suite.main(
-            [
-                "--artifact",
-                str(art),
-                "--data",
-                str(data),
-                "--tests",
-                "t1k,multi",
-                "--scale",
-                "tiny",
-                "--paper",
-                "pig",
-                "--out",
-                str(runs / art.name / "retrieval.json"),
-            ]
+            [*job, "--variant", arm, "--seed", "0", "--out", str(record)]
+            + ["--artifact", str(art), "--data", str(data), "--tests", "t1k,multi"]
         )
+    # a record takes the job's variant and seed: an artifact of another arm or seed is refused
+    for wrong in (["--variant", "pig", "--seed", "0"], ["--variant", "two_tower", "--seed", "1"]):
+        with pytest.raises(SystemExit) as exc:
+            suite.main(
+                [*job, *wrong, "--out", str(tmp_path / "wrong" / "retrieval.json")]
+                + ["--artifact", str(tmp_path / "two_tower-s0"), "--data", str(data)]
+                + ["--tests", "t1k"]
+            )
+        assert exc.value.code == 2
+    assert not (tmp_path / "wrong" / "retrieval.json").exists()
     rec = load_run_record(runs / "pig-s0" / "retrieval.json")
     assert rec["suite"] == "retrieval" and rec["variant"] == "pig"
     assert (runs / "pig-s0" / "retrieval.t1k.sim.npy").is_file()
     assert np.load(runs / "pig-s0" / "retrieval.multi.sim.npy").shape == (12, 6)
     cost.main(
-        [
-            "--baseline",
-            str(tmp_path / "two_tower-s0"),
-            "--pig",
-            str(tmp_path / "pig-s0"),
-            "--data",
-            str(data),
-            "--test",
-            "t1k",
-            "--queries",
-            "3",
-            "--repeats",
-            "2",
-            "--scale",
-            "tiny",
-            "--out-baseline",
-            str(runs / "two_tower-s0" / "cost.json"),
-            "--out-pig",
-            str(runs / "pig-s0" / "cost.json"),
-        ]
+        [*job, "--variant", "cost", "--seed", "0", "--out", str(runs / "pig-s0" / "cost.json")]
+        + ["--baseline", str(tmp_path / "two_tower-s0"), "--pig", str(tmp_path / "pig-s0")]
+        + ["--data", str(data), "--out-baseline", str(runs / "two_tower-s0" / "cost.json")]
     )
     c = {
         (m["task"], m["metric"]): m["value"]

@@ -1,4 +1,4 @@
-"""PSFT's exact unit tests (spec T1-T3), the snapshot schedule, and the micro pipeline."""
+"""PSFT's exact unit tests (T1-T3 of methods/psft/README.md), the snapshot schedule, and the micro pipeline."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from methods.posttrain.models import load_model
 from methods.posttrain.rewards import demonstration
 from methods.posttrain.tokens import masked_mean
 from methods.psft.objective import PSFTObjective, psft_token_loss
-from tests.posttrain_fixtures import problems, save_micro_model, write_problems
+from tests.posttrain_fixtures import problems, save_micro_model, scale_file, write_problems
 
 
 def _logp(z, ids):
@@ -130,10 +130,17 @@ def test_micro_pipeline_writes_artifact_and_record(tmp_path):
         "eval_batch": 8,
         "eval_every": 4,
     }
+    sf = scale_file(tmp_path / "tiny.yaml", "psft", {"train": cfg})
+    job = ["--scale", "tiny", "--scale-file", str(sf), "--paper", "psft"]
     for arm in ("psft", "sft_kl"):
         out, rec = tmp_path / arm, tmp_path / f"{arm}.json"
         main(
             [
+                *job,
+                "--variant",
+                arm,
+                "--out",
+                str(out),
                 "--arm",
                 arm,
                 "--start",
@@ -142,28 +149,28 @@ def test_micro_pipeline_writes_artifact_and_record(tmp_path):
                 str(tr),
                 "--valid",
                 str(va),
-                "--config",
-                json.dumps(cfg),
-                "--out",
-                str(out),
                 "--record",
                 str(rec),
-                "--scale",
-                "tiny",
-                "--variant",
-                arm,
             ]
         )
         r = load_run_record(rec)
+        assert r["config"] == {**cfg, "arm": arm, "effective_lr": cfg["lr"]}
+        assert (r["variant"], r["paper"], r["provenance"]["dtype"]) == (arm, "psft", "float32")
         names = {s["name"] for s in r["series"]}
         assert "entropy (valid demos)" in names and "KL to start (valid demos)" in names
         assert ("clip fraction" in names) == (arm == "psft")
         meta = json.loads((out / "meta.json").read_text())
         assert meta["method"] == arm and meta["tokens_seen"] > 0
+        assert (meta["name"], meta["paper"], meta["dtype"]) == (arm, "psft", "float32")
         load_model(out)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         main(
             [
+                *job,
+                "--variant",
+                "x",
+                "--out",
+                str(tmp_path / "x"),
                 "--arm",
                 "dpo",
                 "--start",
@@ -172,18 +179,11 @@ def test_micro_pipeline_writes_artifact_and_record(tmp_path):
                 str(tr),
                 "--valid",
                 str(va),
-                "--config",
-                json.dumps(cfg),
-                "--out",
-                str(tmp_path / "x"),
                 "--record",
                 str(tmp_path / "x.json"),
-                "--scale",
-                "tiny",
-                "--variant",
-                "x",
             ]
         )
+    assert err.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_warmup_arm_is_sft_then_psft():

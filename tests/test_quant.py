@@ -19,7 +19,7 @@ from methods.quant.quantizer import (
     levels_per_group,
     rtn,
 )
-from tests.quant_fixtures import save_quant_micro
+from tests.quant_fixtures import job_args, save_quant_micro
 
 
 def test_rtn_hand_made_group():
@@ -203,12 +203,9 @@ def test_cli_writes_artifact_and_rejects_bad_plan(micro, tmp_path, capsys):
         "4",
         "--seq-len",
         "32",
-        "--out",
-        str(out),
         "--record",
         str(tmp_path / "r.json"),
-        "--variant",
-        "x",
+        *job_args("quant", "x", out),
     ]
     main(cmd)
     meta = json.loads((out / "meta.json").read_text())
@@ -227,11 +224,60 @@ def test_cli_writes_artifact_and_rejects_bad_plan(micro, tmp_path, capsys):
         assert torch.equal(ev.state_dict()[k], v)
     rec = json.loads((tmp_path / "r.json").read_text())
     assert rec["suite"] == "quant"
+    assert (rec["scale"], rec["paper"], rec["variant"], rec["method"]) == (
+        "tiny",
+        "quant",
+        "x",
+        "gptq",
+    )
+    assert meta["dtype"] == "float32" and meta["name"] == "x"
     plan.write_text(json.dumps({"model.layers.0.mlp.up_proj": 5}))
     with pytest.raises(SystemExit) as e:
-        main(cmd[:-4] + ["--out", str(tmp_path / "bad")])
+        main(cmd[:-10] + job_args("quant", "x", tmp_path / "bad"))
     assert e.value.code == 2 and "bit width 5 is not one of [2, 3, 4, 8]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_cli_follows_the_job_dtype(micro, method, tmp_path):
+    """--dtype bfloat16: the model loads and is quantized in bfloat16 (GPTQ's Hessian and
+    Cholesky stay float64 per layer), the codes reload exactly, the eval copy is bfloat16."""
+    from methods.quant.apply import main
+
+    d, base, _ = micro
+    out = tmp_path / "q"
+    main(
+        ["--model", str(d / "base"), "--bits", "4", "--method", method, "--group-size", "16",
+         "--calib", str(d / "calib.txt"), "--n-calib", "2", "--seq-len", "16",
+         *job_args("quant", "bf16", out), "--dtype", "bfloat16"]
+    )  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dtype"] == "bfloat16" and meta["reload_max_abs_diff"] == 0.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16"
+    packed = load_packed(out / "packed", dtype=torch.bfloat16)
+    for name, q in read_codes(out / "packed").items():
+        w = packed.get_submodule(name).weight
+        assert w.dtype == torch.bfloat16 and torch.equal(w, q.dequantize().bfloat16())
+
+
+def test_plant_cli_writes_meta_through_the_job(micro, tmp_path):
+    from methods.quant.plant import main
+
+    d, base, _ = micro
+    out = tmp_path / "p"
+    main(["--model", str(d / "base"), "--layers", "1", "--alpha", "16", "--channels", "4",
+          *job_args("quant", "micro-plant-L1-a16-c4", out)])  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["name"] == "micro-plant-L1-a16-c4" and meta["kind"] == "planted"
+    assert meta["base_model"] == "micro" and meta["seed"] == 0
+    assert meta["config"] == {"layers": [1], "alpha": 16.0, "channels": 4}
+    m = type(base)(base.config)
+    m.load_state_dict(base.state_dict())
+    assert meta["planted"] == plant_outliers(m, [1], 16.0, 4, 0)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(d / "base"), "--layers", "7", *job_args("quant", "x", tmp_path / "b")])
+    assert e.value.code == 2 and not (tmp_path / "b").exists()
 
 
 def test_dequantize_formula():

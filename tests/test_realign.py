@@ -1,4 +1,4 @@
-"""Flexible Realignment (TrRa, InRa, DeRa): the spec's exact unit tests and bad input."""
+"""Flexible Realignment (TrRa, InRa, DeRa): exact unit tests of the README's equations, and bad input."""
 
 from __future__ import annotations
 
@@ -195,65 +195,75 @@ def test_pipeline_on_a_micro_config(tmp_path, capsys):
 
     from claimbench.records import load_run_record
     from methods.realign import evaluate, sweep, train
-    from tests.posttrain_fixtures import write_problems
+    from tests.posttrain_fixtures import scale_file, write_problems
 
     save_micro_model(tmp_path / "ref", seed=0)
     rows = problems(48, seed=1)
     tr = str(write_problems(tmp_path / "train.jsonl", rows))
     te = str(write_problems(tmp_path / "test.jsonl", problems(6, seed=2)))
-    dec = {"max_new_tokens": 6, "batch_size": 8}
-    fam = ["add", "sub"]
+    steps = {"steps": 2, "minibatch": 4, "lr": 1e-3}
+    section = {
+        "families": ["add", "sub"],
+        "aligned_sft": {"form": "nocheck", **steps},
+        "trra": {"lambdas": [2.0], **steps},
+        "dera_lambdas": [0, 2],
+        "inra": {"lambdas": [-0.5, 1], "form": "short", **steps},
+        "decode": {"max_new_tokens": 6, "batch_size": 8},
+    }
+    sf = str(scale_file(tmp_path / "scale.yaml", "realign", section))
+    job = ["--scale", "tiny", "--paper", "realign", "--scale-file", sf]
     ref, al = str(tmp_path / "ref"), str(tmp_path / "aligned")
     runs = tmp_path / "runs"
-    common = ["--train", tr, "--scale", "tiny"]
-    cfg = {"families": fam, "max_new_tokens": 6}
-    evaluate.main(["single", "--model", ref, "--variant", "ref", "--test", te,
-                   "--config", json.dumps(cfg), "--out", str(runs / "ref.json")])  # fmt: skip
-    sft = {"form": "nocheck", "families": fam, "steps": 2, "minibatch": 4, "lr": 1e-3}
-    train.main(["sft", "--ref", ref, "--config", json.dumps(sft), "--out", al,
-                "--variant", "aligned", "--record", str(runs / "al.train.json"), *common])  # fmt: skip
-    tcfg = {"families": fam, "steps": 2, "minibatch": 4, "lr": 1e-3, "decode": dec}
+    ref_rec = ["--ref-record", str(runs / "ref.json")]
+    evaluate.main(["single", *job, "--variant", "ref", "--model", ref, "--test", te,
+                   "--out", str(runs / "ref.json")])  # fmt: skip
+    train.main(["sft", *job, "--variant", "aligned", "--ref", ref, "--train", tr, "--out", al,
+                "--record", str(runs / "al.train.json")])  # fmt: skip
     for mode in ("vocab", "code_faithful"):
-        train.main(["trra", "--ref", ref, "--aligned", al, "--lam=2", "--mode", mode,
-                    "--test", te, "--config", json.dumps(tcfg), "--out", str(tmp_path / mode),
-                    "--variant", "trra-lam2", "--record", str(runs / f"{mode}.train.json"),
-                    "--decode-out", str(runs / f"trra-{mode}.json"),
-                    "--ref-record", str(runs / "ref.json"), *common])  # fmt: skip
-    evaluate.main(["dera", "--ref", ref, "--aligned", al, "--lams=0,2", "--test", te,
-                   "--config", json.dumps(cfg), "--out", f"{runs}/d0.json,{runs}/d2.json",
-                   "--ref-record", str(runs / "ref.json")])  # fmt: skip
-    icfg = {**tcfg, "form": "short"}
-    outs = ",".join(f"{runs}/i{k}.json" for k in range(3))
-    train.main(["inra", "--ref", ref, "--lams=-0.5,0,1", "--test", te,
-                "--config", json.dumps(icfg), "--out", str(tmp_path / "inra"), "--variant", "inra",
-                "--record", str(runs / "inra.train.json"), "--decode-out", outs,
-                "--ref-record", str(runs / "ref.json"), *common])  # fmt: skip
-    recs = [
-        str(runs / f)
-        for f in ("trra-vocab.json", "d0.json", "d2.json", "i0.json", "i1.json", "i2.json")
-    ]
-    sweep.main(["--records", ",".join(recs), "--out", str(runs / "sweep.json")])
+        train.main(["trra", *job, "--variant", "trra-lam2", "--ref", ref, "--aligned", al,
+                    "--lam=2", "--mode", mode, "--train", tr, "--test", te,
+                    "--out", str(tmp_path / mode), "--record", str(runs / f"{mode}.train.json"),
+                    "--decode-out", str(runs / f"trra-{mode}.json"), *ref_rec])  # fmt: skip
+    evaluate.main(["dera", *job, "--variant", "dera", "--ref", ref, "--aligned", al,
+                   "--test", te, "--out", str(runs), *ref_rec])  # fmt: skip
+    train.main(["inra", *job, "--variant", "inra", "--ref", ref, "--train", tr, "--test", te,
+                "--out", str(tmp_path / "inra"), "--record", str(runs / "inra.train.json"),
+                "--runs", str(runs), *ref_rec])  # fmt: skip
+    # one decode record per lambda of dera_lambdas, of inra.lambdas and 0
+    dec = [f"{v}/realign_decode.json" for v in ("dera-lam0", "dera-lam2")]
+    dec += [f"inra-lam{x}/realign_decode.json" for x in ("-0.5", "0", "1")]
+    recs = [str(runs / f) for f in ["trra-vocab.json", *dec]]
+    sweep.main([*job, "--variant", "sweep", "--records", ",".join(recs),
+                "--out", str(runs / "sweep.json")])  # fmt: skip
 
     def val(path, name, task="all"):
         rec = load_run_record(path)
         return next(m["value"] for m in rec["metrics"] if m["task"] == task and m["metric"] == name)
 
-    assert val(runs / "i1.json", "identical_to_ref") == 1.0  # lambda = 0 after training
-    rows = [json.loads(x) for x in (runs / "i1.samples.jsonl").read_text().splitlines()]
+    inra0 = runs / "inra-lam0" / "realign_decode.json"
+    assert val(inra0, "identical_to_ref") == 1.0  # lambda = 0 after training
+    assert load_run_record(inra0)["variant"] == "inra-lam0"
+    samples = inra0.with_suffix(".samples.jsonl")
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
     assert [r["doc_id"] for r in rows] == list(range(6))  # the store's integer doc ids
     assert val(runs / "inra.train.json", "init_max_abs_logit_diff", "identity") < 1e-5
-    assert val(runs / "d0.json", "token_reduction") == 0.0  # DeRa lambda = 0 is the reference
+    dera0 = runs / "dera-lam0" / "realign_decode.json"
+    assert val(dera0, "token_reduction") == 0.0  # DeRa lambda = 0 is the reference
+    assert load_run_record(dera0)["config"]["lambda"] == 0.0
     assert (tmp_path / "inra" / "meta.json").is_file() and (
         tmp_path / "vocab" / "meta.json"
     ).is_file()
+    meta = json.loads((tmp_path / "vocab" / "meta.json").read_text())
+    assert (meta["name"], meta["paper"], meta["method"]) == ("trra-lam2", "realign", "trra")
+    assert meta["config"]["lambda"] == 2.0 and meta["config"]["warmup_steps"] == 0  # schema
     names = {s["name"] for s in load_run_record(runs / "sweep.json")["series"]}
     assert "InRa: mean output tokens vs lambda" in names and "DeRa: exact match vs lambda" in names
     # bad input: an undefined fused teacher is named on the command line
     with pytest.raises(SystemExit):
-        train.main(["trra", "--ref", ref, "--aligned", al, "--lam=nan", "--test", te,
-                    "--config", json.dumps(tcfg), "--out", str(tmp_path / "bad"),
-                    "--variant", "bad", "--record", str(runs / "bad.json"),
-                    "--decode-out", str(runs / "bad_d.json"), *common])  # fmt: skip
+        train.main(["trra", *job, "--variant", "bad", "--ref", ref, "--aligned", al,
+                    "--lam=nan", "--train", tr, "--test", te, "--out", str(tmp_path / "bad"),
+                    "--record", str(runs / "bad.json"),
+                    "--decode-out", str(runs / "bad_d.json")])  # fmt: skip
     assert "lambda=nan" in capsys.readouterr().err.replace("'", "")
 
 

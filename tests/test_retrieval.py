@@ -167,3 +167,19 @@ def test_suite_scores_and_rejects_wrong_shape(world, tmp_path):
 def test_prepare_checks_expected_counts(world, tmp_path):
     with pytest.raises(RetrievalDataError, match="has 5 videos, the config expects 1000"):
         prepare(world / "test1k.jsonl", world / "frames", "t", tmp_path, expect={"videos": 1000})
+
+
+def test_prepare_job_names_a_split_missing_from_the_scale(tmp_path, capsys):
+    from benchmarks.retrieval import prepare as prep
+
+    argv = ["--scale", "tiny", "--paper", "pig", "--variant", "nosuch", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        prep.main([*argv, "--device", "cpu"])
+    assert exc.value.code == 2
+    assert "papers.pig.splits: no split named 'nosuch'" in capsys.readouterr().err
+    # a {generated} path without --generated is refused, naming the split
+    with pytest.raises(SystemExit) as exc:
+        prep.main([*argv[:5], "shapes1k", *argv[6:], "--device", "cpu"])
+    assert exc.value.code == 2
+    assert "papers.pig.splits.shapes1k" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

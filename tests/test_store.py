@@ -123,3 +123,26 @@ def test_cli_ingest_error_is_one_line(store):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0]
     assert db.read_bytes() == before
+
+
+def test_compare_stores_finds_every_changed_added_and_dropped_metric(tmp_path):
+    from tools.compare_stores import compare
+
+    def store(name, rows):
+        runs = tmp_path / name / "runs"
+        for variant, metrics in rows.items():
+            write_record(runs, variant, metrics)
+        db = tmp_path / name / "x.duckdb"
+        ingest(runs, db, tmp_path / "no-methods")
+        return str(db)
+
+    a = store("a", {"v1": [("t", "acc", 0.5, 0.1)], "v2": [("t", "acc", 0.7, 0.1)]})
+    same = store("same", {"v1": [("t", "acc", 0.5, 0.1)], "v2": [("t", "acc", 0.7, 0.1)]})
+    b = store("b", {"v1": [("t", "acc", 0.5000001, 0.1)], "v3": [("t", "acc", 0.7, 0.1)]})
+    assert compare(a, same, set()) == []
+    out = compare(a, b, set())
+    assert len(out) == 3
+    assert any(line.startswith("differs:") and "v1" in line for line in out)
+    assert any(line.startswith(f"only in {a}") and "v2" in line for line in out)
+    assert any(line.startswith(f"only in {b}") and "v3" in line for line in out)
+    assert compare(a, b, {"lm_eval"}) == []  # a skipped (wall-clock) suite is left out

@@ -28,9 +28,14 @@ def test_reproduce_all_reduced(reduced_run, root):
     con = duckdb.connect(str(db), read_only=True)
     try:
         runs = con.execute("SELECT paper, variant, suite, scale FROM runs ORDER BY ALL").fetchall()
-        assert runs == [("base", "lm-m", "lm_eval", "tiny"), ("base", "lm-s", "lm_eval", "tiny")]
+        assert runs == [
+            ("base", "lm-m", "lm_eval", "tiny"),
+            ("base", "lm-m", "train", "tiny"),
+            ("base", "lm-s", "lm_eval", "tiny"),
+            ("base", "lm-s", "train", "tiny"),
+        ]
         tasks = {r[0] for r in con.execute("SELECT DISTINCT task FROM metrics").fetchall()}
-        assert tasks == {"arith_id", "arith_ood", "arith_mc", "text_ppl"}
+        assert tasks == {"arith_id", "arith_ood", "arith_mc", "text_ppl", "train"}
         n_docs = con.execute("SELECT max(n) FROM metrics WHERE task = 'arith_mc'").fetchone()[0]
         assert n_docs == 16  # the limit of the reduced config
         statuses = con.execute(
@@ -46,9 +51,12 @@ def test_reproduce_all_reduced(reduced_run, root):
         bpb = con.execute(
             "SELECT value FROM leaderboard WHERE variant = 'lm-s' AND metric = 'bits_per_byte'"
         ).fetchone()[0]
-        assert (
-            con.execute("SELECT count(*) FROM series WHERE name = 'train_loss'").fetchone()[0] == 2
-        )
+        # Training curves come from each tiny model's own train record, one per model.
+        curves = con.execute(
+            "SELECT r.variant, r.suite FROM series s JOIN runs r USING (run_id) "
+            "WHERE s.name = 'train_loss' ORDER BY ALL"
+        ).fetchall()
+        assert curves == [("lm-m", "train"), ("lm-s", "train")]
     finally:
         con.close()
 
@@ -101,6 +109,7 @@ def test_one_task_index_per_evaluation(reduced_run, tmp_path, monkeypatch):
     monkeypatch.setattr(TaskManager, "__init__", counting_init)
     out = tmp_path / "lm_eval.json"
     argv = ["--artifact", str(work / "artifacts/tiny/base/lm-s"), "--scale", "tiny"]
+    argv += ["--scale-file", str(reduced_run["scale_file"])]
     argv += ["--paper", "base", "--variant", "lm-s", "--tasks", ",".join(cfg["tasks"])]
     argv += ["--data-dir", str(work / "data/tiny"), "--out", str(out), "--seed", str(ref["seed"])]
     argv += ["--batch-size", str(cfg["batch_size"]), "--limit", str(cfg["limit"])]
@@ -123,6 +132,7 @@ def test_a_task_group_is_refused_before_any_work(reduced_run, tmp_path, monkeypa
     monkeypatch.setattr(lm_eval_suite, "TASK_DIR", tasks)
     work, out = reduced_run["work"], tmp_path / "lm_eval.json"
     argv = ["--artifact", str(work / "artifacts/tiny/base/lm-s"), "--scale", "tiny"]
+    argv += ["--scale-file", str(reduced_run["scale_file"])]
     argv += ["--paper", "base", "--variant", "lm-s", "--tasks", "arith_mc,arith_both"]
     argv += ["--data-dir", str(work / "data/tiny"), "--out", str(out)]
     with pytest.raises(SystemExit) as exc:

@@ -1,7 +1,7 @@
 """Run `snakemake --lint` and fail on any lint except the one this project waives.
 
 Waived: "Specify a conda environment or container for each rule". claimbench runs every rule
-in one pinned virtual environment (DESIGN.md: no software-deployment-method in any profile),
+in one pinned virtual environment (no software-deployment-method in any profile),
 so a per-rule conda file would document an environment nobody uses.
 
 The text report is parsed because snakemake 9.27's CLI ignores `--lint json` (it calls

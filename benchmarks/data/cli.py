@@ -1,16 +1,20 @@
-"""Write the data files of one scale: ``python -m benchmarks.data.cli {arith,text} ...``."""
+"""Write the data files of one scale: ``python -m benchmarks.data.cli {arith,text} ...``.
+
+A job of paper ``base`` whose variant is the data set's name (``arith`` or ``text``); its
+settings are the scale file's ``data.<variant>`` section (schema defaults filled in)::
+
+    python -m benchmarks.data.cli arith --scale tiny --paper base --variant arith \
+        --out data/tiny/arith
+"""
 
 from __future__ import annotations
 
-import sys
-
 import argparse
-import json
 from pathlib import Path
 
 from benchmarks.data import arith, text
-from claimbench.errors import ClaimbenchError, exit_on_user_error
 from claimbench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_files
+from claimbench.job import Job, add_job_options, run_job
 
 
 def build_arith(spec: dict, seed: int, out: Path) -> None:
@@ -62,24 +66,29 @@ def build_text(spec: dict, sdist: Path, out: Path) -> None:
     atomic_write_json(out / "manifest.json", manifest)
 
 
+def _spec(job: Job, what: str) -> dict:
+    if job.variant != what:
+        raise ValueError(f"--variant {job.variant}: the {what} data set's variant is {what!r}")
+    return job.scale_config["data"][what]
+
+
+def run_arith(job: Job) -> None:
+    build_arith(_spec(job, "arith"), job.seed, job.out)
+
+
+def run_text(job: Job) -> None:
+    build_text(_spec(job, "text"), job.args.sdist, job.out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     sub = ap.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("arith")
-    a.add_argument("--spec", required=True, help="JSON of the scale's data.arith section")
-    a.add_argument("--seed", type=int, required=True)
-    a.add_argument("--out", type=Path, required=True)
-    t = sub.add_parser("text")
-    t.add_argument("--spec", required=True, help="JSON of the scale's data.text section")
-    t.add_argument("--sdist", type=Path, required=True)
-    t.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError):
-        spec = json.loads(args.spec)
-        if args.what == "arith":
-            build_arith(spec, args.seed, args.out)
-        else:
-            build_text(spec, args.sdist, args.out)
+    a = add_job_options(sub.add_parser("arith"), papers=["base"], out="folder of the data set")
+    a.set_defaults(run=run_arith)
+    t = add_job_options(sub.add_parser("text"), papers=["base"], out="folder of the data set")
+    t.add_argument("--sdist", type=Path, required=True, help="the text package's sdist")
+    t.set_defaults(run=run_text)
+    run_job(ap, None, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tiny worlds with known ground truth for mechanistic interpretability (spec mi-steer.md §6).
+"""Tiny worlds with known ground truth for mechanistic interpretability (methods/mi_steer/README.md).
 
 Files are plain text strings; special markers ``<U>``, ``<L>``, ``<REFUSE>`` and ``<eos>`` are
 single tokens of the character-level vocabulary that the MI methods use.
@@ -17,13 +17,12 @@ single tokens of the character-level vocabulary that the MI methods use.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import string
 from pathlib import Path
 
-from claimbench.io import atomic_write_json
+from claimbench.job import Job, job_parser, run_job
 
 INDUCTION_ALPHABET = string.ascii_lowercase + string.digits  # 36 symbols
 NEUTRAL_WORDS = (
@@ -145,30 +144,14 @@ def write_worlds(
     return counts
 
 
+def run(job: Job) -> None:
+    counts = write_worlds(job.out, seed=job.seed, **job.config["worlds"])
+    job.write_meta(generator="mi_worlds", counts=counts)
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-induction", type=int, default=4000)
-    ap.add_argument("--half", type=int, default=24)
-    ap.add_argument("--n-mode", type=int, default=6000)
-    ap.add_argument("--n-trigger", type=int, default=6000)
-    ap.add_argument("--n-eval", type=int, default=400)
-    a = ap.parse_args(argv)
-    counts = write_worlds(
-        a.out,
-        seed=a.seed,
-        n_induction=a.n_induction,
-        half=a.half,
-        n_mode=a.n_mode,
-        n_trigger=a.n_trigger,
-        n_eval=a.n_eval,
-    )
-    atomic_write_json(
-        a.out / "meta.json", {"generator": "mi_worlds", "seed": a.seed, "counts": counts}
-    )
+    """Sizes come from ``papers.mi_steer.worlds`` of the scale file (defaults in its schema)."""
+    run_job(job_parser(__doc__, papers=["mi_steer"], out="the worlds' folder"), run, argv)
 
 
 if __name__ == "__main__":

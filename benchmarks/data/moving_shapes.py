@@ -16,23 +16,23 @@ scale:
 * ``frames/<split>.npy`` (uint8, videos x T x H x W x 3) + ``frames/<split>.ids.json``:
   pre-extracted frames, the form the loaders accept for real videos too.
 
-``python -m benchmarks.data.moving_shapes --spec JSON --seed N --out DIR``
+``python -m benchmarks.data.moving_shapes <job options>`` (paper ``pig``, variant = the data
+set's name, ``moving_shapes``): the world described by ``papers.pig.generator`` of the scale
+file, drawn with the job's ``--seed``, written into ``--out``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from claimbench.errors import ClaimbenchError, exit_on_user_error
+from claimbench.errors import ConfigError
 from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_files
+from claimbench.job import Job, job_parser, run_job
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 COLOURS = {
@@ -109,9 +109,7 @@ def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(
-    objs: list[Obj], rng: np.random.Generator, frames: int, size: int
-) -> np.ndarray:
+def render(objs: list[Obj], rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
     """One video, uint8 (T, H, W, 3): objects bounce at the borders, random start and speed."""
     bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
@@ -214,7 +212,9 @@ def make_split(
         else:  # train / test multi: the first caption full, the others mixed full / partial
             c = [full_caption(objs, rng)]
             for _ in range(captions - 1):
-                c.append(partial_caption(objs, rng) if rng.random() < 0.5 else full_caption(objs, rng))
+                c.append(
+                    partial_caption(objs, rng) if rng.random() < 0.5 else full_caption(objs, rng)
+                )
             caps.append(c)
     return np.stack(vids), caps
 
@@ -243,9 +243,7 @@ def build(spec: dict, seed: int, out: Path) -> dict:
     splits: dict[str, tuple[list[str], list[list[str]]]] = {}
     offset = 0
     for name, n, k, kind, unique in plan:
-        frames, caps = make_split(
-            rng, n, captions=k, kind=kind, unique=unique, **geo
-        )
+        frames, caps = make_split(rng, n, captions=k, kind=kind, unique=unique, **geo)
         ids = [f"video{offset + i}" for i in range(n)]
         offset += n
         splits[name] = (ids, caps)
@@ -257,7 +255,8 @@ def build(spec: dict, seed: int, out: Path) -> dict:
     ids, caps = splits["test1k"]
     files.append(
         atomic_write_jsonl(
-            out / "test1k.jsonl", [{"clip_id": v, "text": c[0]} for v, c in zip(ids, caps, strict=True)]
+            out / "test1k.jsonl",
+            [{"clip_id": v, "text": c[0]} for v, c in zip(ids, caps, strict=True)],
         )
     )
     buf = io.StringIO()
@@ -270,11 +269,22 @@ def build(spec: dict, seed: int, out: Path) -> dict:
     for name, split in (("train", "train"), ("test_multi", "test")):
         ids, caps = splits[name]
         for v, c in zip(ids, caps, strict=True):
-            videos.append({"video_id": v, "category": 0, "url": "", "start time": 0.0,
-                           "end time": float(spec["frames"]), "split": split, "id": int(v[5:])})
+            videos.append(
+                {
+                    "video_id": v,
+                    "category": 0,
+                    "url": "",
+                    "start time": 0.0,
+                    "end time": float(spec["frames"]),
+                    "split": split,
+                    "id": int(v[5:]),
+                }
+            )
             for cap in c:
                 sentences.append({"caption": cap, "video_id": v, "sen_id": len(sentences)})
-    files.append(atomic_write_json(out / "MSRVTT_data.json", {"videos": videos, "sentences": sentences}))
+    files.append(
+        atomic_write_json(out / "MSRVTT_data.json", {"videos": videos, "sentences": sentences})
+    )
     manifest = {
         "generator": "benchmarks.data.moving_shapes",
         "seed": seed,
@@ -286,14 +296,18 @@ def build(spec: dict, seed: int, out: Path) -> dict:
     return manifest
 
 
+def run(job: Job) -> None:
+    spec = job.config.get("generator")
+    if spec is None:
+        raise ConfigError(
+            f"papers.{job.paper}.generator: absent in the {job.scale} scale (it uses real data)"
+        )
+    build(spec, job.seed, job.out)
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", required=True, help="JSON of the scale's papers.pig.generator section")
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, KeyError):
-        build(json.loads(args.spec), args.seed, args.out)
+    ap = job_parser(__doc__, papers=["pig"], out="folder of the generated world")
+    run_job(ap, run, argv, errors=(ValueError, KeyError))
 
 
 if __name__ == "__main__":

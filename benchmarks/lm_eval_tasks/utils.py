@@ -2,7 +2,8 @@
 
 lm-eval calls ``custom_dataset`` with the TaskManager's metadata as keyword arguments; the
 suite passes ``data_dir`` (the scale's data folder, absolute), so the YAMLs carry no paths and
-work from any working directory (OFFLINE-ASSETS.md pitfall P3).
+work from any working directory (a relative path in a task YAML resolves against the
+process's working directory, not the YAML's folder).
 """
 
 from __future__ import annotations

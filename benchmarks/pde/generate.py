@@ -1,6 +1,9 @@
 """Seeded PDE data sets per regime + verifiable question sets (layout in benchmarks/pde/README.md).
 
-``python -m benchmarks.pde.generate --spec JSON --seed N --out data/{scale}/pde``
+``python -m benchmarks.pde.generate --scale S --paper omniflow --variant pde --out data/S/pde``
+
+One job (``claimbench.job``); the data set's settings are the scale's ``benchmarks.pde`` section,
+validated with the defaults of ``config/schema/benchmarks/pde.schema.yaml`` filled in.
 
 Every array is a deterministic function of (spec, seed): each regime and each question kind
 draws from its own ``np.random.default_rng([seed, crc32(name)])`` stream.
@@ -8,9 +11,7 @@ draws from its own ``np.random.default_rng([seed, crc32(name)])`` stream.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import zlib
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from benchmarks.pde.solvers import (
     peaked_vorticity,
 )
 from benchmarks.pde.spectral import PDEInputError, velocity_from_vorticity
-from claimbench.errors import exit_on_user_error
+from claimbench.errors import ConfigError
 from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_file
+from claimbench.job import Job, job_parser, run_job
 
 EQUATIONS = ("ns2d", "beta_plane")
 
@@ -42,17 +44,18 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def regime_params(spec: dict, name: str) -> dict:
+    """A regime's physical parameters (defaults: the schema's, filled in when the scale loads)."""
     r = spec["regimes"][name]
     return {
         "nu": float(r["nu"]),
-        "alpha": float(r.get("alpha", 0.0)),
-        "beta": float(r.get("beta", 0.0)),
-        "forcing": r.get("forcing", "none"),
-        "forcing_amplitude": float(r.get("forcing_amplitude", 0.1)),
-        "forcing_wavenumber": int(r.get("forcing_wavenumber", 4)),
-        "init": r.get("init", "grf"),
-        "init_rms": float(r.get("init_rms", 2.0)),
-        "init_k0": float(r.get("init_k0", 4.0)),
+        "alpha": float(r["alpha"]),
+        "beta": float(r["beta"]),
+        "forcing": r["forcing"],
+        "forcing_amplitude": float(r["forcing_amplitude"]),
+        "forcing_wavenumber": int(r["forcing_wavenumber"]),
+        "init": r["init"],
+        "init_rms": float(r["init_rms"]),
+        "init_k0": float(r["init_k0"]),
     }
 
 
@@ -82,7 +85,7 @@ def simulate_regime(spec: dict, name: str, seed: int) -> tuple[dict, dict[str, n
         alpha=p["alpha"],
         beta=beta,
         forcing=f,
-        precision=spec.get("precision", "double"),
+        precision=spec["precision"],
     )
     t = np.arange(n_snap) * dt_rec
     omega = solver.run(initial_vorticity(rng, p, n_train + n_test, n), t)
@@ -120,6 +123,12 @@ def simulate_regime(spec: dict, name: str, seed: int) -> tuple[dict, dict[str, n
 
 
 def generate(spec: dict, seed: int, out: Path, threads: int = 1) -> dict:
+    """Write the data set of ``spec`` (a validated ``benchmarks.pde`` section) under ``out``.
+
+    The solvers run on the CPU in the data set's own ``precision``, whatever the job's device and
+    dtype: ground truth must be the same arrays on every machine. Each regime's ``regime.json`` is
+    part of the data (its parameters, hashed in the manifest), not an artifact's meta.
+    """
     torch.set_num_threads(threads)
     out = Path(out)
     if spec["source"] not in spec["regimes"]:
@@ -139,8 +148,8 @@ def generate(spec: dict, seed: int, out: Path, threads: int = 1) -> dict:
             path = out / name / f"{split}.npz"
             atomic_write_bytes(path, npz_bytes(arrays))
             files.append(path)
-        atomic_write_json(out / name / "meta.json", meta)
-        files.append(out / name / "meta.json")
+        atomic_write_json(out / name / "regime.json", meta)
+        files.append(out / name / "regime.json")
     qspec = spec["questions"]
     rows, fields = Q.build_questions(qspec, seed)
     atomic_write_bytes(out / "questions" / "fields.npz", npz_bytes(fields))
@@ -159,18 +168,24 @@ def generate(spec: dict, seed: int, out: Path, threads: int = 1) -> dict:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def run(job: Job) -> None:
+    pde = (job.scale_config.get("benchmarks") or {}).get("pde")
+    if pde is None:
+        raise ConfigError(f"scale {job.scale}: no benchmarks.pde section to generate")
+    m = generate(pde, job.seed, job.out, job.threads)
+    job.write_meta(
+        kind="pde_data",
+        regimes=m["regimes"],
+        source=m["source"],
+        n_questions=m["n_questions"],
+        manifest_sha256=sha256_file(job.out / "manifest.json"),
     )
-    ap.add_argument("--spec", required=True, help="JSON of the scale's benchmarks.pde section")
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the solvers")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(PDEInputError, json.JSONDecodeError, KeyError):
-        m = generate(json.loads(args.spec), args.seed, args.out, args.threads)
-    print(f"wrote {args.out}: {len(m['regimes'])} regimes, {m['n_questions']} questions")
+    print(f"wrote {job.out}: {len(m['regimes'])} regimes, {m['n_questions']} questions")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = job_parser(__doc__, papers=["omniflow"], out="the data folder (data/<scale>/pde)")
+    run_job(ap, run, argv, errors=(PDEInputError, ValueError, KeyError))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""PDE-consistency metrics (spec §7), reimplemented from their definitions (PDEBench / The Well
+"""PDE-consistency metrics (table in benchmarks/pde/README.md), reimplemented from their definitions (PDEBench / The Well
 conventions; no code copied). Arrays: any leading axes, the grid on the last two axes
 (``field[..., i, j]`` at x = i/N, y = j/N); time, where needed, is the axis just before the grid.
 
@@ -154,7 +154,7 @@ def energy_budget_error(
     """Per step of a sequence (…, T, N, N): |ΔE/Δt − (⟨ψf⟩ − 2νZ̄ − 2αĒ)| / (|⟨ψf⟩| + 2νZ̄ + 2αĒ + ε).
 
     Bars are trapezoid means over the step; returns (…, T−1). The drag term is in the
-    normaliser too (the spec's omits it; with drag-dominated dynamics it would blow up).
+    normaliser too (the textbook form omits it; with drag-dominated dynamics it would blow up).
     """
     c = _budget_terms(omega, forcing, u, v)
     de = np.diff(c["E"], axis=-1) / dt
@@ -173,8 +173,9 @@ def enstrophy_budget_error(omega, dt: float, nu: float, alpha: float = 0.0, forc
 def pde_residual(omega, dt: float, nu: float, alpha: float = 0.0, beta: float = 0.0, forcing=None):
     """Vorticity-equation residual with a central time difference over 3 frames, per middle frame:
     ‖∂ₜω − R(ω)‖ / (‖∂ₜω‖ + ‖R(ω)‖), ∂ₜω = (ω₊−ω₋)/2Δt, R = −u·∇ω + νΔω − αω − βv + f;
-    all three projected on the 2/3-rule band; returns (…, T−2) in [0, 1]. (The spec divides by ‖∂ₜω‖ alone, which is infinite for a
-    frozen forecast such as persistence; this normaliser gives it exactly 1.)"""
+    all three projected on the 2/3-rule band; returns (…, T−2) in [0, 1]. (Dividing by ‖∂ₜω‖
+    alone would be infinite for a frozen forecast such as persistence; this normaliser gives it
+    exactly 1.)"""
     omega = check_field("omega", omega, ndim_min=3)
     if omega.shape[-3] < 3:
         raise PDEInputError(

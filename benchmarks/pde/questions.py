@@ -1,4 +1,4 @@
-"""Verifiable question sets (spec §5): every answer is known by construction, not by a detector.
+"""Verifiable question sets (kinds in benchmarks/pde/README.md): every answer is known by construction, not by a detector.
 
 ``build_questions(spec, seed) -> (rows, fields)``; each kind draws from its own seeded stream.
 Kinds: divergence_free, vortex_count, vortex_rotation, saddle_count, energy_trend,
@@ -178,7 +178,7 @@ def q_divergence_free(spec, seed):
 
 def q_vortices(spec, seed, kind):
     rng, n, m = _rng(seed, kind), spec["grid"], spec["n_per_kind"]
-    kmax = int(spec.get("max_vortices", 6)) if kind == "vortex_count" else 4
+    kmax = int(spec["max_vortices"]) if kind == "vortex_count" else 4
     senses = _balanced_labels(["cw", "ccw"], m, rng)
     rows, fields = [], {}
     for i in range(m):

@@ -1,4 +1,4 @@
-"""Ground-truth solvers (spec §6), numpy only, periodic domains, integrating-factor RK4.
+"""Ground-truth solvers (benchmarks/pde/README.md), numpy only, periodic domains, integrating-factor RK4.
 
 * ``VorticitySolver``: ∂ω/∂t + u·∇ω = νΔω − αω − βv + f on [0,1)² (β = 0: 2-D Navier-Stokes;
   β > 0: β-plane barotropic vorticity). Linear terms exactly through the integrating factor,

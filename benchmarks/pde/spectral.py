@@ -141,7 +141,7 @@ def energy_spectrum(u, v) -> np.ndarray:
 def spectral_slope(spectrum: np.ndarray, k_lo: int = 2, k_hi: int | None = None) -> np.ndarray:
     """Least-squares slope of log E vs log k over k_lo <= k <= k_hi.
 
-    Default k_hi = the 2/3-rule cutoff N/3 (spectrum has N/2 + 1 shells); the spec's 4..k_max/3
+    Default k_hi = the 2/3-rule cutoff N/3 (spectrum has N/2 + 1 shells); a 4..k_max/3
     band is empty on the tiny 32² grid, so the band is a parameter.
     """
     spectrum = np.asarray(spectrum, dtype=np.float64)

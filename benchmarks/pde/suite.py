@@ -1,8 +1,12 @@
 """The PDE suite: prediction / answer files -> run records (formats in benchmarks/pde/README.md).
 
-``python -m benchmarks.pde.suite forecast --data DIR --regimes a,b --predictions DIR ...``
-``python -m benchmarks.pde.suite questions --data DIR --answers FILE.jsonl ...``
-``python -m benchmarks.pde.suite reference --data DIR --regimes a,b --kind persistence --out DIR``
+``python -m benchmarks.pde.suite forecast JOB --data DIR --regimes a,b --predictions DIR ...``
+``python -m benchmarks.pde.suite questions JOB --data DIR --answers FILE.jsonl ...``
+``python -m benchmarks.pde.suite reference JOB --data DIR --regimes a,b --kind persistence``
+
+``JOB`` = the job options of ``claimbench.job`` (``--scale --paper --variant --out ...``; ``--out``
+is the run record for ``forecast`` / ``questions`` and the folder of the prediction files for
+``reference``). Scoring settings come from the scale's ``benchmarks.pde.eval`` section.
 
 Forecast records (suite ``pde_forecast``) have one task per regime: accuracy (nRMSE and its
 first/last lead step, RMSE, max error, cRMSE, VRMSE, fRMSE low/mid/high) and physical
@@ -25,11 +29,11 @@ import numpy as np
 
 from benchmarks.pde import metrics as M
 from benchmarks.pde.spectral import PDEInputError, energy_spectrum, velocity_from_vorticity
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_bytes, atomic_write_jsonl, sha256_file
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.job import Job, add_job_options, run_job
+from claimbench.records import metric, series
 
+PAPERS = ["omniflow"]  # the papers whose predictions this suite scores
 LOWER = False  # higher_is_better for error metrics
 FORECAST_METRICS = {  # name -> higher_is_better
     "nrmse": LOWER,
@@ -184,115 +188,119 @@ def _mean_se(values):
     return float(np.mean(x)), se
 
 
-def forecast(args) -> Path:
-    with provenance.timed() as t:
-        all_metrics, samples, curves, hashes, cfg_regimes = [], [], [], {}, {}
-        velocity_src = {}
-        for regime in args.regimes:
-            rdir = args.data / regime
-            meta = _read_json(rdir / "meta.json")
-            test = _load_npz(rdir / "test.npz")
-            meta["_forcing"] = test["forcing"].astype(np.float64)
-            n_in, n_out = meta["forecast"]["n_input"], meta["forecast"]["n_rollout"]
-            n = meta["grid"]["N"]
-            omega = test["omega"].astype(np.float64)
-            n_test = omega.shape[0]
-            pred_path = args.predictions / f"{regime}.npz"
-            pred = load_predictions(pred_path, n_test, n_out, n)
-            has_uv = "u" in pred
-            velocity_src[regime] = "predicted" if has_uv else "derived from omega"
-            per, curves_r = {k: [] for k in FORECAST_METRICS}, []
-            for i in range(n_test):
-                row = {
-                    "task": regime,
-                    "doc_id": i,
-                    "prompt": f"{regime} test trajectory {i}",
-                    "target": "",
-                    "response": "",
-                }
-                if pred["failed"][i]:
-                    row["metrics"] = {"failed": 1.0}
-                    samples.append(row)
-                    continue
-                m, nr = score_sample(
-                    pred["omega"][i].astype(np.float64),
-                    omega[i, n_in : n_in + n_out],
-                    omega[i, n_in - 1],
-                    meta,
-                    pred["u"][i].astype(np.float64) if has_uv else None,
-                    pred["v"][i].astype(np.float64) if has_uv else None,
-                    threshold=args.stable_threshold,
-                    slope_band=tuple(args.slope_band),
-                    truth_uv=(
-                        test["u"][i, n_in : n_in + n_out].astype(np.float64),
-                        test["v"][i, n_in : n_in + n_out].astype(np.float64),
-                    ),
-                )
-                for k, val in m.items():
-                    per[k].append(val)
-                curves_r.append(nr)
-                row["metrics"] = {**m, "failed": 0.0}
-                samples.append(row)
-            for k, hib in FORECAST_METRICS.items():
-                mean, se = _mean_se(per[k])
-                if mean is not None:
-                    all_metrics.append(
-                        metric(regime, k, mean, stderr=se, n=len(per[k]), higher_is_better=hib)
-                    )
-            n_failed = int(pred["failed"].sum())
-            all_metrics.append(
-                metric(regime, "failed_rate", n_failed / n_test, n=n_test, higher_is_better=False)
-            )
-            if curves_r:
-                c = np.mean(curves_r, axis=0)
-                curves.append(
-                    series(
-                        f"nRMSE_{regime}",
-                        list(range(1, n_out + 1)),
-                        c.tolist(),
-                        "lead step",
-                        "nRMSE",
-                    )
-                )
-            hashes[regime] = sha256_file(rdir / "test.npz")[:16]
-            cfg_regimes[regime] = {
-                "predictions_sha256": sha256_file(pred_path)[:16],
-                "velocity": velocity_src[regime],
-                "failed": n_failed,
+def eval_settings(job: Job) -> tuple[float, tuple[int, int | None]]:
+    """(stable_threshold, slope_band) of ``benchmarks.pde.eval`` (K_HI null = the 2/3-rule cutoff)."""
+    pde = (job.scale_config.get("benchmarks") or {}).get("pde")
+    if pde is None:
+        raise PDEInputError(f"scale {job.scale}: no benchmarks.pde section")
+    ev = pde["eval"]
+    return float(ev["stable_threshold"]), (ev["slope_band"][0], ev["slope_band"][1])
+
+
+def forecast(job: Job) -> Path:
+    args = job.args
+    threshold, slope_band = eval_settings(job)
+    all_metrics, samples, curves, hashes, cfg_regimes = [], [], [], {}, {}
+    velocity_src = {}
+    for regime in args.regimes:
+        rdir = args.data / regime
+        meta = _read_json(rdir / "regime.json")
+        test = _load_npz(rdir / "test.npz")
+        meta["_forcing"] = test["forcing"].astype(np.float64)
+        n_in, n_out = meta["forecast"]["n_input"], meta["forecast"]["n_rollout"]
+        n = meta["grid"]["N"]
+        omega = test["omega"].astype(np.float64)
+        n_test = omega.shape[0]
+        pred_path = args.predictions / f"{regime}.npz"
+        pred = load_predictions(pred_path, n_test, n_out, n)
+        has_uv = "u" in pred
+        velocity_src[regime] = "predicted" if has_uv else "derived from omega"
+        per, curves_r = {k: [] for k in FORECAST_METRICS}, []
+        for i in range(n_test):
+            row = {
+                "task": regime,
+                "doc_id": i,
+                "prompt": f"{regime} test trajectory {i}",
+                "target": "",
+                "response": "",
             }
-    out = Path(args.out)
-    samples_name = out.name.replace(".json", ".samples.jsonl")
-    atomic_write_jsonl(out.parent / samples_name, samples)
+            if pred["failed"][i]:
+                row["metrics"] = {"failed": 1.0}
+                samples.append(row)
+                continue
+            m, nr = score_sample(
+                pred["omega"][i].astype(np.float64),
+                omega[i, n_in : n_in + n_out],
+                omega[i, n_in - 1],
+                meta,
+                pred["u"][i].astype(np.float64) if has_uv else None,
+                pred["v"][i].astype(np.float64) if has_uv else None,
+                threshold=threshold,
+                slope_band=slope_band,
+                truth_uv=(
+                    test["u"][i, n_in : n_in + n_out].astype(np.float64),
+                    test["v"][i, n_in : n_in + n_out].astype(np.float64),
+                ),
+            )
+            for k, val in m.items():
+                per[k].append(val)
+            curves_r.append(nr)
+            row["metrics"] = {**m, "failed": 0.0}
+            samples.append(row)
+        for k, hib in FORECAST_METRICS.items():
+            mean, se = _mean_se(per[k])
+            if mean is not None:
+                all_metrics.append(
+                    metric(regime, k, mean, stderr=se, n=len(per[k]), higher_is_better=hib)
+                )
+        n_failed = int(pred["failed"].sum())
+        all_metrics.append(
+            metric(regime, "failed_rate", n_failed / n_test, n=n_test, higher_is_better=False)
+        )
+        if curves_r:
+            c = np.mean(curves_r, axis=0)
+            curves.append(
+                series(
+                    f"nRMSE_{regime}",
+                    list(range(1, n_out + 1)),
+                    c.tolist(),
+                    "lead step",
+                    "nRMSE",
+                )
+            )
+        hashes[regime] = sha256_file(rdir / "test.npz")[:16]
+        cfg_regimes[regime] = {
+            "predictions_sha256": sha256_file(pred_path)[:16],
+            "velocity": velocity_src[regime],
+            "failed": n_failed,
+        }
     config = {
         "data": str(args.data),
         "predictions": str(args.predictions),
         "regimes": cfg_regimes,
-        "stable_threshold": args.stable_threshold,
-        "slope_band": list(args.slope_band),
+        "stable_threshold": threshold,
+        "slope_band": list(slope_band),
         "frmse": "full spectrum, floor(|k|) shells, bands [0,4) [4,12) [12,N/2); per-sample mean",
         "budgets": "trapezoid over snapshot pairs from the last input frame; *_truth = same on the solver",
     }
-    return _write(args, out, "pde_forecast", all_metrics, samples_name, config, hashes, curves, t)
+    return write_scores(job, "pde_forecast", all_metrics, samples, config, hashes, curves)
 
 
-def _write(args, out, suite, all_metrics, samples_name, config, hashes, curves, t):
-    record = make_run_record(
-        scale=args.scale,
-        paper=args.paper,
-        method=args.method,
-        variant=args.variant,
-        base_model=args.base_model,
+def write_scores(job: Job, suite, all_metrics, samples, config, hashes, curves) -> Path:
+    """The per-sample rows beside the record (``<record>.samples.jsonl``), then the record."""
+    samples_name = job.out.name.replace(".json", ".samples.jsonl")
+    atomic_write_jsonl(job.out.parent / samples_name, samples)
+    record = job.record(
         suite=suite,
-        tasks=sorted({m["task"] for m in all_metrics}),
-        seed=args.seed,
-        config=config,
         metrics=all_metrics,
-        provenance=provenance.capture(t["started_at"], t["wall_s"]),
+        base_model=job.args.base_model,
+        method=job.args.method,
+        config=config,
         task_hashes=hashes,
         samples=samples_name,
         series=curves,
     )
-    return write_run_record(out, record)
+    return job.write_record(record)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -342,89 +350,82 @@ def grade(q: dict, a) -> dict:
     raise PDEInputError(f"question {q['id']}: unknown answer_type {t!r}")
 
 
-def questions(args) -> Path:
-    with provenance.timed() as t:
-        qpath = args.data / "questions" / "questions.jsonl"
-        qs = _read_jsonl(qpath)
-        answers = _read_jsonl(args.answers)
-        by_id = {}
-        known = {q["id"] for q in qs}
-        for a in answers:
-            if a["id"] not in known:
-                raise PDEInputError(f"{args.answers}: answer for unknown question id {a['id']!r}")
-            if a["id"] in by_id:
-                raise PDEInputError(f"{args.answers}: question id {a['id']!r} answered twice")
-            by_id[a["id"]] = a
-        kinds = args.kinds or sorted({q["kind"] for q in qs})
-        per = {
-            k: {"correct": [], "abs_error": [], "rel_error": [], "failed": [], "missing": []}
-            | {e: [] for e in args.extra_metrics}
-            for k in kinds
-        }
-        samples = []
-        for q in qs:
-            if q["kind"] not in per:
+def questions(job: Job) -> Path:
+    args = job.args
+    qpath = args.data / "questions" / "questions.jsonl"
+    qs = _read_jsonl(qpath)
+    answers = _read_jsonl(args.answers)
+    by_id = {}
+    known = {q["id"] for q in qs}
+    for a in answers:
+        if a["id"] not in known:
+            raise PDEInputError(f"{args.answers}: answer for unknown question id {a['id']!r}")
+        if a["id"] in by_id:
+            raise PDEInputError(f"{args.answers}: question id {a['id']!r} answered twice")
+        by_id[a["id"]] = a
+    kinds = args.kinds or sorted({q["kind"] for q in qs})
+    per = {
+        k: {"correct": [], "abs_error": [], "rel_error": [], "failed": [], "missing": []}
+        | {e: [] for e in args.extra_metrics}
+        for k in kinds
+    }
+    samples = []
+    for q in qs:
+        if q["kind"] not in per:
+            continue
+        a = by_id.get(q["id"])
+        missing = a is None
+        failed = bool(a and a.get("failed"))
+        if missing or failed or "answer" not in a:
+            m = {"correct": 0.0}
+            failed = failed or (not missing)
+        else:
+            m = grade(q, a["answer"])
+        m |= {"failed": float(failed), "missing": float(missing)}
+        for e in args.extra_metrics:
+            val = (a or {}).get(e)
+            if isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val):
+                m[e] = float(val)
+        for k, val in m.items():
+            per[q["kind"]][k].append(val)
+        samples.append(
+            {
+                "task": q["kind"],
+                "doc_id": int(q["sample"]),
+                "prompt": q["question"],
+                "target": json.dumps(q["answer"]),
+                "response": "" if a is None else json.dumps(a.get("answer")),
+                "metrics": m,
+                "output": {k: v for k, v in (a or {}).items() if k not in ("id", "answer")},
+                "id": q["id"],
+            }
+        )
+    all_metrics = []
+    for k in kinds:
+        n = len(per[k]["correct"])
+        if n == 0:
+            raise PDEInputError(f"{qpath}: no questions of kind {k!r}")
+        for name, hib in (
+            ("correct", True),
+            ("abs_error", False),
+            ("rel_error", False),
+            ("failed", False),
+            ("missing", False),
+            *((e, None) for e in args.extra_metrics),
+        ):
+            mean, se = _mean_se(per[k][name])
+            if mean is None:
                 continue
-            a = by_id.get(q["id"])
-            missing = a is None
-            failed = bool(a and a.get("failed"))
-            if missing or failed or "answer" not in a:
-                m = {"correct": 0.0}
-                failed = failed or (not missing)
-            else:
-                m = grade(q, a["answer"])
-            m |= {"failed": float(failed), "missing": float(missing)}
-            for e in args.extra_metrics:
-                val = (a or {}).get(e)
-                if (
-                    isinstance(val, int | float)
-                    and not isinstance(val, bool)
-                    and math.isfinite(val)
-                ):
-                    m[e] = float(val)
-            for k, val in m.items():
-                per[q["kind"]][k].append(val)
-            samples.append(
-                {
-                    "task": q["kind"],
-                    "doc_id": int(q["sample"]),
-                    "prompt": q["question"],
-                    "target": json.dumps(q["answer"]),
-                    "response": "" if a is None else json.dumps(a.get("answer")),
-                    "metrics": m,
-                    "output": {k: v for k, v in (a or {}).items() if k not in ("id", "answer")},
-                    "id": q["id"],
-                }
+            label = {
+                "correct": "accuracy",
+                "abs_error": "mae",
+                "failed": "failed_rate",
+                "missing": "missing_rate",
+            }.get(name, name)
+            all_metrics.append(
+                metric(k, label, mean, stderr=se, n=len(per[k][name]), higher_is_better=hib)
             )
-        all_metrics = []
-        for k in kinds:
-            n = len(per[k]["correct"])
-            if n == 0:
-                raise PDEInputError(f"{qpath}: no questions of kind {k!r}")
-            for name, hib in (
-                ("correct", True),
-                ("abs_error", False),
-                ("rel_error", False),
-                ("failed", False),
-                ("missing", False),
-                *((e, None) for e in args.extra_metrics),
-            ):
-                mean, se = _mean_se(per[k][name])
-                if mean is None:
-                    continue
-                label = {
-                    "correct": "accuracy",
-                    "abs_error": "mae",
-                    "failed": "failed_rate",
-                    "missing": "missing_rate",
-                }.get(name, name)
-                all_metrics.append(
-                    metric(k, label, mean, stderr=se, n=len(per[k][name]), higher_is_better=hib)
-                )
-        hashes = {k: sha256_file(qpath)[:16] for k in kinds}
-    out = Path(args.out)
-    samples_name = out.name.replace(".json", ".samples.jsonl")
-    atomic_write_jsonl(out.parent / samples_name, samples)
+    hashes = {k: sha256_file(qpath)[:16] for k in kinds}
     config = {
         "data": str(args.data),
         "answers": str(args.answers),
@@ -432,13 +433,14 @@ def questions(args) -> Path:
         "answers_sha256": sha256_file(args.answers)[:16],
         "extra_metrics": args.extra_metrics,
     }
-    return _write(args, out, "pde_qa", all_metrics, samples_name, config, hashes, [], t)
+    return write_scores(job, "pde_qa", all_metrics, samples, config, hashes, [])
 
 
-def reference(args) -> Path:
+def reference(job: Job) -> Path:
     """Reference prediction files: ``truth`` (the solver's own frames) or ``persistence``."""
+    args = job.args
     for regime in args.regimes:
-        meta = _read_json(args.data / regime / "meta.json")
+        meta = _read_json(args.data / regime / "regime.json")
         test = _load_npz(args.data / regime / "test.npz")
         n_in, n_out = meta["forecast"]["n_input"], meta["forecast"]["n_rollout"]
         if args.kind == "truth":
@@ -450,12 +452,19 @@ def reference(args) -> Path:
             }
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(args.out / f"{regime}.npz", buf.getvalue())
-    return args.out
+        atomic_write_bytes(job.out / f"{regime}.npz", buf.getvalue())
+    return job.out
 
 
 def _csv(s: str) -> list[str]:
     return [x for x in s.split(",") if x]
+
+
+def _wrote(command):
+    def run(job: Job) -> None:
+        print(f"wrote {command(job)}")
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -463,48 +472,35 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
+    record = "the run record (.json); per-sample rows go beside it (.samples.jsonl)"
 
-    def common(p):
+    def scorer(name, help):
+        p = add_job_options(sub.add_parser(name, help=help), papers=PAPERS, out=record)
         p.add_argument("--data", type=Path, required=True, help="data/{scale}/pde")
-        p.add_argument("--scale", required=True)
-        p.add_argument("--paper", required=True)
-        p.add_argument("--method", required=True)
-        p.add_argument("--variant", required=True)
-        p.add_argument("--base-model", default="")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--out", type=Path, required=True, help="run record path (.json)")
+        p.add_argument("--method", required=True, help="the method the record scores")
+        p.add_argument("--base-model", default="", help="the record's base model label")
+        return p
 
-    f = sub.add_parser("forecast", help="score PRED_DIR/{regime}.npz against the test trajectories")
-    common(f)
+    f = scorer("forecast", "score PRED_DIR/{regime}.npz against the test trajectories")
     f.add_argument("--regimes", type=_csv, required=True)
     f.add_argument("--predictions", type=Path, required=True)
-    f.add_argument("--stable-threshold", type=float, default=0.5)
-    f.add_argument(
-        "--slope-band",
-        type=int,
-        nargs=2,
-        default=[2, 0],
-        metavar=("K_LO", "K_HI"),
-        help="spectral-slope fit band (K_HI 0 = the 2/3-rule cutoff)",
-    )
-    q = sub.add_parser("questions", help="score an answers JSONL against questions.jsonl")
-    common(q)
+    f.set_defaults(run=_wrote(forecast))
+    q = scorer("questions", "score an answers JSONL against questions.jsonl")
     q.add_argument("--answers", type=Path, required=True)
     q.add_argument("--kinds", type=_csv, default=None, help="only these kinds (default: all)")
     q.add_argument("--extra-metrics", type=_csv, default=[], help="numeric answer keys to average")
-    r = sub.add_parser("reference", help="write truth / persistence prediction files")
+    q.set_defaults(run=_wrote(questions))
+    r = add_job_options(
+        sub.add_parser("reference", help="write truth / persistence prediction files"),
+        papers=PAPERS,
+        out="folder for {regime}.npz",
+    )
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--regimes", type=_csv, required=True)
     r.add_argument("--kind", choices=("truth", "persistence"), required=True)
-    r.add_argument("--out", type=Path, required=True, help="folder for {regime}.npz")
-    args = ap.parse_args(argv)
-    if getattr(args, "slope_band", None) is not None:
-        args.slope_band = [args.slope_band[0], args.slope_band[1] or None]
-    with exit_on_user_error(PDEInputError):
-        path = {"forecast": forecast, "questions": questions, "reference": reference}[args.cmd](
-            args
-        )
-    print(f"wrote {path}")
+    r.set_defaults(run=_wrote(reference))
+
+    run_job(ap, None, argv, errors=(PDEInputError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Turn one annotation file (any supported MSR-VTT format) + frames into the canonical split.
 
-``python -m benchmarks.retrieval.prepare --annotations F --frames DIR --name test1k --out DIR
-[--split test] [--videos-csv F]`` writes into ``DIR``:
+``python -m benchmarks.retrieval.prepare <job options> [--generated DIR]``: the job's variant
+names the split, and the paper's ``splits.<variant>`` section of the scale file says where its
+files are (``annotations``, ``frames``, optional ``split`` and ``videos_csv``; ``{generated}``
+in a path stands for ``--generated``) and which counts to ``expect``. Writes into ``--out``:
 
 * ``<name>.jsonl``: one row per caption, ``{"video_id", "caption", "video_index"}``;
 * ``<name>.videos.json``: the videos in order (column order of every similarity matrix);
@@ -13,16 +15,15 @@ Methods read these files; the suite scores against them.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.retrieval.loaders import FrameStore, RetrievalDataError, load_annotations
-from claimbench.errors import exit_on_user_error
+from claimbench.errors import ConfigError
 from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_files
+from claimbench.job import Job, job_parser, run_job
 
 
 def prepare(
@@ -65,29 +66,43 @@ def prepare(
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--annotations", type=Path, required=True)
-    ap.add_argument("--frames", type=Path, required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--split", default=None, help="MSRVTT_data.json 'split' value to keep")
-    ap.add_argument("--videos-csv", type=Path, default=None, help="csv with a video_id column")
-    ap.add_argument("--expect", default="{}", help='JSON {"videos": N, "captions": M} to check')
-    args = ap.parse_args(argv)
-    with exit_on_user_error():
-        m = prepare(
-            args.annotations,
-            args.frames,
-            args.name,
-            args.out,
-            args.split,
-            args.videos_csv,
-            json.loads(args.expect),
+def run(job: Job) -> None:
+    spec = (job.config.get("splits") or {}).get(job.variant)
+    if spec is None:
+        raise ConfigError(
+            f"papers.{job.paper}.splits: no split named {job.variant!r} in the {job.scale} scale"
         )
-    print(f"{args.name}: {m['n_captions']} captions, {m['n_videos']} videos ({m['format']})")
+    generated = job.args.generated
+
+    def path(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        if "{generated}" in value:
+            if generated is None:
+                raise ConfigError(
+                    f"papers.{job.paper}.splits.{job.variant}: {value!r} needs --generated"
+                )
+            value = value.replace("{generated}", str(generated))
+        return Path(value)
+
+    m = prepare(
+        path(spec["annotations"]),
+        path(spec["frames"]),
+        job.variant,
+        job.out,
+        spec.get("split"),
+        path(spec.get("videos_csv")),
+        spec["expect"],
+    )
+    print(f"{job.variant}: {m['n_captions']} captions, {m['n_videos']} videos ({m['format']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = job_parser(__doc__, out="folder of the canonical splits")
+    ap.add_argument(
+        "--generated", type=Path, default=None, help="folder that {generated} in the paths names"
+    )
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

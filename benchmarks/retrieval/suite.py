@@ -1,7 +1,8 @@
 """The retrieval suite: method outputs (files) -> R@K run record.
 
-``python -m benchmarks.retrieval.suite --artifact DIR --data DIR --tests a,b --scale S
---paper P --out results/runs/.../retrieval.json``
+``python -m benchmarks.retrieval.suite <job options> --artifact DIR --data DIR --tests a,b``
+(``--out results/runs/.../retrieval.json``; ``--variant`` and ``--seed`` are the artifact's:
+its ``meta.json`` must agree, so that no record is mislabelled).
 
 For each test split ``t`` the artifact folder holds either embeddings
 ``embeddings/<t>.text.npy`` (captions x D) and ``embeddings/<t>.video.npy`` (videos x D), scored
@@ -18,7 +19,6 @@ the similarity matrix of each test is saved beside the record as ``retrieval.<t>
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -28,10 +28,9 @@ import numpy as np
 
 from benchmarks.retrieval import metrics as M
 from benchmarks.retrieval.loaders import RetrievalDataError
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_bytes, atomic_write_jsonl
-from claimbench.records import make_run_record, metric, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric
 
 SUITE = "retrieval"
 
@@ -156,24 +155,34 @@ def score(sim: np.ndarray, rows: list[dict], videos: list[str], test: str):
     return out, samples
 
 
-def run(args) -> Path:
-    with provenance.timed() as t:
-        meta = _read_json(args.artifact / "meta.json")
-        emb_dir = args.artifact / "embeddings"
-        all_metrics, all_samples, hashes = [], [], {}
-        out = Path(args.out)
-        for test in args.tests:
-            rows, videos = load_split(args.data, test)
-            manifest = _read_json(args.data / f"{test}.manifest.json")
-            sim = similarity(emb_dir, test, rows, videos)
-            buf = io.BytesIO()
-            np.save(buf, sim.astype(np.float32), allow_pickle=False)
-            atomic_write_bytes(out.parent / f"{SUITE}.{test}.sim.npy", buf.getvalue())
-            m, s = score(sim, rows, videos, test)
-            all_metrics += m
-            all_samples += s
-            for task in (f"{test}_t2v", f"{test}_v2t", test):
-                hashes[task] = manifest["task_hash"]
+def _check_identity(job: Job, meta: dict, artifact: Path) -> None:
+    """The record takes the job's variant and seed: the artifact's meta.json must name the same."""
+    for key, want in (("variant", job.variant), ("seed", job.seed)):
+        if key in meta and meta[key] != want:
+            raise RetrievalDataError(
+                f"{artifact / 'meta.json'}: {key} {meta[key]!r}, but this job runs with "
+                f"--{key} {want!r}"
+            )
+
+
+def run(job: Job) -> Path:
+    args, out = job.args, job.out
+    meta = _read_json(args.artifact / "meta.json")
+    _check_identity(job, meta, args.artifact)
+    emb_dir = args.artifact / "embeddings"
+    all_metrics, all_samples, hashes = [], [], {}
+    for test in args.tests:
+        rows, videos = load_split(args.data, test)
+        manifest = _read_json(args.data / f"{test}.manifest.json")
+        sim = similarity(emb_dir, test, rows, videos)
+        buf = io.BytesIO()
+        np.save(buf, sim.astype(np.float32), allow_pickle=False)
+        atomic_write_bytes(out.parent / f"{SUITE}.{test}.sim.npy", buf.getvalue())
+        m, s = score(sim, rows, videos, test)
+        all_metrics += m
+        all_samples += s
+        for task in (f"{test}_t2v", f"{test}_v2t", test):
+            hashes[task] = manifest["task_hash"]
     samples = f"{SUITE}.samples.jsonl"
     atomic_write_jsonl(out.parent / samples, all_samples)
     config = {
@@ -185,38 +194,31 @@ def run(args) -> Path:
         "v2t": M.V2T_CONVENTION,
         "dsl": False,
     }
-    record = make_run_record(
-        scale=args.scale,
-        paper=args.paper,
-        method=meta.get("method", args.paper),
-        variant=meta.get("variant", args.artifact.name),
+    record = job.record(
+        method=meta.get("method", job.paper),
         base_model=meta.get("base_model", ""),
         suite=SUITE,
-        tasks=sorted({m["task"] for m in all_metrics}),
-        seed=int(meta.get("seed", 0)),
         config=config,
         metrics=all_metrics,
-        provenance=provenance.capture(t["started_at"], t["wall_s"]),
         task_hashes=hashes,
         samples=samples,
     )
-    return write_run_record(out, record)
+    path = job.write_record(record)
+    print(f"wrote {path}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--artifact", type=Path, required=True)
+    ap = job_parser(__doc__, out="the run record (retrieval.json)")
+    ap.add_argument("--artifact", type=Path, required=True, help="the method's artifact folder")
     ap.add_argument("--data", type=Path, required=True, help="folder of the canonical splits")
-    ap.add_argument("--tests", type=lambda s: [x for x in s.split(",") if x], required=True)
-    ap.add_argument("--scale", required=True)
-    ap.add_argument("--paper", required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    with exit_on_user_error():
-        path = run(args)
-    print(f"wrote {path}")
+    ap.add_argument(
+        "--tests",
+        type=lambda s: [x for x in s.split(",") if x],
+        required=True,
+        help="test splits (comma-separated)",
+    )
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

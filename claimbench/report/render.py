@@ -577,9 +577,17 @@ def paper_view(con: duckdb.DuckDBPyConnection, paper: dict, scales: list[str]) -
 # --------------------------------------------------------------------------- rendering
 
 
-def environment() -> jinja2.Environment:
+PAPER_TEMPLATE = "report.html.j2"  # methods/<package>/report.html.j2, found by convention
+
+
+def environment(methods_dir: str | Path | None = None) -> jinja2.Environment:
+    """The core templates; with ``methods_dir``, also each paper's own page template
+    ``<package>/report.html.j2`` (it extends the core's ``paper.html.j2``)."""
+    loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("claimbench.report", "templates")]
+    if methods_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(methods_dir)))
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("claimbench.report", "templates"),
+        loader=jinja2.ChoiceLoader(loaders),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -602,8 +610,14 @@ def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
             path.unlink()
 
 
-def render_report(db_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Regenerate reports/index.html and reports/<paper>.html from the DuckDB store alone."""
+def render_report(
+    db_path: str | Path, out_dir: str | Path, methods_dir: str | Path | None = "methods"
+) -> list[Path]:
+    """Regenerate reports/index.html and reports/<paper>.html from the DuckDB store alone.
+
+    A paper may shape its own page: ``<methods_dir>/<package>/report.html.j2`` (found by
+    convention, the core names no paper) extends ``paper.html.j2``; otherwise the generic page.
+    """
     db_path, out_dir = Path(db_path), Path(out_dir)
     if not db_path.is_file():
         raise ClaimbenchError(
@@ -614,7 +628,8 @@ def render_report(db_path: str | Path, out_dir: str | Path) -> list[Path]:
         papers = present_papers(con)
         scales = store_scales(con)
         nav = _nav(papers)
-        env = environment()
+        methods = Path(methods_dir) if methods_dir is not None else None
+        env = environment(methods if methods is not None and methods.is_dir() else None)
         pages: list[tuple[Path, str]] = [
             (
                 out_dir / "index.html",
@@ -629,8 +644,9 @@ def render_report(db_path: str | Path, out_dir: str | Path) -> list[Path]:
         for p in papers:
             href = page_name(p["paper"])
             names = ["paper.html.j2"]
-            if _SAFE_NAME.fullmatch(p["paper"]):
-                names.insert(0, f"paper_{p['paper']}.html.j2")  # optional paper-specific page
+            package = p.get("package") or ""
+            if _SAFE_NAME.fullmatch(package):
+                names.insert(0, f"{package}/{PAPER_TEMPLATE}")  # the paper's own page, if any
             template = env.select_template(names)
             pages.append(
                 (

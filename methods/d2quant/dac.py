@@ -1,4 +1,4 @@
-"""Deviation-Aware Correction (DAC, spec §2.3): the per-channel mean deviation between the
+"""Deviation-Aware Correction (DAC; paper Fig. 3, README eqs. 5-6): the per-channel mean deviation between the
 float and the quantized model at the output of the post-attention norm,
 ``μ = (1/T) Σ_t (H_t − H̃_t)``, added back as a bias of that norm: ``norm'(x) = norm(x) + μ``.
 For storage (Llama norms have no bias) the bias is moved exactly into gate/up biases:
@@ -12,9 +12,11 @@ from torch import nn
 
 
 def mean_deviation(h_fp: torch.Tensor, h_q: torch.Tensor) -> torch.Tensor:
-    """``μ`` over every token: inputs ``[..., d]``, output ``[d]``."""
+    """``μ`` over every token: inputs ``[..., d]``, output ``[d]`` in the activations' dtype
+    (the mean itself is taken in float64)."""
     d = h_fp.shape[-1]
-    return (h_fp.reshape(-1, d).double() - h_q.reshape(-1, d).double()).mean(0).float()
+    mu = (h_fp.reshape(-1, d).double() - h_q.reshape(-1, d).double()).mean(0)
+    return mu.to(h_fp.dtype)
 
 
 class NormWithBias(nn.Module):

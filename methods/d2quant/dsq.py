@@ -1,4 +1,4 @@
-"""Dual-Scale Quantizer (DSQ, spec §2.2): on top of the per-(row, group) scales of the base
+"""Dual-Scale Quantizer (DSQ; paper Fig. 3, README eqs. 2-4): on top of the per-(row, group) scales of the base
 quantizer, one positive scale ``c_j`` per input channel of ``down_proj``:
 ``W ≈ Ŵ diag(c)`` with ``Ŵ = Dequant(GPTQ(W diag(c)^-1))``, fit by alternating a Q-step
 (GPTQ on ``W / c`` with Hessian ``diag(c) H diag(c)``) and a closed-form c-step; ``c`` is then
@@ -33,7 +33,7 @@ def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float
 
 
 def c_step(W, W_hat, H, c_prev, prox: float = PROX):
-    """Closed-form c for fixed codes (spec §2.2 step 3): with ``B = Ŵᵀ`` (the decoded codes of
+    """Closed-form c for fixed codes (README eq. 4): with ``B = Ŵᵀ`` (the decoded codes of
     ``W / c_prev``), ``(H ∘ B Bᵀ) c = diag(H Wᵀ Bᵀ)``, plus a proximal term
     ``λ‖c − c_prev‖²`` (λ = prox · mean diag) so channels whose codes are all zero keep their
     scale instead of collapsing; c clamped positive."""

@@ -1,33 +1,34 @@
-"""D²Quant pipeline (spec §2.4): per layer, GPTQ on q/k/v/o; DAC at the post-attention norm
-(float stream vs quantized stream); GPTQ on gate/up; DSQ on down_proj with its channel scales
-folded into up_proj's scales.
+"""D²Quant pipeline (paper Fig. 3; equations in methods/d2quant/README.md): per layer, GPTQ on
+q/k/v/o; DAC at the post-attention norm (float stream vs quantized stream); GPTQ on gate/up; DSQ
+on down_proj with its channel scales folded into up_proj's scales.
 
-``python -m methods.d2quant.quantize --model A --bits 2 --group-size G --calib text
-[--heldout text] [--no-dsq] [--no-dac] [--dac-input quantized|float] [--iters 15] --out B
-[--record stats.json]``
+``python -m methods.d2quant.quantize <job options> --model A --bits 2 --calib text
+[--heldout text] [--no-dsq] [--no-dac] [--dac-input quantized|float] [--record stats.json]``
 
-``--dac-input`` picks one of the two readings the spec leaves open (§2.3) for H̃:
-``quantized`` (default, the spec's [STD] choice) runs the quantized model's own stream up to
-the norm, so μ also corrects the drift of earlier layers; ``float`` runs the float stream's
-input through the quantized attention (the paper figure's literal drawing), so μ corrects this
-layer's own deviation only.
+Job options (``claimbench.job``): ``--scale --paper d2quant --variant --out`` and optionally
+``--seed --threads --device --dtype --scale-file``. Group size, calibration (``calib.n`` windows
+of ``calib.seq_len`` tokens), DSQ iterations, damping and range clipping come from the scale's
+``papers.d2quant`` section (defaults in config/schema/papers/d2quant.schema.yaml).
 
-Writes the same artifact as ``methods.quant.apply`` (packed checkpoint, float32 eval copy,
-meta.json last) and a run record (suite ``d2quant``) with DSQ's per-layer output error against
-plain GPTQ and DAC's mean shift before/after on calibration and held-out text.
+``--dac-input`` picks one of the two readings of H̃ that the paper leaves open (README, "DAC"):
+``quantized`` (default) runs the quantized model's own stream up to the norm, so μ also corrects
+the drift of earlier layers; ``float`` runs the float stream's input through the quantized
+attention (Fig. 3's literal drawing), so μ corrects this layer's own deviation only.
+
+Writes the same artifact as ``methods.quant.apply`` (packed checkpoint, decoded copy in the
+job's dtype, meta.json last) and a run record (suite ``d2quant``) with DSQ's per-layer output
+error against plain GPTQ and DAC's mean shift before/after on calibration and held-out text.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
 import torch
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric, series
 from methods.d2quant.dac import NormWithBias, bias_into_mlp, mean_deviation
 from methods.d2quant.dsq import dual_scale_quantize, fold_into_up
 from methods.quant.artifact import load_artifact, write_quantized_artifact
@@ -149,10 +150,9 @@ class D2QuantQuantizer(SequentialQuantizer):
             self.model.config.mlp_bias = True
             for layer in decoder_layers(self.model):
                 if layer.mlp.gate_proj.bias is None:
-                    bias_into_mlp(
-                        layer,
-                        torch.zeros(layer.mlp.gate_proj.in_features, device=self.calib.device),
-                    )
+                    gate = layer.mlp.gate_proj.weight
+                    zero = torch.zeros(gate.shape[1], dtype=gate.dtype, device=gate.device)
+                    bias_into_mlp(layer, zero)
         return out
 
 
@@ -182,7 +182,7 @@ def heldout_shift(fp_model, q_model, mu: dict[int, torch.Tensor], ids) -> dict[i
     return out
 
 
-def stats_record(args, q: D2QuantQuantizer, held: dict, meta: dict) -> dict:
+def stats_record(job: Job, q: D2QuantQuantizer, held: dict, meta: dict) -> dict:
     metrics, curves = [], []
     layers = sorted(q.dsq_errors)
     if layers:
@@ -227,15 +227,11 @@ def stats_record(args, q: D2QuantQuantizer, held: dict, meta: dict) -> dict:
         metric("size", "file_bytes", s["file_bytes"], higher_is_better=False),
         metric("size", "reload_max_abs_diff", meta["reload_max_abs_diff"], higher_is_better=False),
     ]
-    return make_run_record(
-        scale=args.scale,
-        paper="d2quant",
-        method=meta["method"],
-        variant=args.variant or meta["method"],
-        base_model=meta.get("base_model", ""),
+    return job.record(
         suite="d2quant",
+        method=meta["method"],
+        base_model=meta.get("base_model", ""),
         tasks=sorted({m["task"] for m in metrics}),
-        seed=args.seed,
         config=meta["config"],
         metrics=metrics,
         provenance=meta["provenance"],
@@ -243,15 +239,86 @@ def stats_record(args, q: D2QuantQuantizer, held: dict, meta: dict) -> dict:
     )
 
 
+def run(job: Job) -> None:
+    args, cfg = job.args, job.config
+    check_bits(args.bits, "--bits")
+    group_size, n_calib, seq_len = cfg["group_size"], cfg["calib"]["n"], cfg["calib"]["seq_len"]
+    iters, damp, clip = cfg["iters"], cfg["damp"], cfg["clip"]
+    model, tok, base_meta = load_artifact(args.model, job.device, job.torch_dtype)
+    check_model(model)
+    plan = validate_plan(model, uniform_plan(model, args.bits), group_size, "--bits")
+    calib = calibration_ids(tok, args.calib, n_calib, seq_len, job.seed).to(job.device)
+    # DAC compares the float model's stream with the quantized one at every layer (Fig. 3), so
+    # a second, unquantized copy of the model is kept, in the job's dtype on its device. DSQ and
+    # GPTQ compute each layer's Hessian, Cholesky and c-step solve in float64 locally.
+    fp = copy.deepcopy(model) if args.dac else None
+    q = D2QuantQuantizer(
+        model,
+        plan,
+        group_size,
+        calib,
+        dsq=args.dsq,
+        dac=args.dac,
+        iters=iters,
+        fp_model=fp,
+        dac_input=args.dac_input,
+        clip=clip,
+        damp=damp,
+    )
+    quantized = q.run()
+    held = {}
+    if args.dac and args.heldout:
+        ids = calibration_ids(tok, args.heldout, n_calib, seq_len, job.seed + 1).to(job.device)
+        held = heldout_shift(fp, model, q.mu, ids)
+    del fp
+    method = {(True, True): "d2quant", (True, False): "dsq", (False, True): "dac"}.get(
+        (args.dsq, args.dac), "gptq"
+    )
+    config = {
+        "method": method,
+        "bits": args.bits,
+        "group_size": group_size,
+        "dsq": args.dsq,
+        "dac": args.dac,
+        "dac_input": args.dac_input if args.dac else None,
+        "iters": iters if args.dsq else 0,
+        "clip": clip,
+        "damp": damp,
+        "n_calib": n_calib,
+        "seq_len": seq_len,
+        "backend": "gptq",
+    }
+    extra = {"plan.json": plan}
+    if q.c:
+        extra["dsq_scales.json"] = {str(i): c.tolist() for i, c in q.c.items()}
+    if q.mu:
+        extra["dac_bias.json"] = {str(i): m.float().tolist() for i, m in q.mu.items()}
+    meta = write_quantized_artifact(
+        job,
+        model,
+        tok,
+        quantized,
+        {
+            "method": method,
+            "base_model": base_meta.get("base_model", base_meta.get("name", "")),
+            "source": args.model,
+            "config": config,
+            "plan": plan,
+            "inputs": {"calib": args.calib, "heldout": args.heldout},
+        },
+        extra_files=extra,
+    )
+    if args.record:
+        job.write_record(stats_record(job, q, held, meta), args.record)
+    print(json.dumps(meta["size"]))
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = job_parser(__doc__, papers=["d2quant"])
     ap.add_argument("--model", required=True, help="artifact folder holding meta.json")
     ap.add_argument("--bits", type=int, required=True)
-    ap.add_argument("--group-size", type=int, required=True)
     ap.add_argument("--calib", required=True)
     ap.add_argument("--heldout", help="text for the held-out DAC measurement")
-    ap.add_argument("--n-calib", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--no-dsq", dest="dsq", action="store_false")
     ap.add_argument("--no-dac", dest="dac", action="store_false")
     ap.add_argument(
@@ -260,93 +327,8 @@ def main(argv=None) -> None:
         choices=DAC_INPUTS,
         help="H̃'s input: 'quantized' (own stream, default) or 'float' (float stream's input)",
     )
-    ap.add_argument("--iters", type=int, default=15)
-    ap.add_argument("--damp", type=float, default=0.01)
-    ap.add_argument("--clip", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--record")
-    ap.add_argument("--scale", default="tiny")
-    ap.add_argument("--variant")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(QuantConfigError, FileNotFoundError):
-        check_bits(args.bits, "--bits")
-        if args.iters < 1:
-            raise QuantConfigError(f"--iters: {args.iters} must be at least 1")
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(args.seed)
-        with provenance.timed() as t:
-            model, tok, base_meta = load_artifact(args.model)
-            check_model(model)
-            model.to(args.device)
-            plan = validate_plan(model, uniform_plan(model, args.bits), args.group_size, "--bits")
-            calib = calibration_ids(tok, args.calib, args.n_calib, args.seq_len, args.seed)
-            calib = calib.to(args.device)
-            fp = copy.deepcopy(model)
-            q = D2QuantQuantizer(
-                model,
-                plan,
-                args.group_size,
-                calib,
-                dsq=args.dsq,
-                dac=args.dac,
-                iters=args.iters,
-                fp_model=fp,
-                dac_input=args.dac_input,
-                clip=args.clip,
-                damp=args.damp,
-            )
-            quantized = q.run()
-            held = {}
-            if args.dac and args.heldout:
-                ids = calibration_ids(tok, args.heldout, args.n_calib, args.seq_len, args.seed + 1)
-                ids = ids.to(args.device)
-                held = heldout_shift(fp, model, q.mu, ids)
-        method = {(True, True): "d2quant", (True, False): "dsq", (False, True): "dac"}.get(
-            (args.dsq, args.dac), "gptq"
-        )
-        config = {
-            "method": method,
-            "bits": args.bits,
-            "group_size": args.group_size,
-            "dsq": args.dsq,
-            "dac": args.dac,
-            "dac_input": args.dac_input if args.dac else None,
-            "iters": args.iters if args.dsq else 0,
-            "clip": args.clip,
-            "damp": args.damp,
-            "n_calib": args.n_calib,
-            "seq_len": args.seq_len,
-            "backend": "gptq",
-        }
-        extra = {"plan.json": plan}
-        if q.c:
-            extra["dsq_scales.json"] = {str(i): c.tolist() for i, c in q.c.items()}
-        if q.mu:
-            extra["dac_bias.json"] = {str(i): m.tolist() for i, m in q.mu.items()}
-        meta = write_quantized_artifact(
-            model,
-            tok,
-            quantized,
-            args.out,
-            {
-                "method": method,
-                "base_model": base_meta.get("base_model", base_meta.get("name", "")),
-                "source": args.model,
-                "seed": args.seed,
-                "config": config,
-                "plan": plan,
-                "inputs": {"calib": args.calib, "heldout": args.heldout},
-            },
-            t["started_at"],
-            t["wall_s"],
-            extra_files=extra,
-        )
-        if args.record:
-            write_run_record(args.record, stats_record(args, q, held, meta))
-        print(json.dumps(meta["size"]))
+    ap.add_argument("--record", help="run record (suite d2quant)")
+    run_job(ap, run, argv, errors=(QuantConfigError, FileNotFoundError))
 
 
 if __name__ == "__main__":

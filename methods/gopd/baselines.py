@@ -1,4 +1,5 @@
-"""The paper's baselines (spec gopd.md section 2.7), on the same footing as the G-OPD loop.
+"""The paper's baselines (Table 1 and Table 3; methods/gopd/README.md), on the same footing as
+the G-OPD loop.
 
 - ``expo_weights``: ExPO weight extrapolation. Average the teacher weights, then move away
   from the student: theta = theta_Tbar + alpha (theta_Tbar - theta_student) (Zheng et al., ACL
@@ -74,7 +75,7 @@ def _routed_samples(teachers: dict, tok, chosen: list[dict], routes: dict | None
             [chosen[i]["prompt"] for i in idx],
             n=1,
             max_new_tokens=cfg["max_new_tokens"],
-            temperature=cfg.get("temperature", 1.0),
+            temperature=cfg["temperature"],
             seed=seed,
             stop_ids=cfg["_stop"],
         )
@@ -105,6 +106,7 @@ def train_teacher_sft(
         loss, _ = obj.loss(logits, b, {})
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # not a schema default: the key would enter every run's record config (its run id)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.get("grad_clip", 1.0))
         opt.step()
         rewards, fails = correctness_reward(texts, [p["answer"] for p in chosen], stats)

@@ -1,4 +1,4 @@
-"""The G-OPD per-token advantage and loss (spec gopd.md sections 2.3-2.5).
+"""The G-OPD per-token advantage and loss (paper Eq. 14 / Eq. 22; methods/gopd/README.md).
 
 Ascent-form advantage on the sampled token y_t (discount 0, no normalisation or clipping):
     A_t = lam * (log pi*(y_t) - log pi_ref(y_t)) - (log pi_old(y_t) - log pi_ref(y_t))
@@ -48,7 +48,8 @@ def gopd_loss(logp: torch.Tensor, advantage: torch.Tensor, mask: torch.Tensor) -
 
 
 def route_teacher(logps: dict[str, torch.Tensor], routes: list[str]) -> torch.Tensor:
-    """Multi-teacher: row b takes the log-probs of teacher ``routes[b]`` (spec 2.5)."""
+    """Multi-teacher: row b takes the log-probs of teacher ``routes[b]`` (the multi-teacher setting of
+    paper Table 1: one teacher per domain, shared pi_ref and lam)."""
     if len(routes) != next(iter(logps.values())).shape[0]:
         raise ValueError(f"{len(routes)} routes for {next(iter(logps.values())).shape[0]} rows")
     unknown = sorted(set(routes) - set(logps))

@@ -1,31 +1,31 @@
 """G-OPD / ExOPD training from a student with one or more frozen teachers and a reference:
-``python -m methods.gopd.train --student S --teacher [name=]T ... --ref R --lam 1.25 ...``.
+``python -m methods.gopd.train <job options> --student S --teacher [name=]T ... --ref R --lam 1.25
+--train T --valid V --record R``.
 
-Per step: sample ``prompts_per_step`` prompts (n rollouts each, T = 1, top-p 1) from the student
-with the KV cache; per-token log-probs of the sampled tokens under the student (no grad, pi_old),
-the routed teacher and pi_ref; A_t from ``methods.gopd.objective``; one optimiser step on
+The settings are the scale's ``papers.gopd.train`` (``job.config``). Per step: sample
+``prompts_per_step`` prompts (n rollouts each, T = 1, top-p 1) from the student with the KV
+cache; per-token log-probs of the sampled tokens under the student (no grad, pi_old), the routed
+teacher and pi_ref; A_t from ``methods.gopd.objective`` (paper Eq. 14); one optimiser step on
 -token_mean(A_t log pi_theta). The correctness reward is only logged, never trained on.
 
 ``--method sft`` runs the baseline SFT on teacher samples instead (``methods.gopd.baselines``):
-same prompts, steps, optimiser and lr, no reference. ``config.eval_domains`` ({name: families})
-adds greedy exact match on the validation problems of each domain (``valid_<name>``), used by
-the multi-teacher checks.
+same prompts, steps, optimiser and lr, no reference. ``--route`` sends each prompt to the
+teacher of its family's domain (``papers.gopd.multi_teacher.domains``; the teachers are named by
+domain); ``--eval-domains`` adds greedy exact match on the validation problems of each domain
+(``valid_<name>``), used by the multi-teacher checks.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from claimbench import provenance
-from claimbench.entry import add_run_options, run_entry
-from claimbench.io import atomic_write_json, sha256_file
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.io import sha256_file
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric, series
 from methods.gopd.baselines import train_teacher_sft
 from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
 from methods.posttrain.cli import save_artifact
@@ -68,9 +68,9 @@ def train_gopd(
             student,
             tok,
             [p["prompt"] for p in chosen],
-            n=cfg.get("n", 1),
+            n=cfg["n"],
             max_new_tokens=cfg["max_new_tokens"],
-            temperature=cfg.get("temperature", 1.0),
+            temperature=cfg["temperature"],
             seed=seed * 100003 + step,
             stop_ids=stop,
         )
@@ -91,6 +91,7 @@ def train_gopd(
         loss = gopd_loss(gather_logp(logits, b.input_ids), adv, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # not a schema default: the key would enter every run's record config (its run id)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.get("grad_clip", 1.0))
         opt.step()
         rewards, fails = correctness_reward(
@@ -140,38 +141,55 @@ def domain_metrics(model, tok, valid: str, cfg: dict) -> list[dict]:
     return out
 
 
-def run(args) -> None:
-    cfg = json.loads(args.config)
-    torch.set_num_threads(args.threads)
+def run_config(job: Job) -> dict:
+    """The run's settings: ``papers.gopd.train``, plus the multi-teacher routes (family ->
+    domain) with ``--route`` and the per-domain validation groups with ``--eval-domains``."""
+    cfg = dict(job.config["train"])
+    if job.args.route or job.args.eval_domains:
+        mt = job.config.get("multi_teacher")
+        if not mt:
+            raise ValueError(
+                f"--route / --eval-domains need papers.gopd.multi_teacher in the {job.scale} scale"
+            )
+        doms = mt["domains"]
+        if job.args.route:
+            cfg["routes"] = {f: d for d, fams in doms.items() for f in fams}
+        if job.args.eval_domains:
+            cfg["eval_domains"] = doms
+    return cfg
+
+
+def run(job: Job) -> None:
+    args = job.args
+    cfg = run_config(job)
     lam = check_lambda(args.lam) if args.method == "gopd" else None
-    with provenance.timed() as t:
-        student, tok = load_model(args.student, trainable=True, device=args.device)
-        student.requires_grad_(True)
-        teachers = {}
-        for name, path in _teachers(args.teacher).items():
-            m, ttok = load_model(path, device=args.device)
-            check_same_tokenizer(tok, ttok, f"teacher {name}")
-            teachers[name] = m
-        ref = None
-        if args.method == "gopd" and lam != 1.0:
-            if not args.ref:
-                raise ValueError(f"G-OPD with lambda={lam} needs --ref (pi_ref)")
-            ref, rtok = load_model(args.ref, device=args.device)
-            check_same_tokenizer(tok, rtok, "reference")
-        problems = load_problems(args.train, cfg.get("families"))
-        if args.method == "gopd":
-            rows, stats = train_gopd(
-                student, tok, teachers, ref, problems, lam, cfg, args.seed, cfg.get("routes")
-            )
-        else:
-            rows, stats = train_teacher_sft(
-                student, tok, teachers, problems, cfg, args.seed, cfg.get("routes")
-            )
-        save_artifact(student, tok, Path(args.out), rows)
-        acc = greedy_accuracy(
-            student, tok, load_problems(args.valid, cfg.get("families")), cfg["max_new_tokens"]
+    load = {"device": job.device, "dtype": job.torch_dtype}
+    student, tok = load_model(args.student, trainable=True, **load)
+    student.requires_grad_(True)
+    teachers = {}
+    for name, path in _teachers(args.teacher).items():
+        m, ttok = load_model(path, **load)
+        check_same_tokenizer(tok, ttok, f"teacher {name}")
+        teachers[name] = m
+    ref = None
+    if args.method == "gopd" and lam != 1.0:
+        if not args.ref:
+            raise ValueError(f"G-OPD with lambda={lam} needs --ref (pi_ref)")
+        ref, rtok = load_model(args.ref, **load)
+        check_same_tokenizer(tok, rtok, "reference")
+    problems = load_problems(args.train)
+    if args.method == "gopd":
+        rows, stats = train_gopd(
+            student, tok, teachers, ref, problems, lam, cfg, job.seed, cfg.get("routes")
         )
-        per_domain = domain_metrics(student, tok, args.valid, cfg)
+    else:
+        rows, stats = train_teacher_sft(
+            student, tok, teachers, problems, cfg, job.seed, cfg.get("routes")
+        )
+    save_artifact(student, tok, job.out, rows)
+    acc = greedy_accuracy(student, tok, load_problems(args.valid), cfg["max_new_tokens"])
+    per_domain = domain_metrics(student, tok, args.valid, cfg)
+    wall_s = job.wall_s
     x = [r["step"] for r in rows]
     reward_name = (
         "training reward (correctness, logged only)"
@@ -231,61 +249,55 @@ def run(args) -> None:
             higher_is_better=False,
         ),
     ]
-    prov = provenance.capture(t["started_at"], t["wall_s"])
+    prov = job.provenance(wall_s)
     base_name = read_meta(args.student).get("name", Path(args.student).name)
     cfg_rec = {**cfg, "lambda": lam, "teachers": sorted(teachers), "ref": bool(ref is not None)}
     method = {"sft": "sft-teacher-samples"}.get(args.method) or ("opd" if lam == 1.0 else "g-opd")
-    write_run_record(
-        args.record,
-        make_run_record(
-            scale=args.scale,
-            paper="gopd",
-            method=method,
-            variant=args.variant,
-            base_model=base_name,
-            suite="train",
-            tasks=["train", "valid", *(m["task"] for m in per_domain)],
-            seed=args.seed,
-            config=cfg_rec,
-            metrics=metrics,
-            provenance=prov,
-            series=curves,
-            task_hashes={
-                "train": sha256_file(args.train),
-                **{t: sha256_file(args.valid) for t in ["valid", *(m["task"] for m in per_domain)]},
-            },
-        ),
-    )
-    atomic_write_json(
-        Path(args.out) / "meta.json",
-        {
-            "name": args.variant,
-            "method": method,
-            "paper": "gopd",
-            "base_model": base_name,
-            "inputs": {
-                "student": args.student,
-                "teachers": _teachers(args.teacher),
-                "ref": args.ref,
-                args.train: sha256_file(args.train),
-            },
-            "seed": args.seed,
-            "config": cfg_rec,
-            "provenance": prov,
+    record = job.record(
+        method=method,
+        base_model=base_name,
+        suite="train",
+        tasks=["train", "valid", *(m["task"] for m in per_domain)],
+        config=cfg_rec,
+        metrics=metrics,
+        provenance=prov,
+        series=curves,
+        task_hashes={
+            "train": sha256_file(args.train),
+            **{t: sha256_file(args.valid) for t in ["valid", *(m["task"] for m in per_domain)]},
         },
+    )
+    job.write_record(record, args.record)
+    job.write_meta(
+        method=method,
+        base_model=base_name,
+        inputs={
+            "student": args.student,
+            "teachers": _teachers(args.teacher),
+            "ref": args.ref,
+            args.train: sha256_file(args.train),
+        },
+        config=cfg_rec,
+        provenance=prov,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    for a in ("--student", "--train", "--valid", "--config", "--out", "--record", "--variant"):
-        ap.add_argument(a, required=True)
+    ap = job_parser(__doc__, papers=["gopd"])
+    for a in ("--student", "--train", "--valid"):
+        ap.add_argument(a, required=True, help="artifact folder / problems file")
+    ap.add_argument("--record", required=True, help="the train run record to write")
     ap.add_argument("--teacher", action="append", required=True, help="[name=]artifact folder")
-    ap.add_argument("--ref", default="")
-    ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--ref", default="", help="pi_ref's artifact folder (needed unless lam = 1)")
+    ap.add_argument("--lam", type=float, default=1.0, help="lambda, the reward scaling factor")
     ap.add_argument("--method", choices=["gopd", "sft"], default="gopd")
-    add_run_options(ap)
-    run_entry(ap, run, argv)
+    ap.add_argument(
+        "--route", action="store_true", help="route each prompt to its domain's teacher"
+    )
+    ap.add_argument(
+        "--eval-domains", action="store_true", help="add per-domain validation exact match"
+    )
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

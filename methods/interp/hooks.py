@@ -61,6 +61,16 @@ class HookedLM:
         self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.d_ffn = cfg.intermediate_size
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live: every tensor fed to it is created there."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (the job's ``--dtype``)."""
+        return next(self.model.parameters()).dtype
+
     # ------------------------------------------------------------------ checks
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
@@ -192,7 +202,7 @@ def patch_from(
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         pos = slice(None) if positions is None else list(positions)
-        x[(slice(None), pos, *index)] = source[(slice(None), pos, *index)].to(x.dtype)
+        x[(slice(None), pos, *index)] = source[(slice(None), pos, *index)].to(x.device, x.dtype)
         return x
 
     return fn
@@ -202,10 +212,11 @@ def add_vector(v: torch.Tensor, alpha: float, positions: Sequence[int] | None = 
     """``x_t <- x_t + alpha * v`` at the given positions (all when None)."""
 
     def fn(x: torch.Tensor) -> torch.Tensor:
+        w = v.to(x.device, x.dtype)
         if positions is None:
-            return x + alpha * v.to(x.dtype)
+            return x + alpha * w
         x = x.clone()
-        x[:, list(positions)] = x[:, list(positions)] + alpha * v.to(x.dtype)
+        x[:, list(positions)] = x[:, list(positions)] + alpha * w
         return x
 
     return fn
@@ -219,7 +230,7 @@ def project_out(r: torch.Tensor) -> Edit:
     r_hat = r / norm
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        rh = r_hat.to(x.dtype)
+        rh = r_hat.to(x.device, x.dtype)
         return x - (x @ rh)[..., None] * rh
 
     return fn

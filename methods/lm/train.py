@@ -108,8 +108,9 @@ def train_from_config(
     seed: int,
     desc: str,
 ) -> list[dict]:
-    """``train_lm`` with the text/arithmetic mix and settings of a scale's ``train`` section."""
-    frac = train_cfg.get("arith_fraction", 0.5)
+    """``train_lm`` with the text/arithmetic mix and settings of a scale's ``train`` section
+    (validated, with its schema defaults filled in)."""
+    frac = train_cfg["arith_fraction"]
     return train_lm(
         model,
         streams,
@@ -118,11 +119,35 @@ def train_from_config(
         batch_size=train_cfg["batch_size"],
         seq_len=train_cfg["seq_len"],
         lr=train_cfg["lr"],
-        weight_decay=train_cfg.get("weight_decay", 0.1),
-        warmup_steps=train_cfg.get("warmup_steps", 20),
+        weight_decay=train_cfg["weight_decay"],
+        warmup_steps=train_cfg["warmup_steps"],
         seed=seed,
         desc=desc,
     )
+
+
+def loss_series(
+    log: list[dict],
+    max_points: int = 200,
+    key: str = "loss",
+    name: str = "train_loss",
+    label: str = "training loss",
+) -> dict:
+    """The training-loss curve of a ``train_lm`` log as a run-record series (``train_loss``;
+    ``key`` picks another per-step column of the log, e.g. an MTP model's ``main_ce``).
+
+    Each block of ``len(log) // max_points`` steps is averaged (x: the block's last step), so
+    the curve is readable and its length bounded; a method writes it into its own record.
+    """
+    from claimbench.records import series
+
+    stride = max(1, len(log) // max_points)
+    xs, ys = [], []
+    for i in range(0, len(log), stride):
+        block = log[i : i + stride]
+        xs.append(block[-1]["step"])
+        ys.append(sum(r[key] for r in block) / len(block))
+    return series(name, xs, ys, "step", label)
 
 
 def _split_batch(batch_size: int, mix: dict[str, float]) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""LOCATE: activation patching, attribution patching, logit/tuned lens, linear probes (spec §3.1)."""
+"""LOCATE: activation patching (L1), attribution patching (L2), logit/tuned lens (L3), linear
+probes (L4); the equations are those of methods/mi_steer/README.md ("Locate")."""
 
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def activation_patching(
     target, source = (corrupt, cache_c) if mode == "denoise" else (clean, cache_r)
     T = clean.shape[1]
     heads = range(lm.n_heads) if kind == "head" else [None]
-    per_pair = torch.zeros(len(sites), len(heads), T, clean.shape[0])
-    all_pos = torch.zeros(len(sites), len(heads), clean.shape[0])
+    per_pair = torch.zeros(len(sites), len(heads), T, clean.shape[0], device=clean.device)
+    all_pos = torch.zeros(len(sites), len(heads), clean.shape[0], device=clean.device)
     for i, s in enumerate(sites):
         for j, h in enumerate(heads):
             index = () if h is None else (h,)
@@ -189,7 +190,7 @@ def train_tuned_lens(
     with torch.no_grad():
         logits, cache = lm.run(ids, read=sites)
         lq = F.log_softmax(logits, -1)
-    lens = TunedLens(len(sites), lm.d_model)
+    lens = TunedLens(len(sites), lm.d_model).to(lm.device, lm.dtype)
     opt = torch.optim.Adam(lens.parameters(), lr=lr)
     for p in lm.model.parameters():
         p.requires_grad_(False)

@@ -1,4 +1,7 @@
-"""STEER: contrastive steering vectors (CAA / ActAdd) and directional ablation (spec §3.2)."""
+"""STEER: contrastive steering vectors (CAA / ActAdd, S1) and directional ablation (S2).
+
+S1 and S2 are the equations of methods/mi_steer/README.md ("Steer").
+"""
 
 from __future__ import annotations
 
@@ -52,8 +55,9 @@ def orthogonalize_weights(model: torch.nn.Module, r: torch.Tensor) -> torch.nn.M
     m = copy.deepcopy(model)
     if r.norm() == 0:
         return m
-    rh = (r / r.norm()).to(next(m.parameters()).dtype)
-    proj = torch.eye(rh.shape[0], dtype=rh.dtype) - torch.outer(rh, rh)
+    w = next(m.parameters())
+    rh = (r / r.norm()).to(w.device, w.dtype)
+    proj = torch.eye(rh.shape[0], dtype=rh.dtype, device=rh.device) - torch.outer(rh, rh)
     if m.lm_head.weight is m.model.embed_tokens.weight:
         m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())
         m.config.tie_word_embeddings = False
@@ -68,9 +72,13 @@ def orthogonalize_weights(model: torch.nn.Module, r: torch.Tensor) -> torch.nn.M
 
 
 def random_like(v: torch.Tensor, seed: int) -> torch.Tensor:
-    """A random direction with the norm of ``v`` (the control of S1/S2)."""
+    """A random direction with the norm of ``v`` (the control of S1/S2), on ``v``'s device.
+
+    Drawn by a CPU generator and then moved, so that a seed gives the same direction on every
+    device.
+    """
     g = torch.Generator().manual_seed(seed)
-    u = torch.randn(v.shape, generator=g, dtype=v.dtype)
+    u = torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device)
     return u / u.norm() * v.norm()
 
 

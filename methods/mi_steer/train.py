@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.io import atomic_write_json
+from claimbench.job import Job, job_parser, run_job
 from methods.lm.model import build_model, n_params
 from methods.lm.train import train_lm
 from methods.mi_steer.vocab import CharVocab
@@ -46,60 +43,55 @@ def world_streams(world: str, data: Path, vocab: CharVocab) -> dict[str, torch.T
     return streams
 
 
+def run(job: Job) -> None:
+    world, data = job.args.world, Path(job.args.data)
+    spec = job.config["models"].get(world)
+    if spec is None:
+        raise ValueError(f"papers.mi_steer.models.{world} is not set in the {job.scale} scale file")
+    vocab = CharVocab()
+    streams = {k: v.to(job.device) for k, v in world_streams(world, data, vocab).items()}
+    tr = spec["train"]
+    # No mix configured: every part of the world weighs the same (which parts a world has is
+    # the world's, so this is not a schema default). Sorted: the batch is drawn part by part,
+    # so the order must not depend on how the scale file was written.
+    mix = dict(sorted((tr.get("mix") or {k: 1.0 for k in streams}).items()))
+    model = job.to(build_model(spec, vocab, job.seed))
+    log = train_lm(
+        model,
+        streams,
+        mix,
+        steps=tr["steps"],
+        batch_size=tr["batch_size"],
+        seq_len=tr["seq_len"],
+        lr=tr["lr"],
+        weight_decay=tr["weight_decay"],
+        warmup_steps=tr["warmup_steps"],
+        seed=job.seed,
+        desc=f"mi_steer {world}",
+    )
+    job.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(job.out)
+    vocab.save(job.out)
+    job.write_meta(
+        method="mi_steer_world",
+        base_model=f"tiny-{world}",
+        world=world,
+        inputs={"data": str(data)},
+        config=spec,
+        n_params=n_params(model),
+        final_loss=sum(r["loss"] for r in log[-20:]) / min(20, len(log)),
+        loss_curve=[round(r["loss"], 4) for r in log[:: max(1, len(log) // 50)]],
+    )
+    print(f"{world}: final loss {log[-1]['loss']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--world", required=True, choices=sorted(WORLDS))
-    ap.add_argument("--data", required=True, type=Path)
+    ap = job_parser(__doc__, papers=["mi_steer"], out="the model's artifact folder")
     ap.add_argument(
-        "--spec",
-        required=True,
-        help="JSON: model sizes + train{steps, batch_size, seq_len, lr, mix}",
+        "--world", required=True, choices=sorted(WORLDS), help="its papers.mi_steer.models key"
     )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True, type=Path)
-    a = ap.parse_args(argv)
-    with exit_on_user_error(ValueError), provenance.timed() as t:
-        torch.set_num_threads(a.threads)
-        spec = json.loads(a.spec)
-        vocab = CharVocab()
-        streams = world_streams(a.world, a.data, vocab)
-        tr = spec["train"]
-        # Sorted: the batch is drawn part by part, so the order must not depend on how the JSON was written.
-        mix = dict(sorted((tr.get("mix") or {k: 1.0 for k in streams}).items()))
-        model = build_model(spec, vocab, a.seed)
-        log = train_lm(
-            model,
-            streams,
-            mix,
-            steps=tr["steps"],
-            batch_size=tr["batch_size"],
-            seq_len=tr["seq_len"],
-            lr=tr["lr"],
-            weight_decay=tr.get("weight_decay", 0.1),
-            warmup_steps=tr.get("warmup_steps", 20),
-            seed=a.seed,
-            desc=f"mi_steer {a.world}",
-        )
-        a.out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(a.out)
-        vocab.save(a.out)
-    atomic_write_json(
-        a.out / "meta.json",
-        {
-            "method": "mi_steer_world",
-            "base_model": f"tiny-{a.world}",
-            "world": a.world,
-            "inputs": {"data": str(a.data)},
-            "seed": a.seed,
-            "config": spec,
-            "n_params": n_params(model),
-            "final_loss": sum(r["loss"] for r in log[-20:]) / min(20, len(log)),
-            "loss_curve": [round(r["loss"], 4) for r in log[:: max(1, len(log) // 50)]],
-            "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-        },
-    )
-    print(f"{a.world}: final loss {log[-1]['loss']:.3f}")
+    ap.add_argument("--data", required=True, help="the worlds' folder (benchmarks.data.mi_worlds)")
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

@@ -18,25 +18,39 @@ from pathlib import Path
 
 import torch
 
-from claimbench import provenance
-from claimbench.errors import ClaimbenchError, exit_on_user_error
-from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from claimbench.errors import ClaimbenchError
+from claimbench.io import atomic_write_jsonl, sha256_file
+from claimbench.job import Job, add_job_options, run_job
+from claimbench.records import metric
 
-# Variants trained from scratch: what each changes in the loss (spec §6 runs 1-4).
+# Variants trained from scratch: what each changes in the loss (the paper's four runs, Table 1:
+# NTP, MTP, MTP-D and MTP-D without the stop-gradient; see README.md).
 VARIANTS = {
     "ntp": {"heads": 0},  # plain next-token model, no heads
     "mtp": {"beta": 0.0},  # main CE + head CE (DeepSeek-style MTP)
     "mtp_d": {},  # + top-N forward KL to the detached main head
     "mtp_d_nosg": {"stop_grad": False},  # ablation: KL without the stop-gradient
 }
+ARCH_NAME = "mtp_d-arch"  # base_model name of an architecture given inline in papers.mtp_d
 
 
-def _streams(args, tok):
+def architecture(job: Job) -> tuple[str, dict]:
+    """(name, spec) of the main model: a ``models`` entry by name, or the sizes inline."""
+    arch = job.config["architecture"]
+    if isinstance(arch, str):
+        spec = job.scale_config["models"][arch]
+        return arch, {k: v for k, v in spec.items() if k != "train"}
+    return ARCH_NAME, dict(arch)
+
+
+def _streams(job: Job, tok):
     from methods.lm.train import arith_examples, text_stream, token_stream
 
+    args = job.args
+    long_fraction = job.scale_config["data"]["arith"]["long_fraction"]
     return {
         "text": text_stream(args.text, tok),
-        "arith": token_stream(arith_examples(args.arith, args.long_fraction, seed=args.seed), tok),
+        "arith": token_stream(arith_examples(args.arith, long_fraction, seed=job.seed), tok),
     }
 
 
@@ -61,139 +75,150 @@ def _save(out: Path, model, tok, log) -> None:
     atomic_write_jsonl(out / "train_log.jsonl", log)
 
 
-def _meta(args, out: Path, extra: dict, log: list[dict], t: dict) -> None:
+def _meta(job: Job, log: list[dict], **extra) -> None:
+    from methods.lm.train import loss_series
+
+    args = job.args
     tail = log[-max(1, len(log) // 20) :]
-    meta = {
-        "name": args.variant,
-        "kind": "tiny",
-        "method": "mtp_d",
-        "variant": args.variant,
-        "load": {},
-        "seed": args.seed,
-        "threads": args.threads,
-        "device": args.device,
-        "final_loss": sum(r["loss"] for r in tail) / len(tail),
-        "final_main_ce": sum(r["main_ce"] for r in tail) / len(tail),
-        "main_weights_sha256": sha256_file(out / "model.safetensors"),
-        "inputs": {
+    final_loss = sum(r["loss"] for r in tail) / len(tail)
+    final_main_ce = sum(r["main_ce"] for r in tail) / len(tail)
+    if args.record:
+        # The training curves reach the report through this record (suite "train").
+        curves = [loss_series(log)]
+        if len(log) and "main_ce" in log[0]:
+            curves.append(loss_series(log, key="main_ce", name="main_ce", label="main-head CE"))
+        record = job.record(
+            suite="train",
+            method="mtp_d",
+            base_model=extra.get("base_model", ""),
+            tasks=["train"],
+            config={k: extra.get(k) for k in ("heads", "loss", "train")},
+            metrics=[
+                metric("train", "final_loss", final_loss, n=len(tail), higher_is_better=False),
+                metric(
+                    "train", "final_main_ce", final_main_ce, n=len(tail), higher_is_better=False
+                ),
+            ],
+            series=curves,
+        )
+        job.write_record(record, args.record)
+    job.write_meta(
+        kind="tiny",
+        method="mtp_d",
+        variant=job.variant,
+        load={},
+        threads=job.threads,
+        device=job.device,
+        final_loss=final_loss,
+        final_main_ce=final_main_ce,
+        main_weights_sha256=sha256_file(job.out / "model.safetensors"),
+        inputs={
             p: sha256_file(p)
             for p in (args.text, args.arith, str(Path(args.tokenizer) / "tokenizer.json"))
         },
-        "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-    }
-    meta.update(extra)
-    atomic_write_json(out / "meta.json", meta)
+        **extra,
+    )
 
 
-def build_train(args) -> None:
+def build_train(job: Job) -> None:
     from transformers import AutoTokenizer
 
     from methods.lm.model import build_model, n_params
     from methods.mtp_d.heads import MTPHeads
     from methods.mtp_d.loss import MTPLM, MTPLoss
 
-    if args.variant not in VARIANTS:
+    if job.variant not in VARIANTS:
         raise ClaimbenchError(
-            f"variant {args.variant!r} is not one of {sorted(VARIANTS)} (loop extensions use "
+            f"variant {job.variant!r} is not one of {sorted(VARIANTS)} (loop extensions use "
             f"the 'extend' command)"
         )
-    torch.set_num_threads(args.threads)
-    spec, cfg = json.loads(args.spec), json.loads(args.config)
-    k = int(VARIANTS[args.variant].get("heads", cfg["heads"]))
-    if args.variant != "ntp" and k < 1:
+    cfg = job.config
+    base_model, spec = architecture(job)
+    k = int(VARIANTS[job.variant].get("heads", cfg["heads"]))
+    if job.variant != "ntp" and k < 1:
         raise ClaimbenchError(f"papers.mtp_d.heads: K = {k} must be >= 1")
-    loss_cfg = {**cfg.get("loss", {}), **VARIANTS[args.variant]}
-    out = Path(args.out)
-    with provenance.timed() as t:
-        tok = AutoTokenizer.from_pretrained(args.tokenizer)
-        main = build_model(spec, tok, seed=args.seed)
-        torch.manual_seed(args.seed + 1)
-        heads = MTPHeads(main.config, k) if k else None
-        loss = MTPLoss.from_config(loss_cfg, k, len(tok)) if k else None
-        model = MTPLM(main, heads, loss).to(args.device)
-        log = _train(model, _streams(args, tok), cfg["train"], args.seed, f"mtp_d {args.variant}")
-        _save(out, model, tok, log)
+    loss_cfg = {**cfg["loss"], **VARIANTS[job.variant]}
+    tok = AutoTokenizer.from_pretrained(job.args.tokenizer)
+    main = build_model(spec, tok, seed=job.seed)
+    torch.manual_seed(job.seed + 1)
+    heads = MTPHeads(main.config, k) if k else None
+    loss = MTPLoss.from_config(loss_cfg, k, len(tok)) if k else None
+    # trunk and heads are built in float32 (bit-for-bit the same init at every dtype), then
+    # trained on the job's device in the job's dtype
+    model = job.to(MTPLM(main, heads, loss))
     tc = cfg["train"]
+    log = _train(model, _streams(job, tok), tc, job.seed, f"mtp_d {job.variant}")
+    _save(job.out, model, tok, log)
     _meta(
-        args,
-        out,
-        {
-            "base_model": args.base_model,
-            "heads": k,
-            "loss": None if loss is None else loss.__dict__,
-            "train": tc,
-            "spec": spec,
-            "tokens_seen": tc["steps"] * tc["batch_size"] * tc["seq_len"],
-            "n_params_main": n_params(main),
-            "n_params_heads": 0 if heads is None else n_params(heads),
-        },
+        job,
         log,
-        t,
+        base_model=base_model,
+        heads=k,
+        loss=None if loss is None else loss.__dict__,
+        train=tc,
+        spec=spec,
+        tokens_seen=tc["steps"] * tc["batch_size"] * tc["seq_len"],
+        n_params_main=n_params(main),
+        n_params_heads=0 if heads is None else n_params(heads),
     )
 
 
-def build_extend(args) -> None:
+def build_extend(job: Job) -> None:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from methods.lm.model import n_params
     from methods.mtp_d.heads import extend_looped, load_heads
     from methods.mtp_d.loss import MTPLM, MTPLoss, freeze_for_extension
 
-    torch.set_num_threads(args.threads)
-    cfg = json.loads(args.config)
-    src = Path(args.source)
-    out = Path(args.out)
-    with provenance.timed() as t:
-        tok = AutoTokenizer.from_pretrained(src)
-        main = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32)
-        old = load_heads(src, main)
-        heads = extend_looped(old, args.factor)
-        loss = MTPLoss.from_config(cfg.get("loss", {}), heads.num_modules, len(tok))
-        model = MTPLM(main, heads, loss).to(args.device)
-        trainable = freeze_for_extension(model, old.num_modules)
-        log = _train(model, _streams(args, tok), cfg["train"], args.seed, f"loop {args.variant}")
-        _save(out, model, tok, log)
+    if "loop" not in job.config:
+        raise ClaimbenchError("papers.mtp_d.loop: section missing (looped extension settings)")
+    train_cfg = job.config["loop"]["train"]
+    src = Path(job.args.source)
+    tok = AutoTokenizer.from_pretrained(src)
+    main = LlamaForCausalLM.from_pretrained(src, **job.load_kwargs())
+    old = load_heads(src, main)  # in the main model's dtype
+    heads = extend_looped(old, job.args.factor)
+    loss = MTPLoss.from_config(job.config["loss"], heads.num_modules, len(tok))
+    model = job.to(MTPLM(main, heads, loss))
+    trainable = freeze_for_extension(model, old.num_modules)
+    log = _train(model, _streams(job, tok), train_cfg, job.seed, f"loop {job.variant}")
+    _save(job.out, model, tok, log)
     src_meta = json.loads((src / "meta.json").read_text())
     _meta(
-        args,
-        out,
-        {
-            "base_model": src_meta.get("base_model", ""),
-            "source": str(src),
-            "source_main_weights_sha256": src_meta.get("main_weights_sha256"),
-            "heads": heads.num_modules,
-            "heads_trained": old.num_modules,
-            "factor": args.factor,
-            "trainable": trainable,
-            "loss": loss.__dict__,
-            "train": cfg["train"],
-            "n_params_heads": n_params(heads),
-        },
+        job,
         log,
-        t,
+        base_model=src_meta.get("base_model", ""),
+        source=str(src),
+        source_main_weights_sha256=src_meta.get("main_weights_sha256"),
+        heads=heads.num_modules,
+        heads_trained=old.num_modules,
+        factor=job.args.factor,
+        trainable=trainable,
+        loss=loss.__dict__,
+        train=train_cfg,
+        n_params_heads=n_params(heads),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     sub = ap.add_subparsers(dest="what", required=True)
-    for name in ("train", "extend"):
-        p = sub.add_parser(name)
-        for a in ("--variant", "--config", "--tokenizer", "--text", "--arith", "--out"):
-            p.add_argument(a, required=True)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--long-fraction", type=float, default=0.3)
-        p.add_argument("--threads", type=int, default=1)
-        p.add_argument("--device", default="cpu")
-    p = sub.choices["train"]
-    p.add_argument("--spec", required=True, help="main model spec (JSON), as in models.<name>")
-    p.add_argument("--base-model", required=True, help="name of the architecture in models")
+    for name, run in (("train", build_train), ("extend", build_extend)):
+        p = add_job_options(sub.add_parser(name), papers=["mtp_d"], out="the artifact folder")
+        p.add_argument("--tokenizer", required=True, help="tokenizer folder")
+        p.add_argument("--text", required=True, help="pre-training text")
+        p.add_argument("--arith", required=True, help="arithmetic training problems (JSONL)")
+        p.add_argument("--record", default="", help="also write the training record (curves) here")
+        p.set_defaults(run=run)
     p = sub.choices["extend"]
     p.add_argument("--source", required=True, help="artifact with trained MTP heads")
-    p.add_argument("--factor", type=int, default=2)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError):
-        {"train": build_train, "extend": build_extend}[args.what](args)
+    p.add_argument(
+        "--factor",
+        type=int,
+        required=True,
+        help="heads x factor (one of papers.mtp_d.loop.factors)",
+    )
+    run_job(ap, None, argv)
 
 
 if __name__ == "__main__":

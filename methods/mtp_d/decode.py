@@ -1,4 +1,5 @@
-"""Plain greedy decoding and main-head-constrained self-speculative decoding (spec §2.4).
+"""Plain greedy decoding and main-head-constrained self-speculative decoding (the paper's Algorithm 1;
+README.md, Eq. 5).
 
 Both use the main model's KV cache and accept a left-padded batch. Speculative decoding per
 step: (1) the main head's next token ``y`` is known; (2) the MTP modules are chained to draft
@@ -104,7 +105,7 @@ class SpecStats:
         self.accepted = self.accepted or [0] * self.depth
 
     def ar(self) -> list[float]:
-        """AR_k: P(head k accepted | heads 1..k-1 accepted)  (spec §4.2)."""
+        """AR_k: P(head k accepted | heads 1..k-1 accepted)  (README.md, Eq. 6)."""
         return [a / t if t else 0.0 for a, t in zip(self.accepted, self.attempted, strict=True)]
 
     def car(self) -> list[float]:

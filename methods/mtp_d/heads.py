@@ -1,17 +1,19 @@
-"""MTP modules beside a ``LlamaForCausalLM`` (DeepSeek-V3-style chained modules, spec §2.1).
+"""MTP modules beside a ``LlamaForCausalLM`` (DeepSeek-V3-style chained modules:
+DeepSeek-V3 report, Section 2.2, Eqs. 21-23; README.md, Eq. 1).
 
 Module k (k = 1..K) takes the previous depth's hidden state and the embedding of the token k
 positions ahead, and predicts the token k+1 positions ahead through the main model's shared
 output head::
 
-    u^k_i = M_k [RMSNorm_a^k(h^{k-1}_i) ; RMSNorm_b^k(E(t_{i+k}))]        # spec §2.1
+    u^k_i = M_k [RMSNorm_a^k(h^{k-1}_i) ; RMSNorm_b^k(E(t_{i+k}))]        # README.md, Eq. 1
     h^k   = Block_k(u^k)                                                  # one causal decoder block
     P^k_i = softmax(O(RMSNorm_o^k(h^k_i)))                                # shared O, predicts t_{i+k+1}
 
 The modules are saved next to the main model in ``<artifact>/mtp_heads/`` with their own
 ``config.json``; the main model folder stays loadable by ``from_pretrained`` on its own.
 A *schedule* maps each draft depth to a module index: ``[0, 1, ..., K-1]`` normally,
-``[0, 1, 0, 1]`` for the training-free cyclic reuse of two modules at four depths (spec §2.3).
+``[0, 1, 0, 1]`` for the training-free cyclic reuse of two modules at four depths (README.md,
+Eq. 4).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def load_heads(folder: str | Path, main: LlamaForCausalLM) -> MTPHeads:
 
 
 def extend_looped(heads: MTPHeads | None, factor: int = 2) -> MTPHeads:
-    """Looped extension (spec §2.3): m trained modules -> factor·m, module m·r+j a copy of module j."""
+    """Looped extension (README.md, Eq. 4): m trained modules -> factor·m, module m·r+j a copy of module j."""
     if heads is None or heads.num_modules < 1:
         raise ConfigError("looped extension needs a model with trained MTP heads (got none)")
     if factor < 2:
@@ -174,7 +176,7 @@ def extend_looped(heads: MTPHeads | None, factor: int = 2) -> MTPHeads:
 
 
 def cyclic_schedule(num_modules: int, depth: int) -> list[int]:
-    """Training-free loop (pilot study, spec §2.3): reuse module j again at depth m+j."""
+    """Training-free loop (the paper's pilot study; README.md): reuse module j again at depth m+j."""
     if num_modules < 1:
         raise ConfigError(
             f"training-free reuse needs a model with trained MTP heads (got K = {num_modules})"

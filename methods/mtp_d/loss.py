@@ -1,4 +1,4 @@
-"""MTP-D training objective (spec §2.2) and the joint model that the shared trainer drives.
+"""MTP-D training objective (README.md, Eqs. 2-3) and the joint model that the shared trainer drives.
 
     L_total = L_main + Σ_k α_k CE(P^k_i, t_{i+k+1}) + Σ_k β_k KL_topN(sg(Q_{i+k}) ‖ P^k_i)
 
@@ -27,7 +27,7 @@ def topn_kl(
     temperature: float = 1.0,
     idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over positions of the KL restricted to the teacher's top-N tokens (spec §2.2).
+    """Mean over positions of the KL restricted to the teacher's top-N tokens (README.md, Eq. 3).
 
     Both distributions are renormalised on S = top-N(teacher). ``forward`` is
     KL(teacher ‖ student) = Σ_S q̃ (log q̃ − log p̃); ``reverse`` swaps the arguments.
@@ -64,11 +64,13 @@ class MTPLoss:
 
     @classmethod
     def from_config(cls, cfg: dict, num_modules: int, vocab_size: int) -> MTPLoss:
+        """Weights from ``papers.mtp_d.loss`` (defaults filled in by its schema); ``alpha`` and
+        ``top_n`` are optional overrides of ``mtp_lambda`` and ``top_n_fraction``; ``stop_grad``
+        is not a scale setting: only the ``mtp_d_nosg`` ablation sets it (to False)."""
         if num_modules < 1:
             raise ConfigError(f"number of MTP heads K = {num_modules!r} must be >= 1")
-        lam = cfg.get("mtp_lambda", 0.3)
-        alpha = cfg.get("alpha") or [lam / num_modules] * num_modules  # α_k = λ/K   [STD]
-        beta = cfg.get("beta", 1.0)
+        alpha = cfg.get("alpha") or [cfg["mtp_lambda"] / num_modules] * num_modules  # α_k = λ/K
+        beta = cfg["beta"]
         beta = [beta] * num_modules if isinstance(beta, int | float) else list(beta)
         if len(alpha) != num_modules or len(beta) != num_modules:
             raise ConfigError(
@@ -76,17 +78,17 @@ class MTPLoss:
                 f"MTP head (K = {num_modules})"
             )
         top_n = cfg.get("top_n")
-        if top_n is None:  # N = max(16, round(0.08 V)): the paper's ≈8 % ratio   [spec §6]
-            top_n = max(16, round(cfg.get("top_n_fraction", 0.08) * vocab_size))
+        if top_n is None:  # N = max(16, round(f V)): the paper's 10,000 of 122,880 (8.14 %)
+            top_n = max(16, round(cfg["top_n_fraction"] * vocab_size))
         if top_n > vocab_size:
             raise ConfigError(f"top_n = {top_n} is larger than the vocabulary size {vocab_size}")
         return cls(
             alpha=[float(a) for a in alpha],
             beta=[float(b) for b in beta],
             top_n=int(top_n),
-            kl_direction=cfg.get("kl_direction", "forward"),
+            kl_direction=cfg["kl_direction"],
             stop_grad=bool(cfg.get("stop_grad", True)),
-            temperature=float(cfg.get("temperature", 1.0)),
+            temperature=float(cfg["temperature"]),
         )
 
 

@@ -1,18 +1,21 @@
-"""Acceptance and real decoding speed of self-speculative decoding (spec §4.2-4.3).
+"""Acceptance and real decoding speed of self-speculative decoding (the paper's Table 1
+acceptance rates and Section 4.2 speedups; definitions in README.md).
 
-``python -m methods.mtp_d.speculative``: loads every MTP-D artifact in one process and, for
+``python -m methods.mtp_d.speculative``: loads every MTP-D artifact in one process (in the job's
+dtype, on its device) and, for
 every decoding configuration, (1) decodes the prompts once at batch 1 untimed, checking the
 output against plain greedy decoding of the same main model and counting per-head acceptance;
 (2) times every configuration at each batch size, interleaved (the order rotates each repeat),
 ``repeats`` times. Speedups are per-repeat ratios against plain greedy decoding (of the
 next-token model) and against 1-head MTP (the plain MTP model drafting with its first head
 only), reported as the median with the standard error of the repeats. One run record per
-configuration: ``results/runs/<scale>/mtp_d/<config>/speculative.json`` (``suite: speculative``).
+configuration (``--variants`` and ``--reuse``, named by ``rules/mtp_d.smk``), ``<out>/<config>/speculative.json``
+with ``--out results/runs/<scale>/mtp_d`` (``suite: speculative``). Only the timings are
+wall-clock; acceptance, losslessness and the samples are deterministic.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -22,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from claimbench import provenance
-from claimbench.errors import ClaimbenchError, exit_on_user_error
+from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_jsonl, stable_hash
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric, series
 from methods.mtp_d.decode import SpecStats, greedy_decode, left_pad, speculative_decode
 
 GREEDY = "ntp"  # plain next-token model: the plain-decoding reference
@@ -51,8 +54,11 @@ def load_prompts(data_dir: Path, tok, n: int, prompt_tokens: int) -> list[dict]:
     return rows
 
 
-def load_configs(root: Path, variants: list[str], reuse: list[str], device: str) -> dict:
-    """Decoding configurations: name -> (main model, heads or None, depth)."""
+def load_configs(
+    root: Path, variants: list[str], reuse: list[tuple[str, int]], job: Job
+) -> tuple[dict, dict]:
+    """(mains, configurations): main models by variant, and config name -> (variant, heads or
+    None, depth). Trunks load in the job's dtype on its device; the heads follow their trunk."""
     from transformers import LlamaForCausalLM
 
     from methods.mtp_d.heads import cyclic_schedule, load_heads
@@ -60,7 +66,8 @@ def load_configs(root: Path, variants: list[str], reuse: list[str], device: str)
     mains, heads, configs = {}, {}, {}
     for v in variants:
         folder = root / v
-        mains[v] = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        main = LlamaForCausalLM.from_pretrained(folder, **job.load_kwargs())
+        mains[v] = main.to(job.device).eval()
         if (folder / "mtp_heads").is_dir():
             heads[v] = load_heads(folder, mains[v]).eval()
     if GREEDY not in mains:
@@ -71,8 +78,7 @@ def load_configs(root: Path, variants: list[str], reuse: list[str], device: str)
     configs[ONE_HEAD] = ("mtp", heads["mtp"], 1)
     for v, h in heads.items():
         configs[v] = (v, h, h.depth)
-    for spec in reuse:  # "<variant>:<depth>": training-free cyclic reuse of its trained modules
-        src, depth = spec.split(":")
+    for src, depth in reuse:  # training-free cyclic reuse of the source's trained modules
         if src not in heads:
             raise ClaimbenchError(
                 f"training-free reuse of {src!r}: that variant has no trained MTP heads"
@@ -108,62 +114,60 @@ def _median_se(xs: list[float]) -> tuple[float, float | None]:
     return statistics.median(xs), se
 
 
-def measure(args) -> None:
+def measure(job: Job) -> None:
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cfg = json.loads(args.config)
-    root, out_root = Path(args.artifacts), Path(args.out_root)
-    variants = [v for v in args.variants.split(",") if v]
-    reuse = [r for r in args.reuse.split(",") if r]
-    with provenance.timed() as t:
-        tok = AutoTokenizer.from_pretrained(root / GREEDY)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        mains, configs = load_configs(root, variants, reuse, args.device)
-        prompts = load_prompts(
-            Path(args.data_dir), tok, cfg["n_prompts"], cfg.get("prompt_tokens", 24)
-        )
-        new_tokens = cfg["new_tokens"]
+    cfg = job.config["speculative"]
+    root, out_root = Path(job.args.artifacts), job.out
+    tok = AutoTokenizer.from_pretrained(root / GREEDY)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    variants = [v for v in job.args.variants.split(",") if v]
+    reuse = []
+    for item in filter(None, job.args.reuse.split(",")):
+        src, _, depth = item.partition(":")
+        if not depth.isdigit():
+            raise ClaimbenchError(f"--reuse {item!r}: expected <variant>:<draft depth>")
+        reuse.append((src, int(depth)))
+    mains, configs = load_configs(root, variants, reuse, job)
+    prompts = load_prompts(Path(job.args.data_dir), tok, cfg["n_prompts"], cfg["prompt_tokens"])
+    new_tokens = cfg["new_tokens"]
 
-        # (1) untimed pass at batch 1: losslessness and per-head acceptance
-        greedy_out = {
-            v: _run_all(m, None, 0, prompts, 1, new_tokens, pad_id) for v, m in mains.items()
-        }
-        stats, outputs, per_prompt = {}, {}, {}
-        for name, (v, h, depth) in configs.items():
-            if h is None:
-                outputs[name] = greedy_out[v]
-                continue
-            stats[name] = SpecStats(depth)
-            rows = []
-            out = []
-            for p in prompts:
-                s = SpecStats(depth)
-                out.append(_decode(mains[v], h, depth, [p], new_tokens, pad_id, s))
-                for k in range(depth):
-                    stats[name].attempted[k] += s.attempted[k]
-                    stats[name].accepted[k] += s.accepted[k]
-                stats[name].steps += s.steps
-                stats[name].accepted_len += s.accepted_len
-                rows.append(s)
-            outputs[name] = torch.cat(out)
-            per_prompt[name] = rows
+    # (1) untimed pass at batch 1: losslessness and per-head acceptance
+    greedy_out = {v: _run_all(m, None, 0, prompts, 1, new_tokens, pad_id) for v, m in mains.items()}
+    stats, outputs, per_prompt = {}, {}, {}
+    for name, (v, h, depth) in configs.items():
+        if h is None:
+            outputs[name] = greedy_out[v]
+            continue
+        stats[name] = SpecStats(depth)
+        rows = []
+        out = []
+        for p in prompts:
+            s = SpecStats(depth)
+            out.append(_decode(mains[v], h, depth, [p], new_tokens, pad_id, s))
+            for k in range(depth):
+                stats[name].attempted[k] += s.attempted[k]
+                stats[name].accepted[k] += s.accepted[k]
+            stats[name].steps += s.steps
+            stats[name].accepted_len += s.accepted_len
+            rows.append(s)
+        outputs[name] = torch.cat(out)
+        per_prompt[name] = rows
 
-        # (2) timed, interleaved, repeated
-        names = list(configs)
-        timings = {(n, b): [] for n in names for b in cfg["batch_sizes"]}
-        for r in range(cfg["repeats"]):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for b in cfg["batch_sizes"]:
-                for name in order:
-                    v, h, depth = configs[name]
-                    _sync(args.device)
-                    t0 = time.perf_counter()
-                    _run_all(mains[v], h, depth, prompts, b, new_tokens, pad_id)
-                    _sync(args.device)
-                    timings[(name, b)].append(time.perf_counter() - t0)
-    wall = t["wall_s"]
+    # (2) timed, interleaved, repeated
+    names = list(configs)
+    timings = {(n, b): [] for n in names for b in cfg["batch_sizes"]}
+    for r in range(cfg["repeats"]):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for b in cfg["batch_sizes"]:
+            for name in order:
+                v, h, depth = configs[name]
+                _sync(job.device)
+                t0 = time.perf_counter()
+                _run_all(mains[v], h, depth, prompts, b, new_tokens, pad_id)
+                _sync(job.device)
+                timings[(name, b)].append(time.perf_counter() - t0)
+    prov = job.provenance()
     n_tok = len(prompts) * new_tokens
     for name, (v, h, depth) in configs.items():
         metrics, samples = [], []
@@ -278,26 +282,22 @@ def measure(args) -> None:
             "depth": depth,
             "schedule": None if h is None else h.schedule,
             "acceptance_mode": "spec_decode",
-            "dtype": "float32",
-            "device": args.device,
-            "threads": args.threads,
+            "dtype": job.dtype,
+            "device": job.device,
+            "threads": job.threads,
             **cfg,
         }
         out = out_root / name / "speculative.json"
         atomic_write_jsonl(out.parent / "speculative.samples.jsonl", samples)
         meta = json.loads((root / v / "meta.json").read_text())
-        record = make_run_record(
-            scale=args.scale,
-            paper="mtp_d",
+        record = job.record(
             method="mtp_d" if v != GREEDY else "ntp",
             variant=name,
             base_model=meta.get("base_model", ""),
             suite="speculative",
-            tasks=sorted({m["task"] for m in metrics}),
-            seed=args.seed,
             config=config,
             metrics=metrics,
-            provenance=provenance.capture(t["started_at"], wall),
+            provenance=prov,
             task_hashes={
                 t: stable_hash([t, new_tokens] + [p["ids"] for p in prompts if p["task"] in t])
                 if t.endswith(("_arith", "_text"))
@@ -307,27 +307,21 @@ def measure(args) -> None:
             samples="speculative.samples.jsonl",
             series=curves,
         )
-        write_run_record(out, record)
+        job.write_record(record, out)
         print(
             f"{name}: " + ", ".join(f"{m['task']}.{m['metric']}={m['value']:.3f}" for m in metrics)
         )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--artifacts", required=True, help="artifacts/<scale>/mtp_d")
+    ap = job_parser(
+        __doc__, papers=["mtp_d"], out="folder of the records: <out>/<config>/speculative.json"
+    )
+    ap.add_argument("--artifacts", required=True, help="folder of the MTP-D artifacts")
     ap.add_argument("--variants", required=True, help="comma-separated artifact variants")
     ap.add_argument("--reuse", default="", help="comma-separated <variant>:<depth> cyclic reuse")
-    ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--config", required=True, help="JSON: n_prompts, new_tokens, batch_sizes, ...")
-    ap.add_argument("--scale", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out-root", required=True, help="results/runs/<scale>/mtp_d")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError):
-        measure(args)
+    ap.add_argument("--data-dir", required=True, help="the scale's data folder (arith/, text/)")
+    run_job(ap, measure, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""RL loops of the noisy-rewards paper (spec section 2.1): PPO with a critic, GAE, no KL, and
-GRPO as a named variant; rollouts, log-probs and GRPO's group advantages come from the shared
+"""RL loops of the noisy-rewards paper (methods/noisy_rewards/README.md): PPO with a critic,
+GAE, no KL, and GRPO as a named variant; rollouts, log-probs and GRPO's group advantages come from the shared
 post-training layer (``methods.posttrain``).
 
 PPO (verl defaults of the official fork): reward on the last response token, GAE with gamma and
@@ -139,7 +139,7 @@ def train_rl(
 ) -> tuple[list[dict], list[dict]]:
     """PPO (``cfg['algo'] == 'ppo'``) or GRPO on the arithmetic world. Returns the per-step
     training rows and the greedy evaluation rows (step 0 = the start model)."""
-    algo = cfg.get("algo", "ppo")
+    algo = cfg["algo"]
     if algo not in ("ppo", "grpo"):
         raise ValueError(f"algo must be ppo or grpo, got {algo!r}")
     n, steps = int(cfg["n"]), int(cfg["steps"])
@@ -150,14 +150,14 @@ def train_rl(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     stop = stop_token_ids(tok)
-    clip, ent_coef = cfg.get("clip_ratio", 0.2), cfg.get("entropy_coef", 0.001)
+    clip, ent_coef = cfg["clip_ratio"], cfg["entropy_coef"]
     max_new = int(cfg["max_new_tokens"])
     actor_opt = torch.optim.AdamW(model.parameters(), lr=cfg["actor_lr"], weight_decay=0.0)
     critic = critic_opt = None
     if algo == "ppo":
         critic = Critic(model).to(model.device)
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg["critic_lr"], weight_decay=0.0)
-    every = int(cfg.get("eval_every", 5))
+    every = int(cfg["eval_every"])
     evals = [{"step": 0, **greedy_eval(model, tok, valid, max_new)}]
     rows = []
     bar = tqdm(range(steps), desc=algo, mininterval=2.0, dynamic_ncols=True)
@@ -169,7 +169,7 @@ def train_rl(
             [p["prompt"] for p in chosen],
             n=n,
             max_new_tokens=max_new,
-            temperature=cfg.get("temperature", 1.0),
+            temperature=cfg["temperature"],
             seed=seed * 100003 + step,
             stop_ids=stop,
         )
@@ -184,25 +184,26 @@ def train_rl(
                     terminal_rewards(r, mask),
                     v_old,
                     mask,
-                    cfg.get("gamma", 1.0),
-                    cfg.get("lam", 1.0),
+                    cfg["gamma"],
+                    cfg["lam"],
                 )
                 adv = masked_whiten(adv, mask)
             else:
                 adv = group_advantages(r, n)[:, None] * mask
         model.train()
         stats = {}
+        # ppo_epochs has no schema default: the key would enter every run's record config
         for _ in range(int(cfg.get("ppo_epochs", 1))):
             if algo == "ppo":
                 critic.train()
                 v = critic(ro.batch)
-                vloss = clipped_value_loss(v, v_old, returns, mask, cfg.get("value_clip", 0.5))
+                vloss = clipped_value_loss(v, v_old, returns, mask, cfg["value_clip"])
                 critic_opt.zero_grad(set_to_none=True)
                 vloss.backward()
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.get("grad_clip", 1.0))
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg["grad_clip"])
                 critic_opt.step()
                 stats["value_loss"] = float(vloss.detach())
-            if algo == "grpo" or step >= int(cfg.get("critic_warmup", 0)):
+            if algo == "grpo" or step >= int(cfg["critic_warmup"]):
                 logits = shifted_logits(model, ro.batch)
                 logp = gather_logp(logits, ro.batch.input_ids)
                 pg, clipfrac = clipped_surrogate(logp, old_logp, adv, mask, clip)
@@ -210,7 +211,7 @@ def train_rl(
                 loss = pg - ent_coef * ent
                 actor_opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.get("grad_clip", 1.0))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                 actor_opt.step()
                 stats.update(pg_loss=float(pg.detach()), clip_frac=clipfrac)
         model.eval()

@@ -1,12 +1,12 @@
-"""Rewards of the noisy-rewards paper on the arithmetic world (spec noisy-rewards.md section 2).
+"""Rewards of the noisy-rewards paper on the arithmetic world (methods/noisy_rewards/README.md).
 
 * ``extract_final``: the world's analog of the paper's last ``\\boxed{}``: the integer after the
   last ``answer is``. No such phrase = a *format failure* (reward 0, never flipped).
 * ``flip_group_rewards``: r' = 1 - r for every rollout of a question with probability p, decided
-  once per group of n consecutive rollouts, never applied to format failures (section 2.2).
-* ``ReasoningPatternReward`` (RPR, section 2.3): min(cap, weight x #distinct phrases present)
+  once per group of n consecutive rollouts, never applied to format failures.
+* ``ReasoningPatternReward`` (RPR): min(cap, weight x #distinct phrases present)
   minus the n-gram repetition penalty, floored at 0; 0 without an extractable answer.
-* ``SimulatedRM`` (section 2.4 / 7.3): a score in [0, 1] whose side of 0.5 agrees with
+* ``SimulatedRM`` (README: simulated RM): a score in [0, 1] whose side of 0.5 agrees with
   correctness with probability ``accuracy``; ``calibrate``: s < tau -> min(1, s + alpha RPR).
 """
 
@@ -82,7 +82,7 @@ def repetition_penalty(text: str, ngram: int) -> float:
 
 
 class ReasoningPatternReward:
-    """RPR (section 2.3): lower-case substring presence of each phrase, counted once, times the
+    """RPR: lower-case substring presence of each phrase, counted once, times the
     per-phrase ``weight`` (the paper's 1/n by default), clipped to ``cap``, minus the repetition
     penalty over word ``ngram``-grams, floored at 0; 0 when no final answer is extractable."""
 
@@ -120,12 +120,12 @@ class ReasoningPatternReward:
 
 
 def calibrate(score: float, rpr: float, tau: float = 0.5, alpha: float = 0.1) -> float:
-    """Section 2.4: s < tau -> min(1, s + alpha * RPR); s >= tau is returned unchanged."""
+    """RPR calibration: s < tau -> min(1, s + alpha * RPR); s >= tau is returned unchanged."""
     return score if score >= tau else min(1.0, score + alpha * rpr)
 
 
 class SimulatedRM:
-    """A reward model of controlled accuracy on the arithmetic world (spec section 7, RM plan).
+    """A reward model of controlled accuracy on the arithmetic world (README: simulated RM).
 
     The RM's verdict agrees with correctness with probability ``accuracy``; its score is
     0.5 + kappa (+1 if it judges the output correct, -1 otherwise) with kappa = accuracy - 0.5,
@@ -172,7 +172,7 @@ class RewardFunction:
         correct, fails = correctness(texts, answers)
         if self.kind == "correct":
             rewards = list(correct)
-        elif self.kind == "rpr":  # correctness never checked (RPR-only, section 2.3)
+        elif self.kind == "rpr":  # correctness never checked (RPR-only)
             rewards = [self.rpr(t) for t in texts]
         else:
             rewards = self.rm.score(correct, fails, rng)

@@ -1,5 +1,6 @@
-"""Cross-run measurements of the noisy-rewards grid (spec section 7, N3-N5), as one run record:
-``python -m methods.noisy_rewards.summary --records R1 R2 ... --out summary.json --scale S``.
+"""Cross-run measurements of the noisy-rewards grid (checks N3-N5 of
+methods/noisy_rewards/README.md), as one run record:
+``python -m methods.noisy_rewards.summary <job options> --records R1 R2 ... --out summary.json``.
 
 Reads the ``train`` records of the RL runs (variant names ``p<p>``, ``rpr``, ``weak_p<p>``, with
 ``-s<seed>`` for later seeds), averages each over seeds, and writes:
@@ -7,7 +8,7 @@ Reads the ``train`` records of the RL runs (variant names ``p<p>``, ``rpr``, ``w
 * ``peak_accuracy@p<p>`` (mean over seeds) and ``accuracy_vs_p`` as a series (the report plots
   accuracy against p; ``final`` beside ``peak``);
 * ``steps_to_threshold@p<p>``: the first evaluation step whose greedy accuracy reaches
-  start + 0.9 x (clean peak - start) (spec: 90% of the clean run's peak gain), per seed against
+  start + 0.9 x (clean peak - start) (90% of the clean run's peak gain), per seed against
   that seed's clean run, averaged; a run that never reaches it counts as steps + eval_every
   (censored); ``n3_monotone_violations``: adjacent decreases of that curve over increasing p;
 * ``n4_rpr_gain_fraction`` = (RPR peak - start) / (clean peak - start) (only when the clean run
@@ -18,14 +19,12 @@ Reads the ``train`` records of the RL runs (variant names ``p<p>``, ``rpr``, ``w
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import defaultdict
 from pathlib import Path
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.records import load_run_record, make_run_record, metric, series, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import load_run_record, metric, series
 
 NAME_RE = re.compile(r"^(?P<arm>.+?)(?:-s(?P<seed>\d+))?$")
 
@@ -166,33 +165,30 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[dict]]:
     return metrics, curves
 
 
+def run(job: Job) -> None:
+    """One ``summary`` record (variant = the job's); its seed is the job's (the rule passes the
+    grid's first seed, that of the first input record)."""
+    paths = job.args.records
+    records = [load_run_record(p) for p in paths]
+    metrics, curves = summarise(records)
+    if not metrics:
+        raise ValueError(f"no flip-grid runs among {len(records)} records")
+    rec = job.record(
+        method="summary",
+        base_model=records[0]["base_model"],
+        suite="summary",
+        tasks=sorted({m["task"] for m in metrics}),
+        config={"records": [str(Path(p)) for p in paths]},
+        metrics=metrics,
+        series=curves,
+    )
+    job.write_record(rec)
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--records", nargs="+", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--scale", default="tiny")
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        with provenance.timed() as t:
-            records = [load_run_record(p) for p in args.records]
-            metrics, curves = summarise(records)
-        if not metrics:
-            raise SystemExit(f"no flip-grid runs among {len(records)} records")
-        rec = make_run_record(
-            scale=args.scale,
-            paper="noisy_rewards",
-            method="summary",
-            variant="summary",
-            base_model=records[0]["base_model"],
-            suite="summary",
-            tasks=sorted({m["task"] for m in metrics}),
-            seed=records[0]["seed"],
-            config={"records": [str(Path(p)) for p in args.records]},
-            metrics=metrics,
-            provenance=provenance.capture(t["started_at"], t["wall_s"]),
-            series=curves,
-        )
-        write_run_record(args.out, rec)
+    ap = job_parser(__doc__, papers=["noisy_rewards"], out="the summary record to write")
+    ap.add_argument("--records", nargs="+", required=True, help="train records of the RL runs")
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,21 @@
 """One RL run of the noisy-rewards paper from a start artifact:
-``python -m methods.noisy_rewards.train --start A --train T --valid V --config JSON --reward JSON
---out DIR --record R --variant NAME``.
+``python -m methods.noisy_rewards.train <job options> --start A --train T --valid V --record R
+--algo ppo|grpo --reward correct|rpr|rm [--flip-p P] [--rm-accuracy A] [--calibrate]``.
 
-Writes a ``save_pretrained`` folder (the final policy, evaluated by the lm-eval rule), its
-``train_log.jsonl``, a ``train`` run record (peak / final greedy accuracy, length, truncation,
-training reward, with the curves as ``series``) and ``meta.json`` last.
+The RL settings are the scale's ``papers.noisy_rewards.rl`` (``job.config``; ``--algo`` names
+the arm's algorithm), the reward's the arm's options with the scale's ``rpr`` and ``rm``
+sections. Writes a ``save_pretrained`` folder (the final policy, evaluated by the lm-eval rule),
+its ``train_log.jsonl``, a ``train`` run record (peak / final greedy accuracy, length,
+truncation, training reward, with the curves as ``series``) and ``meta.json`` last.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from claimbench import provenance
-from claimbench.entry import add_run_options, run_entry
-from claimbench.io import atomic_write_json, sha256_file
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.io import sha256_file
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric, series
 from methods.noisy_rewards.ppo import train_rl
 from methods.noisy_rewards.rewards import RewardFunction
 from methods.posttrain.cli import save_artifact
@@ -78,66 +75,79 @@ def curves(rows: list[dict], evals: list[dict]) -> list[dict]:
     ]
 
 
-def run(args) -> None:
-    cfg, rcfg = json.loads(args.config), json.loads(args.reward)
-    torch.set_num_threads(args.threads)
-    reward = RewardFunction(rcfg, seed=args.seed)  # bad p / empty phrases fail before loading
-    with provenance.timed() as t:
-        model, tok = load_model(args.start, trainable=True, device=args.device)
-        model.requires_grad_(True)
-        train = load_problems(args.train, cfg.get("families"))
-        valid = load_problems(args.valid, cfg.get("families"), cfg.get("eval_n"))
-        rows, evals = train_rl(model, tok, train, valid, reward, cfg, seed=args.seed)
-        save_artifact(model, tok, Path(args.out), rows)
-    prov = provenance.capture(t["started_at"], t["wall_s"])
+def reward_config(job: Job) -> dict:
+    """The arm's reward (``methods.noisy_rewards.rewards.RewardFunction``'s config): its kind
+    and options, with the scale's RPR settings (and the RM calibration's tau and alpha)."""
+    args, rpr = job.args, job.config["rpr"]
+    if args.reward != "correct" and args.flip_p is not None:
+        raise ValueError(f"--flip-p applies to --reward correct only, not {args.reward}")
+    if (args.reward == "rm") != (args.rm_accuracy is not None):
+        raise ValueError("--rm-accuracy goes with --reward rm (and only with it)")
+    if args.calibrate and args.reward != "rm":
+        raise ValueError("--calibrate applies to --reward rm only")
+    if args.reward == "correct":
+        if args.flip_p is None:
+            raise ValueError("--reward correct needs --flip-p (0 for clean rewards)")
+        return {"kind": "correct", "flip_p": args.flip_p, "rpr": rpr}
+    if args.reward == "rpr":
+        return {"kind": "rpr", "rpr": rpr}
+    rm = job.config["rm"]
+    return {
+        "kind": "rm",
+        "rm_accuracy": args.rm_accuracy,
+        "calibrate": args.calibrate,
+        "tau": rm["tau"],
+        "alpha": rm["alpha"],
+        "rpr": rpr,
+    }
+
+
+def run(job: Job) -> None:
+    args = job.args
+    cfg, rcfg = dict(job.config["rl"], algo=args.algo), reward_config(job)
+    reward = RewardFunction(rcfg, seed=job.seed)  # bad p / empty phrases fail before loading
+    model, tok = load_model(args.start, trainable=True, device=job.device, dtype=job.torch_dtype)
+    model.requires_grad_(True)
+    train = load_problems(args.train, cfg.get("families"))
+    valid = load_problems(args.valid, cfg.get("families"), cfg.get("eval_n"))
+    rows, evals = train_rl(model, tok, train, valid, reward, cfg, seed=job.seed)
+    save_artifact(model, tok, job.out, rows)
+    prov = job.provenance(job.wall_s)
     base_name = read_meta(args.start).get("name", Path(args.start).name)
     full = {"rl": cfg, "reward": rcfg}
-    rec = make_run_record(
-        scale=args.scale,
-        paper="noisy_rewards",
-        method=cfg.get("algo", "ppo"),
-        variant=args.variant,
+    rec = job.record(
+        method=cfg["algo"],
         base_model=base_name,
         suite="train",
         tasks=["valid", "train"],
-        seed=args.seed,
         config=full,
         metrics=summarise(rows, evals, len(valid)),
         provenance=prov,
         series=curves(rows, evals),
         task_hashes={"train": sha256_file(args.train)[:16], "valid": sha256_file(args.valid)[:16]},
     )
-    write_run_record(args.record, rec)
-    atomic_write_json(
-        Path(args.out) / "meta.json",
-        {
-            "name": args.variant,
-            "method": cfg.get("algo", "ppo"),
-            "paper": "noisy_rewards",
-            "base_model": base_name,
-            "inputs": {args.train: sha256_file(args.train), args.start: base_name},
-            "seed": args.seed,
-            "config": full,
-            "provenance": prov,
-        },
+    job.write_record(rec, args.record)
+    job.write_meta(
+        method=cfg["algo"],
+        base_model=base_name,
+        inputs={args.train: sha256_file(args.train), args.start: base_name},
+        config=full,
+        provenance=prov,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    for a in (
-        "--start",
-        "--train",
-        "--valid",
-        "--config",
-        "--reward",
-        "--out",
-        "--record",
-        "--variant",
-    ):
-        ap.add_argument(a, required=True)
-    add_run_options(ap)
-    run_entry(ap, run, argv)
+    ap = job_parser(__doc__, papers=["noisy_rewards"])
+    ap.add_argument("--start", required=True, help="the start policy's artifact folder")
+    ap.add_argument("--train", required=True, help="training problems (JSONL)")
+    ap.add_argument("--valid", required=True, help="validation problems (JSONL)")
+    ap.add_argument("--record", required=True, help="the train run record to write")
+    ap.add_argument("--algo", choices=["ppo", "grpo"], required=True, help="the arm's RL loop")
+    ap.add_argument("--reward", choices=["correct", "rpr", "rm"], required=True)
+    ap.add_argument("--flip-p", type=float, default=None, help="group flip probability p")
+    ap.add_argument("--rm-accuracy", type=float, default=None, help="simulated RM accuracy")
+    ap.add_argument("--calibrate", action="store_true", help="RPR calibration of the RM")
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

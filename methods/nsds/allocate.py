@@ -1,4 +1,4 @@
-"""Budgeted layer-wise bit allocation (spec §2.5): the top layers by score get the high precision.
+"""Budgeted layer-wise bit allocation (README eq. 9): the top layers by score get the high precision.
 
 A plan maps every decoder Linear to a bit width (``{"model.layers.0.mlp.down_proj": 2, ...}``),
 the format ``python -m methods.quant.apply --plan`` reads. All sub-layers of a layer share its bit
@@ -27,9 +27,9 @@ def check_bits(bits: int) -> int:
 
 
 def n_high_layers(n_layers: int, budget: float, low: int = 2, high: int = 4) -> int:
-    """Number of high-precision layers: floor(L * (B - low) / (high - low)) (spec §2.5).
+    """Number of high-precision layers: floor(L * (B - low) / (high - low)) (README eq. 9).
 
-    Floor (not the spec's round) so the average never exceeds the budget (spec open question 7).
+    Floor (not round) so the average never exceeds the budget (README, "Choices").
     """
     check_bits(low)
     check_bits(high)
@@ -48,7 +48,7 @@ def n_high_layers(n_layers: int, budget: float, low: int = 2, high: int = 4) -> 
 
 
 def layer_bits(scores, budget: float, low: int = 2, high: int = 4) -> list[int]:
-    """Top-n_high layers by score (descending, ties to the earlier layer: §2.6.3 fixed) get ``high``."""
+    """Top-n_high layers by score (descending, ties to the earlier layer: README defect 3 fixed) get ``high``."""
     scores = np.asarray(scores, dtype=np.float64)
     if not np.all(np.isfinite(scores)):
         raise BudgetError(f"non-finite layer scores {scores.tolist()}")

@@ -1,4 +1,4 @@
-"""Layer-sensitivity baselines of the NSDS comparison (spec §3), one score per layer, higher = more
+"""Layer-sensitivity baselines of the NSDS comparison (README, "Baselines"), one score per layer, higher = more
 sensitive. Data-free: ZD, MSE, EWQ, KurtBoost (as the official repo computes them). Calibration:
 LIM (1 - cosine similarity between a block's input and output hidden states). Controls: random and
 reversed rankings. Repo quirks that are bugs are fixed and listed in methods/nsds/README.md.

@@ -1,30 +1,35 @@
-"""NSDS command line (one process per Snakemake job):
+"""NSDS command line (one process per Snakemake job; every subcommand is a ``claimbench.job``):
 
-    python -m methods.nsds.cli scores   --model A --methods nsds,zd,... [--calib train.txt] --out D
-    python -m methods.nsds.cli study    --model A --scores D --text valid.jsonl --budgets 2.5,3 ...
-    python -m methods.nsds.cli quantize --model A --scores D --method nsds --budget 3 --out B ...
+    python -m methods.nsds.cli scores   <job> --model A --methods nsds,zd,... [--calib train.txt]
+    python -m methods.nsds.cli study    <job> --model A --scores D --text valid.jsonl --details F
+    python -m methods.nsds.cli quantize <job> --model A --scores D --method nsds --budget 3 ...
+    python -m methods.nsds.cli import-scores <job> --model A --method mi --sensitivity S
 
-``scores`` writes ``D/<method>.json`` (per-layer scores and every intermediate) and ``D/meta.json``
-(last). ``quantize`` turns one method's scores into a layer-wise bit plan (plan.json), has the
-shared quantization layer (``methods.quant.apply``) build the packed artifact, and adds the layer
-scores to it (``layer_scores.json``, then meta.json rewritten last).
+``<job>`` is ``--scale --paper nsds --variant --out`` (and optionally ``--seed --threads
+--device --dtype --scale-file``). Settings come from the scale's ``papers.nsds`` section
+(``job.config``; defaults in config/schema/papers/nsds.schema.yaml): the NSDS options, the
+calibration and study windows, the study's methods and budgets, the backend and group size.
+Models load in the job's dtype on its device.
+
+``scores`` writes ``<out>/<method>.json`` (per-layer scores and every intermediate) and
+``<out>/meta.json`` (last). ``quantize`` turns one method's scores into a layer-wise bit plan and
+has the shared quantization layer (``methods.quant.apply``) build the packed artifact at ``<out>``
+with the layer scores beside it (``layer_scores.json``; meta.json last).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
 from claimbench.io import atomic_write_json, atomic_write_jsonl
+from claimbench.job import Job, add_job_options, run_job
 from claimbench.models import read_meta, resolve_pretrained
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.records import metric, series
 from methods.nsds.allocate import (
     BudgetError,
     average_bits,
@@ -39,17 +44,14 @@ from methods.quant.quantizer import QuantConfigError
 USER_ERRORS = (NSDSInputError, BudgetError, QuantConfigError, FileNotFoundError)
 
 
-def _load(path: str, device: str = "cpu"):
+def _load(path: str, job: Job):
+    """(model, tokenizer, meta) of an artifact, the model in the job's dtype on its device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(src, **job.load_kwargs()).to(job.device).eval()
     model.requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(src), read_meta(path)
-
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
 
 
 def _text_ids(tok, path: str, max_chars: int) -> torch.Tensor:
@@ -80,36 +82,32 @@ def text_windows(tok, path: str, n: int, seq_len: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def cmd_scores(args) -> None:
-    torch.set_num_threads(args.threads)
+def cmd_scores(job: Job) -> None:
+    args, cfg = job.args, job.config
     names = check_methods(args.methods.split(","), "--methods")
-    with provenance.timed() as t:
-        model, tok, src_meta = _load(args.model, args.device)
-        calib = None
-        if "lim" in names:
-            if not args.calib:
-                raise NSDSInputError("method lim needs --calib <text file>")
-            calib = text_windows(tok, args.calib, args.n_calib, args.seq_len).to(args.device)
-        results = score_all(model, names, json.loads(args.nsds_options), calib, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    n_calib, seq_len = cfg["calib"]["n"], cfg["calib"]["seq_len"]
+    model, tok, src_meta = _load(args.model, job)
+    calib = None
+    if "lim" in names:
+        if not args.calib:
+            raise NSDSInputError("method lim needs --calib <text file>")
+        calib = text_windows(tok, args.calib, n_calib, seq_len).to(job.device)
+    # NSDS's SVDs and kurtoses run per matrix in float64 (methods.nsds.scores); the model stays
+    # in the job's dtype.
+    results = score_all(model, names, cfg["nsds"], calib, job.seed)
+    job.out.mkdir(parents=True, exist_ok=True)
     for name, res in results.items():
-        atomic_write_json(out / f"{name}.json", {"method": name, **res})
-    atomic_write_json(
-        out / "meta.json",
-        {
-            "kind": "layer_scores",
-            "method": "scores",
-            "source": args.model,
-            "base_model": src_meta.get("base_model", src_meta.get("name", "")),
-            "methods": sorted(results),
-            "nsds_options": json.loads(args.nsds_options),
-            "calibration": {"file": args.calib, "n": args.n_calib, "seq_len": args.seq_len}
-            if calib is not None
-            else None,
-            "seed": args.seed,
-            "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-        },
+        atomic_write_json(job.out / f"{name}.json", {"method": name, **res})
+    job.write_meta(
+        kind="layer_scores",
+        method="scores",
+        source=args.model,
+        base_model=src_meta.get("base_model", src_meta.get("name", "")),
+        methods=sorted(results),
+        nsds_options=cfg["nsds"],
+        calibration={"file": args.calib, "n": n_calib, "seq_len": seq_len}
+        if calib is not None
+        else None,
     )
 
 
@@ -139,8 +137,9 @@ def layer_scores_from_sensitivity(sens: dict, n_layers: int) -> list[float]:
     return scores
 
 
-def cmd_import_scores(args) -> None:
+def cmd_import_scores(job: Job) -> None:
     """Layer scores of an imported method (``mi``) from another suite's sensitivity file."""
+    args = job.args
     if args.method not in IMPORTED:
         raise NSDSInputError(f"--method {args.method!r}: importable methods are {list(IMPORTED)}")
     path = Path(args.sensitivity)
@@ -154,7 +153,7 @@ def cmd_import_scores(args) -> None:
     )
     scores = layer_scores_from_sensitivity(sens, n_layers)
     atomic_write_json(
-        Path(args.out),
+        job.out,
         {
             "method": args.method,
             "scores": scores,
@@ -182,30 +181,25 @@ def _minmax(s) -> list[float]:
     return ((s - s.min()) / span if span > 0 else np.zeros_like(s)).tolist()
 
 
-def cmd_study(args) -> None:
+def cmd_study(job: Job) -> None:
     from methods.nsds.study import run_study
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    names = [n for n in check_methods(args.methods.split(","), "--methods") if n != "uniform"]
-    budgets = _floats(args.budgets)
+    args, cfg = job.args, job.config
+    names = [n for n in check_methods(cfg["study_methods"], "study_methods") if n != "uniform"]
+    budgets = [float(b) for b in cfg["study_budgets"]]
     for b in budgets:
         layer_bits([0.0], b)  # bad budgets fail before any work
-    with provenance.timed() as t:
-        model, tok, src_meta = _load(args.model, args.device)
-        windows = text_windows(tok, args.text, args.n_windows, args.seq_len).to(args.device)
-        scores = _read_scores(args.scores, names)
-        checkpoint = Path(args.details).with_name(f".{Path(args.details).name}.plans.jsonl")
-        res = run_study(
-            model,
-            windows,
-            scores,
-            budgets,
-            args.group_size,
-            args.n_random,
-            args.seed,
-            checkpoint=checkpoint,
-        )
+    group_size, n_random = cfg["group_size"], cfg["n_random"]
+    n_windows, seq_len = cfg["study"]["n_windows"], cfg["study"]["seq_len"]
+    model, tok, src_meta = _load(args.model, job)
+    windows = text_windows(tok, args.text, n_windows, seq_len).to(job.device)
+    scores = _read_scores(args.scores, names)
+    checkpoint = Path(args.details).with_name(f".{Path(args.details).name}.plans.jsonl")
+    # The study keeps each projection's original weight (in the job's dtype) to swap RTN copies
+    # in and out; each RTN copy is computed in float32 per matrix (methods.quant.quantizer).
+    res = run_study(
+        model, windows, scores, budgets, group_size, n_random, job.seed, checkpoint=checkpoint
+    )
     metrics = [
         metric("fp", "ppl", res["fp_ppl"], n=res["n_windows"], higher_is_better=False),
         metric("all_high", "ppl", res["all_high_ppl"], higher_is_better=False),
@@ -262,7 +256,7 @@ def cmd_study(args) -> None:
     n = res["n_layers"]
     sers = [
         series(
-            f"{args.variant} · oracle damage per layer (ΔPPL, layer at {2} bits, rest 4)",
+            f"{job.variant} · oracle damage per layer (ΔPPL, layer at {2} bits, rest 4)",
             list(range(n)),
             res["oracle_damage"],
             x_label="layer",
@@ -272,7 +266,7 @@ def cmd_study(args) -> None:
     for m in [x for x in ("nsds", "nsds_nv", "nsds_se", "zd", "kurtboost", "lim") if x in scores]:
         sers.append(
             series(
-                f"{args.variant} · {m} layer score (min-max)",
+                f"{job.variant} · {m} layer score (min-max)",
                 list(range(n)),
                 _minmax(scores[m]),
                 x_label="layer",
@@ -287,75 +281,50 @@ def cmd_study(args) -> None:
         }
         for i in range(n)
     ]
-    record = make_run_record(
-        scale=args.scale,
-        paper="nsds",
-        method="study",
-        variant=args.variant,
-        base_model=src_meta.get("base_model", src_meta.get("name", "")),
+    record = job.record(
         suite="alloc",
+        method="study",
+        base_model=src_meta.get("base_model", src_meta.get("name", "")),
         tasks=sorted({m["task"] for m in metrics}),
-        seed=args.seed,
         config={
             "budgets": budgets,
-            "group_size": args.group_size,
+            "group_size": group_size,
             "quantizer": "rtn (methods.quant.quantizer), asymmetric, in memory",
-            "n_random": args.n_random,
+            "n_random": n_random,
             "n_windows": res["n_windows"],
-            "seq_len": args.seq_len,
+            "seq_len": seq_len,
             "text": args.text,
             "methods": names,
         },
         metrics=metrics,
-        provenance=provenance.capture(t["started_at"], t["wall_s"]),
-        samples=Path(args.out).name.replace(".json", ".samples.jsonl"),
+        samples=job.out.name.replace(".json", ".samples.jsonl"),
         series=sers,
     )
-    atomic_write_jsonl(Path(args.out).with_suffix(".samples.jsonl"), samples)
-    atomic_write_json(args.details, {"source": args.model, "variant": args.variant, **res})
-    write_run_record(args.out, record)
+    atomic_write_jsonl(job.out.with_suffix(".samples.jsonl"), samples)
+    atomic_write_json(args.details, {"source": args.model, "variant": job.variant, **res})
+    job.write_record(record)
     checkpoint.unlink(missing_ok=True)  # the results are written; a rerun starts afresh
 
 
-def cmd_quantize(args) -> None:
-    from methods.quant import apply as quant_apply
+def cmd_quantize(job: Job) -> None:
+    from methods.quant.apply import quantize_artifact
 
-    b = args.budget
-    with provenance.timed() as t:
-        src_meta = read_meta(args.model)
-        if args.method == "uniform":
-            n_layers = int(
-                json.loads((Path(resolve_pretrained(args.model)) / "config.json").read_text())[
-                    "num_hidden_layers"
-                ]
-            )
-            bits = uniform_bits(n_layers, b)
-            scores = None
-        else:
-            check_methods([args.method], "--method")
-            scores = _read_scores(args.scores, [args.method])[args.method]
-            bits = layer_bits(scores, b)
-        plan = plan_from_bits(bits)
-        out = Path(args.out)
-        side = out.parent / f".{out.name}.plan"
-        side.mkdir(parents=True, exist_ok=True)
-        plan_path = side / "plan.json"
-        atomic_write_json(plan_path, plan)
-        argv = [
-            "--model", args.model, "--plan", str(plan_path), "--method", args.backend,
-            "--group-size", str(args.group_size), "--seed", str(args.seed),
-            "--threads", str(args.threads), "--out", str(out),
-        ]  # fmt: skip
-        if args.backend == "gptq":
-            argv += [
-                "--calib",
-                args.calib,
-                "--n-calib",
-                str(args.n_calib),
-                "--seq-len",
-                str(args.seq_len),
+    args, cfg = job.args, job.config
+    b, backend, group_size = args.budget, cfg["backend"], cfg["group_size"]
+    src_meta = read_meta(args.model)
+    if args.method == "uniform":
+        n_layers = int(
+            json.loads((Path(resolve_pretrained(args.model)) / "config.json").read_text())[
+                "num_hidden_layers"
             ]
-        quant_apply.main(argv)
+        )
+        bits = uniform_bits(n_layers, b)
+        scores = None
+    else:
+        check_methods([args.method], "--method")
+        scores = _read_scores(args.scores, [args.method])[args.method]
+        bits = layer_bits(scores, b)
+    plan = plan_from_bits(bits)
     layer_scores = {
         "method": args.method,
         "budget": b,
@@ -364,22 +333,28 @@ def cmd_quantize(args) -> None:
         "avg_bits_nominal": average_bits(bits),
         "n_high": sum(1 for x in bits if x == max(bits)) if len(set(bits)) > 1 else 0,
     }
-    atomic_write_json(out / "layer_scores.json", layer_scores)
-    meta = read_meta(out)
-    meta.update(
-        {
-            "method": args.method,
-            "allocation": {
-                "method": args.method,
-                "budget": b,
-                "backend": args.backend,
-                "bits": bits,
-            },
-            "nsds_source_meta": {k: src_meta.get(k) for k in ("name", "base_model", "kind")},
+    calib = {}
+    if backend == "gptq":
+        calib = {
+            "calib_path": args.calib,
+            "n_calib": cfg["calib"]["n"],
+            "seq_len": cfg["calib"]["seq_len"],
         }
+    meta = quantize_artifact(
+        job,
+        args.model,
+        backend,
+        group_size,
+        plan_raw=plan,
+        plan_where=f"{args.method} allocation at {b:g} bits (layer_scores.json)",
+        **calib,
+        meta_fields={
+            "method": args.method,
+            "allocation": {"method": args.method, "budget": b, "backend": backend, "bits": bits},
+            "nsds_source_meta": {k: src_meta.get(k) for k in ("name", "base_model", "kind")},
+        },
+        extra_files={"layer_scores.json": layer_scores},
     )
-    atomic_write_json(out / "meta.json", meta)  # rewritten last: the artifact is complete
-    shutil.rmtree(side, ignore_errors=True)
     n = len(bits)
     sers = [
         series(
@@ -400,16 +375,12 @@ def cmd_quantize(args) -> None:
                 y_label="score",
             )
         )
-    record = make_run_record(
-        scale=args.scale,
-        paper="nsds",
-        method=args.method,
-        variant=args.variant,
-        base_model=meta.get("base_model", ""),
+    record = job.record(
         suite="plan",
+        method=args.method,
+        base_model=meta.get("base_model", ""),
         tasks=["plan", "size"],
-        seed=args.seed,
-        config={"budget": b, "backend": args.backend, "group_size": args.group_size},
+        config={"budget": b, "backend": backend, "group_size": group_size},
         metrics=[
             metric("plan", "avg_bits_nominal", average_bits(bits), higher_is_better=False),
             metric("plan", "n_high_layers", layer_scores["n_high"], higher_is_better=None),
@@ -421,77 +392,55 @@ def cmd_quantize(args) -> None:
                 "size", "reload_max_abs_diff", meta["reload_max_abs_diff"], higher_is_better=False
             ),
         ],
-        provenance=provenance.capture(t["started_at"], t["wall_s"]),
         series=sers,
     )
-    write_run_record(args.record, record)
+    job.write_record(record, args.record)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    def common(p):
-        p.add_argument("--model", required=True)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=1)
-        p.add_argument("--scale", default="tiny")
-        p.add_argument("--device", default="cpu")
+    def job_sub(name, help, out):
+        return add_job_options(sub.add_parser(name, help=help), papers=["nsds"], out=out)
 
-    p = sub.add_parser("scores", help="per-layer scores of every method")
-    common(p)
+    p = job_sub("scores", "per-layer scores of every method", "scores folder")
+    p.add_argument("--model", required=True)
     p.add_argument("--methods", required=True)
-    p.add_argument("--nsds-options", default="{}", help="JSON overrides of NSDSOptions")
     p.add_argument("--calib", help="calibration text for the calibration baselines (LIM)")
-    p.add_argument("--n-calib", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_scores)
+    p.set_defaults(run=cmd_scores)
 
-    p = sub.add_parser("study", help="oracle damage + in-memory allocation study")
-    common(p)
+    p = job_sub("study", "oracle damage + in-memory allocation study", "run record (suite alloc)")
+    p.add_argument("--model", required=True)
     p.add_argument("--scores", required=True, help="folder written by `scores`")
-    p.add_argument("--methods", required=True)
-    p.add_argument("--budgets", required=True)
     p.add_argument("--text", required=True, help="held-out text (.jsonl with text, or .txt)")
-    p.add_argument("--n-windows", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--group-size", type=int, required=True)
-    p.add_argument("--n-random", type=int, default=20)
-    p.add_argument("--variant", required=True)
-    p.add_argument("--out", required=True, help="run record path (suite alloc)")
     p.add_argument("--details", required=True, help="every measurement of the study (JSON)")
-    p.set_defaults(fn=cmd_study)
+    p.set_defaults(run=cmd_study)
 
-    p = sub.add_parser("import-scores", help="layer scores from another suite's sensitivity file")
+    p = job_sub(
+        "import-scores",
+        "layer scores from another suite's sensitivity file",
+        "<scores folder>/<method>.json",
+    )
     p.add_argument("--model", required=True, help="the model the sensitivity was measured on")
     p.add_argument("--method", required=True, help=f"one of {list(IMPORTED)}")
     p.add_argument("--sensitivity", required=True, help="claimbench.layer_sensitivity/1 JSON")
-    p.add_argument("--out", required=True, help="<scores folder>/<method>.json")
-    p.set_defaults(fn=cmd_import_scores)
+    p.set_defaults(run=cmd_import_scores)
 
-    p = sub.add_parser("quantize", help="bit plan from one method's scores + packed artifact")
-    common(p)
+    p = job_sub("quantize", "bit plan from one method's scores + packed artifact", "artifact")
+    p.add_argument("--model", required=True)
     p.add_argument("--scores", help="folder written by `scores` (not needed for uniform)")
     p.add_argument("--method", required=True)
     p.add_argument("--budget", type=float, required=True)
-    p.add_argument("--backend", choices=["rtn", "gptq"], default="gptq")
-    p.add_argument("--group-size", type=int, required=True)
-    p.add_argument("--calib")
-    p.add_argument("--n-calib", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--calib", help="calibration text (backend gptq)")
     p.add_argument("--source", required=True, help="source name (labels)")
-    p.add_argument("--variant", required=True)
-    p.add_argument("--out", required=True)
     p.add_argument("--record", required=True, help="run record of the plan (suite plan)")
-    p.set_defaults(fn=cmd_quantize)
+    p.set_defaults(run=cmd_quantize)
     return ap
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    with exit_on_user_error(*USER_ERRORS):
-        args.fn(args)
+    run_job(build_parser(), None, argv, errors=USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ NSDS_VARIANTS = {
     "nsds_mean": {"aggregate": "mean"},  # mean instead of Soft-OR
     "nsds_zscore": {"normalizer": "zscore"},  # z-score instead of MAD
     "nsds_seven": {"roles": "seven"},  # the 7 projections alike instead of 5 roles
-    "nsds_code": {"faithful_to_code": True},  # the released code's behaviour (§2.6)
+    "nsds_code": {"faithful_to_code": True},  # the released code's behaviour (README defects)
 }
 DATA_FREE = {
     "zd": baselines.zd,

@@ -1,8 +1,10 @@
-"""NSDS: Numerical & Structural Dual-Sensitivity layer scores (spec ../shared/specs/nsds.md §2).
+"""NSDS: Numerical & Structural Dual-Sensitivity layer scores (arXiv 2603.17354).
 
-Everything here reads weights only (no data, no forward pass). Equation tags refer to the spec's
-sections; the paper body was not retrievable, so the spec's reconstruction from the official
-code + overview figure is the reference.
+Everything here reads weights only (no data, no forward pass). Equation tags ``(1)``-``(8)`` are
+the numbered equations of methods/nsds/README.md, and ``defect N`` its list of released-code
+defects: the paper body was not retrievable, so the formulas are those of the paper's overview
+figure and of its official code (github.com/rattlesnakey/NSDS, ``metrics/nsds.py``).
+SVDs and kurtoses run per matrix in float64 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-ROLES = ("qk", "ov", "gate", "up", "down")  # §2.1 the five operational roles
+ROLES = ("qk", "ov", "gate", "up", "down")  # README eq. (1): the five operational roles
 DETECTORS = ("qk", "gate", "up")
 WRITERS = ("ov", "down")
 PROJECTIONS = (
@@ -25,8 +27,8 @@ PROJECTIONS = (
     "mlp.up_proj",
     "mlp.down_proj",
 )
-MAD_C_PAPER = 1.4826  # §2.4 figure: consistent estimator of sigma
-MAD_C_CODE = 1.0  # §2.4 released code
+MAD_C_PAPER = 1.4826  # eq. (7), overview figure: consistent estimator of sigma
+MAD_C_CODE = 1.0  # eq. (7), released code
 EPS = 1e-12
 
 
@@ -36,19 +38,19 @@ class NSDSInputError(ValueError):
 
 @dataclass(frozen=True)
 class NSDSOptions:
-    """Every constant of the method; the defaults are the paper's (spec §2.6 fixes applied)."""
+    """Every constant of the method; the defaults are the paper's (README defects 1-6 fixed)."""
 
-    energy: float = 0.99  # §2.3 step 1 energy threshold (code helper is named "top90")
-    mad_c: float = MAD_C_PAPER  # §2.4 / §2.6.4
-    temperature: float = 1.0  # §2.4 sigmoid temperature T
+    energy: float = 0.99  # eq. (3) energy threshold (code helper is named "top90")
+    mad_c: float = MAD_C_PAPER  # eq. (7) / README defect 4
+    temperature: float = 1.0  # eq. (7) sigmoid temperature T
     eps: float = EPS
-    soft_or: str = "geometric"  # §2.4: "geometric" (code) or "product" (classical 1 - prod(1-p))
+    soft_or: str = "geometric"  # eq. (8): "geometric" (code) or "product" (classical 1 - prod(1-p))
     normalizer: str = "mad"  # ablation: "zscore" instead of MAD
     aggregate: str = "soft_or"  # ablation: "mean" instead of Soft-OR
     aspects: tuple[str, ...] = ("nv", "se")  # ablations: ("nv",) NV only, ("se",) SE only
     role_reweighting: bool = True  # ablation: beta == 1
     roles: str = "five"  # ablation: "seven" = the 7 projections treated alike (NV + plain SE)
-    faithful_to_code: bool = False  # reproduce the released code's defects (§2.6.1-3)
+    faithful_to_code: bool = False  # reproduce the released code's defects (README defects 1-3)
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -88,12 +90,12 @@ def options_from(config: dict | None) -> NSDSOptions:
 
 
 # --------------------------------------------------------------------------------------------
-# §2.2 Numerical vulnerability
+# README eq. (2): numerical vulnerability
 # --------------------------------------------------------------------------------------------
 
 
 def excess_kurtosis(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Fisher excess kurtosis with population moments: E[(x-mu)^4] / E[(x-mu)^2]^2 - 3 (§2.2).
+    """Fisher excess kurtosis with population moments: E[(x-mu)^4] / E[(x-mu)^2]^2 - 3 (eq. 2).
 
     Over all entries (``dim=None``) or along ``dim`` (one value per vector). A constant input has
     no defined kurtosis; it gives 0 here (no tail at all, treated as not vulnerable).
@@ -111,12 +113,12 @@ def excess_kurtosis(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# §2.3 Structural expressiveness
+# README eqs. (3)-(6): structural expressiveness
 # --------------------------------------------------------------------------------------------
 
 
 def energy_rank(sigma: torch.Tensor, energy: float = 0.99) -> int:
-    """Number of kept singular triplets (§2.3 step 1), as the released code counts them.
+    """Number of kept singular triplets (eq. 3), as the released code counts them.
 
     ``searchsorted(cumsum(sigma^2), energy * total) + 1``, then at least 2 and at most len(sigma).
     """
@@ -127,7 +129,7 @@ def energy_rank(sigma: torch.Tensor, energy: float = 0.99) -> int:
 
 
 def effective_rank(s: torch.Tensor, eps: float = EPS) -> float:
-    """ER = exp(-sum p_i log p_i), p_i = s_i / sum s (§2.3 step 3)."""
+    """ER = exp(-sum p_i log p_i), p_i = s_i / sum s (eq. 6)."""
     s = s.double()
     total = s.sum()
     if total <= 0:
@@ -137,7 +139,7 @@ def effective_rank(s: torch.Tensor, eps: float = EPS) -> float:
 
 
 def capacity_score(s: torch.Tensor, eps: float = EPS) -> float:
-    """SE = (sum_i s_i) / ER(s) with s_i = sigma_i * beta_i (§2.3 step 3)."""
+    """SE = (sum_i s_i) / ER(s) with s_i = sigma_i * beta_i (eq. 6)."""
     s = s.double()
     if len(s) == 0 or s.sum() <= 0:
         return 0.0
@@ -145,7 +147,7 @@ def capacity_score(s: torch.Tensor, eps: float = EPS) -> float:
 
 
 def unembedding_subspace(w_u: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
-    """P in R^{d x r}: right singular vectors of W_U covering ``energy`` (§2.3 Writing Density)."""
+    """P in R^{d x r}: right singular vectors of W_U covering ``energy`` (eq. 5, writing density)."""
     _, s, vh = torch.linalg.svd(w_u.double(), full_matrices=False)
     return vh.T[:, : energy_rank(s, energy)]
 
@@ -157,7 +159,7 @@ def se_score(
     p_unembed: torch.Tensor | None = None,
     notes: list | None = None,
 ) -> float:
-    """Role-aware structural expressiveness of one matrix (§2.3 steps 1-3)."""
+    """Role-aware structural expressiveness of one matrix (eqs. 3-6)."""
     u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
     k = energy_rank(s, opts.energy)
     s_k, u_k, v_k = s[:k], u[:, :k], vh.T[:, :k]
@@ -175,7 +177,7 @@ def se_score(
         proj = u_k.T @ p_unembed.double()  # [k, r]
         beta = torch.linalg.norm(proj, dim=1)  # one weight per singular direction (fixed)
         if role == "down" and opts.faithful_to_code:
-            code_beta = torch.linalg.norm(proj, dim=0)  # §2.6.2 defect: length r, not k
+            code_beta = torch.linalg.norm(proj, dim=0)  # README defect 2: length r, not k
             if code_beta.shape == s_k.shape:
                 beta = code_beta
             elif notes is not None:  # the released code raises here; keep the fixed form
@@ -186,12 +188,12 @@ def se_score(
 
 
 # --------------------------------------------------------------------------------------------
-# §2.1 Role matrices
+# README eq. (1): role matrices
 # --------------------------------------------------------------------------------------------
 
 
 def model_geometry(config) -> dict:
-    """Heads, KV heads, head dim (``config.head_dim`` when present, §2.6.6) and layer count."""
+    """Heads, KV heads, head dim (``config.head_dim`` when present, README defect 6) and layer count."""
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
@@ -227,7 +229,7 @@ def layer_weight(layer, proj: str, layer_idx: int) -> torch.Tensor:
 
 
 def head_circuits(layer, geo: dict, layer_idx: int):
-    """Yield (W_QK^h, W_OV^h) per attention head, GQA-aware (§2.1)."""
+    """Yield (W_QK^h, W_OV^h) per attention head, GQA-aware (eq. 1)."""
     wq = layer_weight(layer, "self_attn.q_proj", layer_idx)
     wk = layer_weight(layer, "self_attn.k_proj", layer_idx)
     wv = layer_weight(layer, "self_attn.v_proj", layer_idx)
@@ -243,7 +245,7 @@ def head_circuits(layer, geo: dict, layer_idx: int):
 
 
 # --------------------------------------------------------------------------------------------
-# §2.4 Robust aggregation
+# README eqs. (7)-(8): robust aggregation
 # --------------------------------------------------------------------------------------------
 
 
@@ -254,7 +256,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def mad_sigmoid(
     r, c: float = MAD_C_PAPER, temperature: float = 1.0, eps: float = EPS
 ) -> np.ndarray:
-    """P_l = sigmoid(((r_l - median r) / (c * MAD(r) + eps)) / T) (§2.4)."""
+    """P_l = sigmoid(((r_l - median r) / (c * MAD(r) + eps)) / T) (eq. 7)."""
     r = np.asarray(r, dtype=np.float64)
     med = np.median(r)
     mad = np.median(np.abs(r - med))
@@ -268,7 +270,7 @@ def zscore_sigmoid(r, temperature: float = 1.0, eps: float = EPS) -> np.ndarray:
 
 
 def soft_or(p, axis: int = 0, form: str = "geometric", eps: float = EPS) -> np.ndarray:
-    """Soft-OR along ``axis`` (§2.4).
+    """Soft-OR along ``axis`` (eq. 8).
 
     geometric (code): 1 - exp(mean_i log(1 - p_i + eps)), in [min p, max p];
     product (classical): 1 - prod_i (1 - p_i), >= max p.
@@ -292,14 +294,14 @@ def _combine(rows: list[np.ndarray], opts: NSDSOptions) -> np.ndarray:
     if opts.aggregate == "mean":
         return stacked.mean(axis=0)
     if opts.faithful_to_code:
-        # §2.6.1 defect: the mean runs over all entries, so every layer gets the same score.
+        # README defect 1: the mean runs over all entries, so every layer gets the same score.
         scalar = soft_or(stacked.reshape(-1), axis=0, form=opts.soft_or, eps=opts.eps)
         return np.full(stacked.shape[1], float(scalar))
     return soft_or(stacked, axis=0, form=opts.soft_or, eps=opts.eps)
 
 
 def aggregate(raw: dict[str, dict[str, list[float]]], opts: NSDSOptions) -> dict:
-    """raw[role][aspect] -> per-layer P per role/aspect, per aspect, and S_l (§2.4)."""
+    """raw[role][aspect] -> per-layer P per role/aspect, per aspect, and S_l (eqs. 7-8)."""
     normalized: dict[str, dict[str, list[float]]] = {}
     per_aspect: dict[str, np.ndarray] = {}
     for aspect in opts.aspects:

@@ -1,4 +1,4 @@
-"""Allocation study (spec §6 steps 2-3), in one process on one model:
+"""Allocation study (README, "Study"), in one process on one model:
 
 - oracle sensitivity: for each layer l, quantize only layer l to the low precision (every other
   layer at the high one) and measure the held-out perplexity increase over all-high;

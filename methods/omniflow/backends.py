@@ -1,9 +1,11 @@
-"""Backends behind one interface: ``generate(prompt, max_new_tokens) -> str`` (spec 4.4).
+"""Backends behind one interface: ``generate(prompt, max_new_tokens) -> str`` (README "Backends").
 
 * ``rule``: deterministic symbolic baseline that answers from the JSON data block of the prompt,
   with a ``fault_rate`` knob that gives wrong answers on purpose (tests of the reflexive loop).
   It validates the pipeline; it is NOT evidence that a frozen LLM reasons physically.
-* ``hf``: a local transformers causal LM folder (``local_files_only``, no remote code), greedy.
+* ``hf``: a local transformers causal LM folder (``local_files_only``, no remote code), greedy; it
+  loads in ``dtype`` on ``device`` (``methods.omniflow.run`` passes the job's unless the backend's
+  config sets its own) and every tensor it makes is on that device.
 * ``openai``: an OpenAI-compatible ``/v1/chat/completions`` server (e.g. vLLM) over plain HTTP.
 """
 

@@ -1,10 +1,15 @@
-"""Neural-surrogate baselines (spec 8): a tiny FNO-2d and a tiny U-Net with circular padding.
+"""Neural-surrogate baselines (README "Baselines"): a tiny FNO-2d and a tiny U-Net with circular
+padding, the "traditional deep-learning baselines" the abstract compares OMNIFLOW with.
 
 Both map the state (omega, u, v) at t to the state at t + dt_record (3 channels in and out, plus
 two grid channels in), trained with the relative L2 loss on the source regime and rolled out
 autoregressively. Predicting u and v directly (rather than deriving them from omega) is what lets
 the divergence residual of a surrogate be non-zero, as it is for surrogates of velocity data.
 Few-shot adaptation = fine-tuning a copy on k target trajectories for a fixed number of steps.
+
+Device and dtype: a :class:`Surrogate` lives on the device and in the dtype it is given (the job's
+``--device`` / ``--dtype``); inputs are moved there, outputs come back as float32 numpy arrays.
+On CPU in float32 every ``.to`` / ``.float()`` below is a no-op, so tiny runs are unchanged.
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ class SpectralConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         m = min(self.modes, h // 2, w // 2 + 1)
-        xh = torch.fft.rfft2(x)
-        out = torch.zeros(b, self.w1.shape[2], h, w // 2 + 1, dtype=torch.cfloat)
-        w1 = torch.complex(self.w1[0], self.w1[1])[..., :m, :m]
-        w2 = torch.complex(self.w2[0], self.w2[1])[..., :m, :m]
+        # The FFT and complex weights run in float32 at least: torch has no bfloat16 FFT and no
+        # complex bfloat16 / float16 for these shapes (no-ops in float32).
+        real = torch.promote_types(x.dtype, torch.float32)
+        xh = torch.fft.rfft2(x.to(real))
+        out = torch.zeros(b, self.w1.shape[2], h, w // 2 + 1, dtype=xh.dtype, device=x.device)
+        w1 = torch.complex(self.w1[0].to(real), self.w1[1].to(real))[..., :m, :m]
+        w2 = torch.complex(self.w2[0].to(real), self.w2[1].to(real))[..., :m, :m]
         out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", xh[:, :, :m, :m], w1)
         out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", xh[:, :, -m:, :m], w2)
-        return torch.fft.irfft2(out, s=(h, w))
+        return torch.fft.irfft2(out, s=(h, w)).to(x.dtype)
 
 
 class FNO2d(nn.Module):
@@ -115,18 +123,34 @@ def pairs(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _with_grid(x: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
-    gx = torch.linspace(0, 1, h + 1)[:h].view(1, 1, h, 1).expand(b, 1, h, w)
-    gy = torch.linspace(0, 1, w + 1)[:w].view(1, 1, 1, w).expand(b, 1, h, w)
+    # The grid is built in float32 on the CPU (as always) and then moved, so its values do not
+    # depend on the device; no-op at float32 on CPU.
+    gx = torch.linspace(0, 1, h + 1)[:h].to(x.device, x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    gy = torch.linspace(0, 1, w + 1)[:w].to(x.device, x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
     return torch.cat([x, gx, gy], 1)
 
 
 class Surrogate:
     """Model + per-channel normalisation, one-step and autoregressive prediction."""
 
-    def __init__(self, arch: str, spec: dict, scale: list[float]):
+    def __init__(
+        self,
+        arch: str,
+        spec: dict,
+        scale: list[float],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.arch, self.spec, self.scale = arch, dict(spec), list(scale)
-        self.model = build(arch, spec)
+        self.device, self.dtype = torch.device(device), dtype
+        # initialised on the CPU in float32 (the same draws on every machine), then moved
+        self.model = build(arch, spec).to(device=self.device, dtype=dtype)
         self._s = torch.tensor(self.scale, dtype=torch.float32).view(1, 3, 1, 1)
+        self._s = self._s.to(device=self.device, dtype=dtype)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        """A float32 numpy array as a tensor on the surrogate's device and dtype."""
+        return torch.from_numpy(np.asarray(a, np.float32)).to(device=self.device, dtype=self.dtype)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         xn = x / self._s
@@ -136,18 +160,20 @@ class Surrogate:
         self, states: np.ndarray, steps: int, lr: float, batch: int, seed: int
     ) -> list[float]:
         x, y = pairs(states)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        x, y = self._tensor(x), self._tensor(y)
+        # batch indices from a CPU generator: the same sequence on every device
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, steps // 3), gamma=0.5)
         self.model.train()
         losses = []
         for _ in range(steps):
-            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen)
+            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen).to(self.device)
             pred = self.step(x[idx])
-            # relative L2 loss per sample
-            err = torch.linalg.vector_norm((pred - y[idx]).flatten(1), dim=1)
-            den = torch.linalg.vector_norm(y[idx].flatten(1), dim=1).clamp_min(1e-8)
+            # relative L2 loss per sample, reduced in float32 at least (no-op in float32)
+            real = torch.promote_types(pred.dtype, torch.float32)
+            err = torch.linalg.vector_norm((pred - y[idx]).to(real).flatten(1), dim=1)
+            den = torch.linalg.vector_norm(y[idx].to(real).flatten(1), dim=1).clamp_min(1e-8)
             loss = (err / den).mean()
             opt.zero_grad()
             loss.backward()
@@ -160,11 +186,11 @@ class Surrogate:
     @torch.no_grad()
     def rollout(self, x0: np.ndarray, steps: int) -> np.ndarray:
         """x0: (n, 3, N, N) -> (n, steps, 3, N, N)."""
-        x = torch.from_numpy(np.asarray(x0, np.float32))
+        x = self._tensor(x0)
         out = []
         for _ in range(steps):
             x = self.step(x)
-            out.append(x.numpy())
+            out.append(x.to(device="cpu", dtype=torch.float32).numpy())
         return np.stack(out, axis=1)
 
     def save(self, out: str | Path) -> None:
@@ -179,10 +205,16 @@ class Surrogate:
         )
 
     @classmethod
-    def load(cls, folder: str | Path) -> Surrogate:
+    def load(
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> Surrogate:
         folder = Path(folder)
         cfg = json.loads((folder / "config.json").read_text())
-        s = cls(cfg["arch"], cfg["spec"], cfg["scale"])
+        s = cls(cfg["arch"], cfg["spec"], cfg["scale"], device=device, dtype=dtype)
+        # load_state_dict copies into the model's own device and dtype
         s.model.load_state_dict(load_file(str(folder / "model.safetensors")))
         s.model.eval()
         return s

@@ -1,4 +1,4 @@
-"""PG-CoT constraint library: dynamic injection + reflexive verification + optional repair (spec 4.2).
+"""PG-CoT constraint library: dynamic injection + reflexive verification + optional repair (README, PG-CoT).
 
 A constraint is {id, applies_if(kind, regime), statement(ctx) with numbers from the descriptors,
 check(answer, ctx) -> normalised residual, tolerance, optional repair(answer, ctx)}. ``ctx`` holds
@@ -62,7 +62,7 @@ def energy_budget(
     psi: np.ndarray | None,
     omega: np.ndarray | None,
 ) -> dict:
-    """dE/dt = <psi f> - 2 nu Z - 2 alpha E ; dZ/dt = <omega f> - 2 nu P - 2 alpha Z (spec 4.2)."""
+    """dE/dt = <psi f> - 2 nu Z - 2 alpha E ; dZ/dt = <omega f> - 2 nu P - 2 alpha Z (README, (E5)-(E6))."""
     nu, alpha = float(meta.get("nu") or 0.0), float(meta.get("alpha") or 0.0)
     pf = float(np.mean(psi * forcing)) if forcing is not None and psi is not None else 0.0
     wf = float(np.mean(omega * forcing)) if forcing is not None and omega is not None else 0.0

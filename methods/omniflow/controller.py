@@ -1,5 +1,6 @@
-"""PG-CoT controller (spec 4.3): regime step, constraint injection, JSON answer, reflexive
-verification with feedback for up to R rounds, optional repair, and a full reasoning report.
+"""PG-CoT controller (README, PG-CoT: the abstract's Physics-Guided Chain-of-Thought): regime
+step, constraint injection, JSON answer, reflexive verification with feedback for up to R rounds,
+optional repair, and a full reasoning report.
 
 Ablations are flags of ``PGCoTConfig``: ``descriptors=False`` (raw 8x8 table instead of
 descriptors), ``inject=False`` (constraints not listed in the prompt), ``verify=False`` (R = 1,

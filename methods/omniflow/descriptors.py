@@ -1,4 +1,4 @@
-"""Semantic-Symbolic Alignment Phi: flow tensors -> descriptor dict -> deterministic text (spec 4.1).
+"""Semantic-Symbolic Alignment Phi: flow tensors -> descriptor dict -> deterministic text (README, (E1)-(E4)).
 
 Every threshold is a key of ``DescriptorConfig`` (reconstructed choices, see README).
 """
@@ -197,7 +197,7 @@ def _bilinear_roots(a: tuple, b: tuple, eps: float = 1e-6) -> list[tuple[float, 
 
 
 def critical_points(u: np.ndarray, v: np.ndarray, cfg: DescriptorConfig) -> dict:
-    """Zeros of the bilinear interpolant of (u, v) per cell, classified by J = grad u (spec 4.1)."""
+    """Zeros of the bilinear interpolant of (u, v) per cell, classified by J = grad u (README, (E4))."""
     L = cfg.L
     nx, ny = u.shape
     J = [F.ddx(u, L), F.ddy(u, L), F.ddx(v, L), F.ddy(v, L)]
@@ -393,7 +393,7 @@ def compact(D: dict) -> dict:
 
 
 def verbalize(D: dict, cfg: DescriptorConfig | None = None) -> str:
-    """Deterministic text: fixed ordering, 3 significant digits (spec 4.1 example line)."""
+    """Deterministic text: fixed ordering, 3 significant digits (README, descriptors)."""
     cfg = cfg or DescriptorConfig()
     nx, ny = D["grid"]
     parts = [f"{nx}x{ny} periodic", f"E={_g(D['energy'])}, Z={_g(D['enstrophy'])}"]

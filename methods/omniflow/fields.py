@@ -1,4 +1,4 @@
-"""Spectral field operations on the periodic box [0, L)^2 (spec 4.1).
+"""Spectral field operations on the periodic box [0, L)^2 (README, (E1)).
 
 Array convention, fixed once for the whole package: ``field[i, j]`` is the value at
 x = i * dx, y = j * dy (axis 0 is x, axis 1 is y). Swapping the axes flips every rotation label.
@@ -69,7 +69,7 @@ def divergence(u: np.ndarray, v: np.ndarray, L: float = 1.0) -> np.ndarray:
 
 
 def divergence_residual(u: np.ndarray, v: np.ndarray, L: float = 1.0) -> float:
-    """r_div = ||div u||_2 / ||grad u||_F (dimensionless; spec 4.1)."""
+    """r_div = ||div u||_2 / ||grad u||_F (dimensionless; README, (E2))."""
     grads = [ddx(u, L), ddy(u, L), ddx(v, L), ddy(v, L)]
     den = np.sqrt(sum(float(np.sum(g**2)) for g in grads))
     num = np.sqrt(float(np.sum(divergence(u, v, L) ** 2)))

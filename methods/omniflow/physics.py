@@ -1,9 +1,10 @@
-"""Symbolic tools of PG-CoT (spec 4.3 step 4): fit the vorticity equation, run the fitted program.
+"""Symbolic tools of PG-CoT (README, PG-CoT step 4): fit the vorticity equation, run the fitted
+program.
 
 The method keeps its own small pseudo-spectral solver: methods/ and benchmarks/ never import
 each other, so the ground-truth solvers of benchmarks/pde are not reused here.
 
-  d(omega)/dt + J(psi, omega) = nu Lap(omega) + sum_m c_m f_m - alpha omega - beta v     (spec 4.4)
+  d(omega)/dt + J(psi, omega) = nu Lap(omega) + sum_m c_m f_m - alpha omega - beta v  (README, (E7))
 """
 
 from __future__ import annotations

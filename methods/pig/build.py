@@ -1,23 +1,26 @@
-"""Build PIG artifacts: ``python -m methods.pig.build {pretrain,finetune} ...``.
+"""Build PIG artifacts: ``python -m methods.pig.build {pretrain,finetune} <job options> ...``.
 
-* ``pretrain``: stage 0, the two towers trained contrastively on the pre-train split (stand-in
-  for CLIP), saved as theta_0;
-* ``finetune``: one arm (two_tower / pig / pig_nogen / pig_static) from theta_0 with the same
-  optimizer, steps and batches for every arm; exports the test embeddings for the suite.
+* ``pretrain`` (variant ``theta0``): stage 0, the two towers trained contrastively on the
+  pre-train split (stand-in for CLIP), saved as theta_0; settings: ``papers.pig.pretrain``;
+* ``finetune`` (variant = the arm: two_tower / pig / pig_nogen / pig_static; ``--seed`` = the
+  run's seed; ``--benchmark`` = a ``papers.pig.benchmarks`` key, whose train split it trains
+  on): one arm from theta_0 with the same optimizer, steps and batches for every arm
+  (``papers.pig.finetune``); exports the benchmark's test embeddings for the retrieval suite.
 
-Every artifact folder gets ``meta.json`` last (its presence marks the artifact complete).
+Both run on the job's ``--device`` in its ``--dtype`` (models are created in float32 and moved
+with ``job.to``). Every artifact folder gets ``meta.json`` last (``job.write_meta``: its
+presence marks the artifact complete).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-from claimbench import provenance
-from claimbench.errors import ClaimbenchError, exit_on_user_error
+from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_json, sha256_file
+from claimbench.job import Job, add_job_options, run_job
 from methods.pig.model import ARMS, RetrievalModel, TowerConfig
 from methods.pig.train import (
     Vocab,
@@ -40,74 +43,67 @@ def _inputs(data: Path, names: list[str]) -> dict:
     return {str(data / f"{n}.jsonl"): sha256_file(data / f"{n}.jsonl") for n in names}
 
 
-def pretrain(args) -> None:
-    spec = json.loads(args.spec)
+def pretrain(job: Job) -> None:
+    spec = job.config["pretrain"]
     if "init_from" in spec:
         raise ClaimbenchError(
             f"papers.pig.pretrain.init_from: {spec['init_from']!r}: initialising the ViP video "
             "tower and the text tower from a CLIP checkpoint is not implemented yet (only the "
             "from-scratch stage-0 stand-in is); see methods/pig/README.md"
         )
-    set_determinism(args.seed, args.threads)
-    with provenance.timed() as t:
-        data = read_split(args.data, args.split)
-        extra = [c for s in args.vocab_splits for c in read_split(args.data, s).captions]
-        vocab = Vocab.build(data.captions + extra)
-        tower = dict(spec["tower"])
-        f = data.frames.shape
-        tower.update(frames=f[1], image_size=f[2], channels=f[4], vocab_size=len(vocab.itos))
-        cfg = TowerConfig(**tower)
-        model = RetrievalModel(cfg, "two_tower")
-        tr = spec["train"]
-        log = train(model, vocab, data, seed=args.seed, gen_lambda=0.0, **tr)
-        out = Path(args.out)
-        _fresh(out)
-        save_model(model, vocab, out)
-        atomic_write_json(out / "train_log.json", log)
-    atomic_write_json(
-        out / "meta.json",
-        {
-            "method": "clip_standin",
-            "variant": "theta0",
-            "base_model": "scratch",
-            "seed": args.seed,
-            "config": spec,
-            "inputs": _inputs(args.data, [args.split, *args.vocab_splits]),
-            "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-        },
+    set_determinism()
+    data_dir, split = job.args.data, spec["split"]
+    data = read_split(data_dir, split)
+    extra = [c for s in spec["vocab_splits"] for c in read_split(data_dir, s).captions]
+    vocab = Vocab.build(data.captions + extra)
+    tower = dict(spec["tower"])
+    f = data.frames.shape
+    tower.update(frames=f[1], image_size=f[2], channels=f[4], vocab_size=len(vocab.itos))
+    model = job.to(RetrievalModel(TowerConfig(**tower), "two_tower"))
+    log = train(model, vocab, data, seed=job.seed, gen_lambda=0.0, **spec["train"])
+    _fresh(job.out)
+    save_model(model, vocab, job.out)
+    atomic_write_json(job.out / "train_log.json", log)
+    job.write_meta(
+        method="clip_standin",
+        variant="theta0",
+        base_model="scratch",
+        config=spec,
+        inputs=_inputs(data_dir, [split, *spec["vocab_splits"]]),
     )
 
 
-def finetune(args) -> None:
-    spec = json.loads(args.spec)
-    if args.arm not in ARMS:
-        raise ClaimbenchError(f"--arm: {args.arm!r} is not one of {list(ARMS)}")
-    set_determinism(args.seed, args.threads)
-    with provenance.timed() as t:
-        model, vocab = load_model(args.init, arm=args.arm)
-        data = read_split(args.data, args.split)
-        lam = 0.0 if args.arm in ("two_tower", "pig_nogen", "pig_static") else spec["gen_lambda"]
-        log = train(model, vocab, data, seed=args.seed, gen_lambda=lam, **spec["train"])
-        out = Path(args.out)
-        _fresh(out)
-        save_model(model, vocab, out)
-        atomic_write_json(out / "train_log.json", log)
-        for test in args.tests:
-            export_embeddings(model, vocab, read_split(args.data, test), test, out)
-    atomic_write_json(
-        out / "meta.json",
-        {
-            "method": "two_tower" if args.arm == "two_tower" else "pig",
-            "variant": args.arm,
-            "arm": args.arm,
-            "base_model": "theta0",
-            "seed": args.seed,
-            "config": spec | {"gen_lambda_used": lam},
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "inputs": _inputs(args.data, [args.split, *args.tests])
-            | {str(Path(args.init) / "meta.json"): sha256_file(Path(args.init) / "meta.json")},
-            "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-        },
+def finetune(job: Job) -> None:
+    spec, arm, args = job.config["finetune"], job.variant, job.args
+    if arm not in ARMS:
+        raise ClaimbenchError(f"--variant: {arm!r} is not a PIG arm (one of {list(ARMS)})")
+    bench = job.config["benchmarks"].get(args.benchmark)
+    if bench is None:
+        raise ClaimbenchError(
+            f"--benchmark: {args.benchmark!r} is not in papers.pig.benchmarks "
+            f"({sorted(job.config['benchmarks'])})"
+        )
+    train_split, tests = bench["train"], bench["tests"]
+    set_determinism()
+    model, vocab = load_model(args.init, arm=arm)
+    model = job.to(model)
+    data = read_split(args.data, train_split)
+    lam = 0.0 if arm in ("two_tower", "pig_nogen", "pig_static") else spec["gen_lambda"]
+    log = train(model, vocab, data, seed=job.seed, gen_lambda=lam, **spec["train"])
+    _fresh(job.out)
+    save_model(model, vocab, job.out)
+    atomic_write_json(job.out / "train_log.json", log)
+    for test in tests:
+        export_embeddings(model, vocab, read_split(args.data, test), test, job.out)
+    init_meta = Path(args.init) / "meta.json"
+    job.write_meta(
+        method="two_tower" if arm == "two_tower" else "pig",
+        variant=arm,
+        arm=arm,
+        base_model="theta0",
+        config=spec | {"gen_lambda_used": lam},
+        n_params=sum(p.numel() for p in model.parameters()),
+        inputs=_inputs(args.data, [train_split, *tests]) | {str(init_meta): sha256_file(init_meta)},
     )
 
 
@@ -116,24 +112,17 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = ap.add_subparsers(dest="what", required=True)
-    for name in ("pretrain", "finetune"):
-        p = sub.add_parser(name)
-        p.add_argument("--spec", required=True, help="JSON of the stage's config section")
+    pre = add_job_options(sub.add_parser("pretrain", help="stage 0 -> theta_0"), papers=["pig"])
+    pre.set_defaults(run=pretrain)
+    ft = add_job_options(sub.add_parser("finetune", help="one arm from theta_0"), papers=["pig"])
+    ft.set_defaults(run=finetune)
+    for p in (pre, ft):
         p.add_argument("--data", type=Path, required=True, help="folder of the canonical splits")
-        p.add_argument("--split", required=True, help="training split name")
-        p.add_argument("--seed", type=int, required=True)
-        p.add_argument("--threads", type=int, default=1)
-        p.add_argument("--out", type=Path, required=True)
-    sub.choices["pretrain"].add_argument(
-        "--vocab-splits", type=lambda s: [x for x in s.split(",") if x], default=[]
-    )
-    ft = sub.choices["finetune"]
-    ft.add_argument("--arm", required=True)
     ft.add_argument("--init", type=Path, required=True, help="theta_0 artifact folder")
-    ft.add_argument("--tests", type=lambda s: [x for x in s.split(",") if x], required=True)
-    args = ap.parse_args(argv)
-    with exit_on_user_error():
-        pretrain(args) if args.what == "pretrain" else finetune(args)
+    ft.add_argument(
+        "--benchmark", required=True, help="papers.pig.benchmarks key: its train and test splits"
+    )
+    run_job(ap, None, argv)
 
 
 if __name__ == "__main__":

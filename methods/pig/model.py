@@ -1,12 +1,17 @@
 """PIG (Hybrid-Tower) and its Two-Tower baseline: a ViP-style video tower, a CLIP-style text
 tower, the Informativeness Token Selector, the pseudo-query generator G and the X-Pool-style
-pseudo interaction (fusion). Section numbers refer to the spec (../shared/specs/pig.md §3, §4),
-which follows the authors' code (src/modeling/PIG.py, modeling_pig.py).
+pseudo interaction (fusion). The equations are the paper's (Lan et al., ICCV 2025: ViP
+backbone, ITS, generator G, pseudo interaction, training losses) as released in the authors'
+code (src/modeling/PIG.py, modeling_pig.py); methods/pig/README.md writes each one out under
+the headings cited below.
 
 Arms (``ARMS``): ``two_tower`` (video vector = projected video CLS), ``pig`` (v_hat from the
 pseudo-query of G), ``pig_nogen`` (PIG trained with lambda = 0), ``pig_static`` (a learned static
 query instead of G: same inference cost, no pseudo-query). Every arm stores one D-dim vector
 per video and scores a query by the same function, :func:`query_scores`.
+
+Device and dtype: a model is created in float32 (so that its initialisation does not depend on
+where it runs) and then moved with ``job.to(model)``; inputs follow the model's parameters.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def causal_mask(n: int) -> torch.Tensor:
 
 
 def vip_mask(n_global: int, frames: int, per_frame: int) -> torch.Tensor:
-    """Proxy-guided attention (§3.1): global tokens see all; frame t's tokens see globals + frame t."""
+    """Proxy-guided attention (ViP, README "Video tower"): global tokens see all; frame t's tokens see globals + frame t."""
     n = n_global + frames * per_frame
     allowed = torch.zeros(n, n, dtype=torch.bool)
     allowed[:n_global] = True
@@ -108,7 +113,7 @@ def vip_mask(n_global: int, frames: int, per_frame: int) -> torch.Tensor:
 
 
 class VideoTower(nn.Module):
-    """TinyViP: [CLS_video, proxies, (CLS_frame_t, patches_t) for t] with the ViP mask (§3.1)."""
+    """TinyViP: [CLS_video, proxies, (CLS_frame_t, patches_t) for t] with the ViP mask (README "Video tower")."""
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()
@@ -140,6 +145,7 @@ class VideoTower(nn.Module):
         attention of the CLS_video query over all keys, heads reduced by max (B, N)."""
         c = self.cfg
         x = frames.float() / 255.0 - 0.5 if frames.dtype == torch.uint8 else frames.float()
+        x = x.to(self.patch_embed.weight.dtype)  # the model's dtype (a no-op in float32)
         b, t, h, w_, ch = x.shape
         p = c.patch
         x = x.view(b, t, h // p, p, w_ // p, p, ch).permute(0, 1, 2, 4, 3, 5, 6)
@@ -160,7 +166,7 @@ class VideoTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """CLIP text transformer: causal, EOT-token pooling, projection (§3.2)."""
+    """CLIP text transformer: causal, EOT-token pooling, projection (README "Text tower")."""
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()
@@ -179,11 +185,11 @@ class TextTower(nn.Module):
         for blk in self.blocks:
             x, _ = blk(x, self.mask[:n, :n])
         x = self.ln_final(x)
-        return x[torch.arange(x.shape[0]), eot] @ self.text_projection
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
 
 
 def informative_tokens(cls_attn: torch.Tensor, n_global: int, frame_cls: torch.Tensor, k: int):
-    """ITS (§3.3): top-k patch tokens by CLS_video attention; global and frame-CLS never chosen."""
+    """ITS (README "ITS"): top-k patch tokens by CLS_video attention; global and frame-CLS never chosen."""
     scores = cls_attn.clone()
     scores[:, :n_global] = float("-inf")
     scores[:, frame_cls] = float("-inf")
@@ -191,7 +197,7 @@ def informative_tokens(cls_attn: torch.Tensor, n_global: int, frame_cls: torch.T
 
 
 class PseudoQueryGenerator(nn.Module):
-    """G (§3.4): a copy of the text transformer fed [e_BOS; Linear(X_g); e_EOS]; q_hat = EOS state.
+    """G (README "Pseudo-query generator"): a copy of the text transformer fed [e_BOS; Linear(X_g); e_EOS]; q_hat = EOS state.
 
     e_BOS / e_EOS are the text tower's token embeddings taken once and kept constant (buffers,
     no gradient) as in the official code; the text projection is not applied to q_hat.
@@ -231,7 +237,7 @@ def _identity_linear(d: int) -> nn.Linear:
 
 
 class PseudoInteraction(nn.Module):
-    """X-Pool cross-attention, 1 head (§3.5): the pseudo-query attends over X_f.
+    """X-Pool cross-attention, 1 head (README "Pseudo interaction"): the pseudo-query attends over X_f.
 
     q = Wq LN1(q_hat); K = Wk LN1(X_f); V = Wv LN1(X_f); a = softmax(K q / sqrt(d) / temp);
     o = LN2(Wo a^T V); v_hat = LN3(o + Dropout(Wl o)); all W identity, zero bias at init.
@@ -295,7 +301,8 @@ class RetrievalModel(nn.Module):
         else:
             sel = informative_tokens(cls_attn, m, fcls, self.cfg.its_top_k)
             its = torch.gather(h_all, 1, sel[:, :, None].expand(-1, -1, h_all.shape[-1]))
-            q_hat = self.generator(torch.cat([x_f, its], dim=1))  # X_g (§3.4)
+            x_g = torch.cat([x_f, its], dim=1)  # README "Pseudo-query generator"
+            q_hat = self.generator(x_g)
         return self.fusion(q_hat, x_f), q_hat
 
     def encode_text(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
@@ -303,18 +310,25 @@ class RetrievalModel(nn.Module):
 
 
 def nce_loss(v: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """L_nce = CE(S, I) + CE(S^T, I), S_ij = exp(s) cos(t_i, v_j); the two directions summed (§4)."""
+    """L_nce = CE(S, I) + CE(S^T, I), S_ij = exp(s) cos(t_i, v_j); the two directions summed.
+
+    README "Losses" (L_nce).
+    """
     s = logit_scale.exp() * F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T
     labels = torch.arange(s.shape[0], device=s.device)
     return F.cross_entropy(s, labels) + F.cross_entropy(s.T, labels)
 
 
 def generation_loss(q_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """L_gen = mean_i (2 - 2 cos(q_hat_i, t_i)); the target t is not detached (§4)."""
+    """L_gen = mean_i (2 - 2 cos(q_hat_i, t_i)); the target t is not detached (README "Losses")."""
     return (2 - 2 * F.cosine_similarity(q_hat, t, dim=-1)).mean()
 
 
 def query_scores(model: RetrievalModel, tokens, eot, index: torch.Tensor) -> torch.Tensor:
-    """The online query path of every arm: one text pass, then dot products with the stored index."""
+    """The online query path of every arm: one text pass, then dot products with the stored index.
+
+    The index holds float32 vectors (:func:`methods.pig.train.encode_videos`); the query vector
+    is cast to the index's dtype (a no-op for a float32 model).
+    """
     t = F.normalize(model.encode_text(tokens, eot), dim=-1)
-    return t @ index.T
+    return t.to(index.dtype) @ index.T

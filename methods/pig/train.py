@@ -3,12 +3,16 @@
 Reads the canonical splits written by the retrieval suite's ``prepare`` step (files only:
 ``<split>.jsonl`` rows ``{video_id, caption, video_index}``, ``<split>.videos.json``,
 ``<split>.frames.npy``) and writes artifacts the suite reads back (``embeddings/<t>.*``).
+
+Device: every batch goes to the device of the model's parameters (the job's ``--device``; the
+model is moved there with ``job.to``); the exported embeddings come back to the CPU as float32.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +92,19 @@ def read_split(data_dir: str | Path, name: str) -> SplitData:
     )
 
 
-def set_determinism(seed: int, threads: int) -> None:
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
+def set_determinism() -> None:
+    """Deterministic kernels (the seeds and threads are the job's: ``claimbench.job``).
+
+    cuBLAS needs a fixed workspace for repeatable matrix products; it must be set before the
+    first CUDA matrix product of the process.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters live: batches are moved there."""
+    return next(model.parameters()).device
 
 
 def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
@@ -110,18 +123,22 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
-    gen_lambda: float = 1.0,
-    weight_decay: float = 0.2,
-    warmup_ratio: float = 0.01,
-    grad_clip: float = 1.0,
-    log_every: int = 10,
+    gen_lambda: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    grad_clip: float,
+    log_every: int,
 ) -> list[dict]:
-    """Joint training L = L_nce + lambda L_gen (§4); one random caption per video per step.
+    """Joint training L = L_nce + lambda L_gen (README "Losses"); one random caption per video
+    per step. The settings are the ``train`` section of the scale file (defaults in
+    ``config/schema/papers/pig.schema.yaml``).
 
     Batches hold distinct videos (epochs of a seeded permutation), so the contrastive
-    targets are the diagonal. Returns the loss log.
+    targets are the diagonal; they are drawn on the CPU (same order on every device) and moved
+    to the model's device. Returns the loss log.
     """
     rng = np.random.default_rng(seed)
+    device = model_device(model)
     caps_of = [[] for _ in data.videos]
     for i, v in enumerate(data.caption_video):
         caps_of[v].append(i)
@@ -148,13 +165,14 @@ def train(
         pos += batch_size
         cap_idx = [caps_of[v][int(rng.integers(len(caps_of[v])))] for v in vids]
         tokens, eot = vocab.encode([data.captions[i] for i in cap_idx], model.cfg.context_length)
-        frames = torch.from_numpy(np.ascontiguousarray(data.frames[vids]))
+        tokens, eot = tokens.to(device), eot.to(device)
+        frames = torch.from_numpy(np.ascontiguousarray(data.frames[vids])).to(device)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, warmup, lr)
         v, q_hat = model.encode_video(frames)
         t = model.encode_text(tokens, eot)
         l_nce = nce_loss(v, t, model.logit_scale)
-        l_gen = generation_loss(q_hat, t) if uses_gen else torch.zeros(())
+        l_gen = generation_loss(q_hat, t) if uses_gen else torch.zeros((), device=device)
         loss = l_nce + gen_lambda * l_gen
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,10 +190,13 @@ def train(
 
 @torch.no_grad()
 def encode_videos(model: RetrievalModel, frames: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """The offline index: one L2-normalised float32 vector per video."""
+    """The offline index: one L2-normalised float32 vector per video (on the model's device)."""
     model.eval()
+    device = model_device(model)
     out = [
-        model.encode_video(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])))[0]
+        model.encode_video(
+            torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).to(device)
+        )[0]
         for i in range(0, len(frames), batch)
     ]
     return F.normalize(torch.cat(out), dim=-1).float()
@@ -183,11 +204,13 @@ def encode_videos(model: RetrievalModel, frames: np.ndarray, batch: int = 64) ->
 
 @torch.no_grad()
 def encode_texts(model: RetrievalModel, vocab: Vocab, captions: list[str], batch: int = 256):
+    """One L2-normalised float32 vector per caption (on the model's device)."""
     model.eval()
+    device = model_device(model)
     out = []
     for i in range(0, len(captions), batch):
         tokens, eot = vocab.encode(captions[i : i + batch], model.cfg.context_length)
-        out.append(model.encode_text(tokens, eot))
+        out.append(model.encode_text(tokens.to(device), eot.to(device)))
     return F.normalize(torch.cat(out), dim=-1).float()
 
 
@@ -195,8 +218,8 @@ def export_embeddings(model, vocab, data: SplitData, name: str, out: Path) -> No
     """What the retrieval suite reads: embeddings/<name>.{text,video}.npy + ids.json."""
     emb = out / "embeddings"
     emb.mkdir(parents=True, exist_ok=True)
-    np.save(emb / f"{name}.text.npy", encode_texts(model, vocab, data.captions).numpy())
-    np.save(emb / f"{name}.video.npy", encode_videos(model, data.frames).numpy())
+    np.save(emb / f"{name}.text.npy", encode_texts(model, vocab, data.captions).cpu().numpy())
+    np.save(emb / f"{name}.video.npy", encode_videos(model, data.frames).cpu().numpy())
     atomic_write_json(
         emb / f"{name}.ids.json",
         {"captions": [data.videos[i] for i in data.caption_video], "videos": data.videos},
@@ -205,7 +228,7 @@ def export_embeddings(model, vocab, data: SplitData, name: str, out: Path) -> No
 
 def save_model(model: RetrievalModel, vocab: Vocab, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     atomic_write_json(out / "config.json", {"arm": model.arm, "tower": model.cfg.to_dict()})
     atomic_write_json(out / "vocab.json", vocab.itos)
@@ -213,7 +236,10 @@ def save_model(model: RetrievalModel, vocab: Vocab, out: Path) -> None:
 
 def load_model(folder: str | Path, arm: str | None = None) -> tuple[RetrievalModel, Vocab]:
     """Load an artifact; with ``arm`` different from the saved one, start that arm from these
-    weights (the two towers), building G from the loaded text tower (theta_0 -> arm)."""
+    weights (the two towers), building G from the loaded text tower (theta_0 -> arm).
+
+    The model is built and loaded in float32 on the CPU (so that a new arm's modules are
+    initialised the same way everywhere); the caller moves it with ``job.to(model)``."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ClaimbenchError(f"{folder}: not a pig artifact (no config.json)")

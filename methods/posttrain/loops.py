@@ -7,6 +7,11 @@ drawn; the objective takes a no-grad ``snapshot`` of each mini-batch (PSFT's old
 nothing for SFT); then ``inner_steps`` optimiser steps run over the mini-batches. With
 ``inner_steps = K`` the snapshot is refreshed every K optimiser steps. AdamW, linear warm-up then
 constant lr, gradient-norm clipping.
+
+Device and dtype follow the model: batches are moved to ``model.device``; the model trains in
+the dtype it was loaded in (a job's ``--dtype``), while per-token log-probs, entropies, KLs,
+ratios, advantages and losses are float32 (``tokens.shifted_logits`` upcasts the logits), so a
+bfloat16 model's loss is computed at float32 precision.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class SFTObjective:
 
 class SFTKLObjective(SFTObjective):
     """SFT plus beta * KL(pi_start || pi_theta) on demonstration positions (forward KL to the
-    initial model over the full vocabulary; the PSFT spec's proposal, beta = 0.05)."""
+    initial model over the full vocabulary; the PSFT paper's SFT-KL baseline, whose coefficient
+    and direction it does not state: our choice, beta = 0.05, methods/psft/README.md)."""
 
     name = "sft_kl"
 

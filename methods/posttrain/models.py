@@ -21,15 +21,21 @@ def artifact_dir(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path, trainable: bool = False, device: str = "cpu"):
-    """(model, tokenizer) from an artifact folder saved with ``save_pretrained``; float32, eval
-    mode unless ``trainable``; frozen models get ``requires_grad=False``."""
+def load_model(
+    path: str | Path,
+    trainable: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """(model, tokenizer) from an artifact folder saved with ``save_pretrained``, loaded in
+    ``dtype`` on ``device`` (a job passes ``job.device``, ``job.torch_dtype``); eval mode unless
+    ``trainable``; frozen models get ``requires_grad=False``."""
     p = artifact_dir(path)
     src = model_source(p)
     tok = AutoTokenizer.from_pretrained(src)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(device)
     if trainable:
         model.train()
     else:

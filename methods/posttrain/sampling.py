@@ -3,6 +3,8 @@
 Prompts are left-padded for generation; a rollout stops at EOS or at the first token whose text
 contains a newline (the arithmetic world's completions are one line), and the returned ``Batch``
 is re-laid out right-padded with the completion tokens (stop token included) in ``loss_mask``.
+Token ids are laid out on the CPU and moved to ``model.device`` once; the sampling seed is drawn
+from a CPU generator and set with ``torch.manual_seed`` (which seeds CPU and CUDA alike).
 """
 
 from __future__ import annotations

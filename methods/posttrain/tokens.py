@@ -64,7 +64,7 @@ def shifted_logits(model, batch: Batch) -> torch.Tensor:
     """Logits aligned with the scored token: out[b, t] predicts input_ids[b, t] (t >= 1);
     out[:, 0] is zeros (never scored because a prompt always precedes the completion)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logits = logits.float()
+    logits = logits.float()  # per-token math in float32, also for a bfloat16 / float16 model
     pad = torch.zeros_like(logits[:, :1])
     return torch.cat([pad, logits[:, :-1]], dim=1)
 

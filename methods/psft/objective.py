@@ -26,8 +26,9 @@ def psft_token_loss(
     eps_high: float = 0.28,
     advantage: float = 1.0,
 ) -> tuple[torch.Tensor, dict]:
-    """L = -token_mean min(r*A, clip(r, 1-eps_low, 1+eps_high)*A) over ``mask`` (PSFT objective,
-    Sec. 2.2 of the spec; verl compute_policy_loss_vanilla with A = 1, token-mean).
+    """L = -token_mean min(r*A, clip(r, 1-eps_low, 1+eps_high)*A) over ``mask`` (the PSFT
+    objective, methods/psft/README.md; official code: verl ``compute_policy_loss_vanilla`` with
+    A = 1, token-mean).
 
     Returns the loss and statistics over masked tokens only: ``clip_frac`` (share of tokens with
     r > 1+eps_high, whose gradient is exactly zero) and ``approx_kl_old`` (token mean of
@@ -70,7 +71,7 @@ class PSFTObjective:
 
 
 class WarmupPSFTObjective(PSFTObjective):
-    """PSFT + warm-up (spec psft.md section 2.4): plain SFT for the first ``sft_steps`` optimiser
+    """PSFT + warm-up (the paper's Table 1 row): plain SFT for the first ``sft_steps`` optimiser
     steps "to align pi_old with the data distribution", then PSFT. The switch falls on an
     outer-batch boundary (``sft_steps`` a multiple of K), so every PSFT step uses a snapshot
     taken after the warm-up."""

@@ -1,5 +1,7 @@
 """Train one arm of the PSFT comparison from a start model on arithmetic-world demonstrations:
-``python -m methods.psft.train --arm {sft,psft,sft_kl,sft_lowlr,psft_warmup} ...``.
+``python -m methods.psft.train <job options> --arm {sft,psft,sft_kl,sft_lowlr,psft_warmup}
+--start A --train train.jsonl --valid valid.jsonl --record train.json``; the settings are the
+scale file's ``papers.psft.train``.
 
 Writes the artifact (``save_pretrained`` folder, ``train_log.jsonl``, ``meta.json`` last) and a
 run record (suite ``train``) with the final teacher-forced entropy / KL to the start model and
@@ -8,17 +10,12 @@ the training curves (entropy, clip fraction, KL to start) as ``series``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
-import torch
-
-from claimbench import provenance
-from claimbench.entry import add_run_options, run_entry
-from claimbench.io import atomic_write_json, sha256_file
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.io import sha256_file
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric, series
 from methods.posttrain.cli import save_artifact
 from methods.posttrain.loops import SFTKLObjective, SFTObjective, train_demos
 from methods.posttrain.models import load_model, read_meta
@@ -43,43 +40,42 @@ def build_objective(arm: str, cfg: dict, start_model):
     raise ValueError(f"unknown PSFT arm {arm!r} (known: {', '.join(ARMS)})")
 
 
-def run(args) -> None:
-    cfg = json.loads(args.config)
-    torch.set_num_threads(args.threads)
+def run(job: Job) -> None:
+    args, cfg = job.args, job.config["train"]
     arm = args.arm
     if arm not in ARMS:
         raise ValueError(f"unknown PSFT arm {arm!r} (known: {', '.join(ARMS)})")
     lr = cfg["lr"] * (cfg["lowlr_factor"] if arm == "sft_lowlr" else 1.0)
-    with provenance.timed() as t:
-        model, tok = load_model(args.start, trainable=True, device=args.device)
-        model.requires_grad_(True)
-        start, _ = load_model(args.start, device=args.device)
-        train = load_problems(args.train, cfg.get("families"))
-        prompts, comps = zip(*[demonstration(p, cfg["form"]) for p in train], strict=True)
-        valid = load_problems(args.valid, cfg.get("families"), limit=cfg["eval_batch"])
-        eval_batch = encode_pairs(
-            tok, *map(list, zip(*[demonstration(p, cfg["form"]) for p in valid], strict=True))
-        ).to(model.device)
-        rows = train_demos(
-            model,
-            tok,
-            list(prompts),
-            list(comps),
-            build_objective(arm, cfg, start),
-            steps=cfg["steps"],
-            minibatch=cfg["minibatch"],
-            inner_steps=cfg["inner_steps"],
-            lr=lr,
-            weight_decay=cfg["weight_decay"],
-            warmup_steps=cfg["warmup_steps"],
-            grad_clip=cfg["grad_clip"],
-            seed=args.seed,
-            eval_batch=eval_batch,
-            start_model=start,
-            eval_every=cfg["eval_every"],
-        )
-        out = Path(args.out)
-        save_artifact(model, tok, out, rows)
+    model, tok = load_model(args.start, trainable=True, device=job.device, dtype=job.torch_dtype)
+    model.requires_grad_(True)
+    # the frozen start model: SFT-KL's reference and the KL-to-start of every arm's curves
+    start, _ = load_model(args.start, device=job.device, dtype=job.torch_dtype)
+    train = load_problems(args.train, cfg.get("families"))
+    prompts, comps = zip(*[demonstration(p, cfg["form"]) for p in train], strict=True)
+    valid = load_problems(args.valid, cfg.get("families"), limit=cfg["eval_batch"])
+    eval_batch = encode_pairs(
+        tok, *map(list, zip(*[demonstration(p, cfg["form"]) for p in valid], strict=True))
+    ).to(model.device)
+    rows = train_demos(
+        model,
+        tok,
+        list(prompts),
+        list(comps),
+        build_objective(arm, cfg, start),
+        steps=cfg["steps"],
+        minibatch=cfg["minibatch"],
+        inner_steps=cfg["inner_steps"],
+        lr=lr,
+        weight_decay=cfg["weight_decay"],
+        warmup_steps=cfg["warmup_steps"],
+        grad_clip=cfg["grad_clip"],
+        seed=job.seed,
+        eval_batch=eval_batch,
+        start_model=start,
+        eval_every=cfg["eval_every"],
+    )
+    out = job.out
+    save_artifact(model, tok, out, rows)
     ev = [r for r in rows if "eval_entropy" in r]
     last = ev[-1]
     tokens = sum(r["tokens"] for r in rows)
@@ -144,61 +140,42 @@ def run(args) -> None:
                 "share of tokens",
             )
         )
-    prov = provenance.capture(t["started_at"], t["wall_s"])
+    prov = job.provenance()
     base_name = read_meta(args.start).get("name", Path(args.start).name)
-    rec = make_run_record(
-        scale=args.scale,
-        paper="psft",
-        method=arm,
-        variant=args.variant,
-        base_model=base_name,
+    rec = job.record(
         suite="train",
+        method=arm,
+        base_model=base_name,
         tasks=["demo_valid", "train"],
-        seed=args.seed,
         config=cfg_rec,
         metrics=metrics,
         provenance=prov,
         series=curves,
         task_hashes={"train": sha256_file(args.train), "demo_valid": sha256_file(args.valid)},
     )
-    write_run_record(args.record, rec)
-    atomic_write_json(
-        out / "meta.json",
-        {
-            "name": args.variant,
-            "method": arm,
-            "paper": "psft",
-            "base_model": base_name,
-            "inputs": {
-                args.start: sha256_file(Path(args.start) / "meta.json")
-                if (Path(args.start) / "meta.json").is_file()
-                else "",
-                args.train: sha256_file(args.train),
-            },
-            "seed": args.seed,
-            "config": cfg_rec,
-            "tokens_seen": tokens,
-            "provenance": prov,
+    job.write_record(rec, args.record)
+    start_meta = Path(args.start) / "meta.json"
+    job.write_meta(
+        method=arm,
+        base_model=base_name,
+        inputs={
+            args.start: sha256_file(start_meta) if start_meta.is_file() else "",
+            args.train: sha256_file(args.train),
         },
+        config=cfg_rec,
+        tokens_seen=tokens,
+        provenance=prov,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    for a in (
-        "--arm",
-        "--start",
-        "--train",
-        "--valid",
-        "--config",
-        "--out",
-        "--record",
-        "--scale",
-        "--variant",
-    ):
-        ap.add_argument(a, required=True)
-    add_run_options(ap, scale=None)
-    run_entry(ap, run, argv)
+    ap = job_parser(__doc__, papers=["psft"], out="the artifact folder this arm writes")
+    ap.add_argument("--arm", required=True, choices=ARMS, help="which arm of the comparison")
+    ap.add_argument("--start", required=True, help="artifact folder of the start model")
+    ap.add_argument("--train", required=True, help="arithmetic-world training problems (JSONL)")
+    ap.add_argument("--valid", required=True, help="held-out problems: entropy / KL demos")
+    ap.add_argument("--record", required=True, help="the train run record this arm writes")
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Quantize an artifact with a per-module bit plan:
 
-``python -m methods.quant.apply --model A (--plan plan.json | --bits B) --method {rtn,gptq} --group-size G
-[--calib text.txt] --out B [--record run.json --scale S --paper P --variant V]``
+``python -m methods.quant.apply <job options> --model A (--plan plan.json | --bits B)
+--method {rtn,gptq} --group-size G [--calib text.txt] [--record run.json]``
 
-Writes ``B/packed/`` (compressed-tensors pack-quantized), ``B/`` a float32 copy decoded from
-it (loads with ``from_pretrained``; what ``eval_lm`` measures), ``B/plan.json`` and
-``B/meta.json`` (last) with the real on-disk size and average bits per weight.
+Job options (``claimbench.job``): ``--scale --paper --variant --out`` and optionally
+``--seed --threads --device --dtype --scale-file``. The model is loaded in the job's dtype on
+its device; GPTQ runs each layer's Hessian and Cholesky in float64 (``methods.quant.gptq``).
+
+Writes ``<out>/packed/`` (compressed-tensors pack-quantized), ``<out>/`` a copy decoded from it in
+the job's dtype (loads with ``from_pretrained``; what ``eval_lm`` measures), ``<out>/plan.json``
+and ``<out>/meta.json`` (last) with the real on-disk size and average bits per weight.
 """
 
 from __future__ import annotations
@@ -13,11 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.records import make_run_record, metric, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric
 from methods.quant.artifact import load_artifact, write_quantized_artifact
 from methods.quant.model import (
     SequentialQuantizer,
@@ -29,6 +30,9 @@ from methods.quant.model import (
 )
 from methods.quant.quantizer import QuantConfigError, check_bits
 
+# Papers whose jobs quantize through this entry point (``quant``: the shared layer itself).
+PAPERS = ("quant", "d2quant", "nsds")
+
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True, help="artifact folder holding meta.json")
@@ -38,17 +42,10 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--clip", action="store_true", help="range-clipping search (1.00 -> 0.80)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPTQ on the GPU at paper scale)")
-    ap.add_argument("--out", required=True)
     ap.add_argument("--record", help="optional run record (suite 'quant': size and bits)")
-    ap.add_argument("--scale", default="tiny")
-    ap.add_argument("--paper", default="quant")
-    ap.add_argument("--variant")
 
 
-def size_record(args, meta: dict, method: str) -> dict:
+def size_record(job: Job, meta: dict, method: str) -> dict:
     s = meta["size"]
     metrics = [
         metric("size", "avg_bits", s["avg_bits"], higher_is_better=False),
@@ -57,81 +54,106 @@ def size_record(args, meta: dict, method: str) -> dict:
         metric("size", "size_ratio_vs_fp16", s["size_ratio_vs_fp16"], higher_is_better=False),
         metric("size", "reload_max_abs_diff", meta["reload_max_abs_diff"], higher_is_better=False),
     ]
-    return make_run_record(
-        scale=args.scale,
-        paper=args.paper,
-        method=method,
-        variant=args.variant or method,
-        base_model=meta.get("base_model", ""),
+    return job.record(
         suite="quant",
+        method=method,
+        base_model=meta.get("base_model", ""),
         tasks=["size"],
-        seed=args.seed,
         config=meta["config"],
         metrics=metrics,
         provenance=meta["provenance"],
     )
 
 
+def quantize_artifact(
+    job: Job,
+    model_path: str,
+    method: str,
+    group_size: int,
+    *,
+    plan_raw: dict | None = None,
+    bits: int | None = None,
+    plan_where: str = "plan",
+    calib_path: str | None = None,
+    n_calib: int = 32,
+    seq_len: int = 128,
+    damp: float = 0.01,
+    clip: bool = False,
+    meta_fields: dict | None = None,
+    extra_files: dict | None = None,
+) -> dict:
+    """Quantize ``model_path`` with ``plan_raw`` (or the uniform plan at ``bits``) by ``method``
+    and write the artifact to ``job.out``; returns its meta. ``meta_fields`` / ``extra_files``
+    are a calling method's own additions (written before meta.json, which comes last)."""
+    model, tok, base_meta = load_artifact(model_path, job.device, job.torch_dtype)
+    if bits is not None:
+        plan_raw = uniform_plan(model, bits)
+    plan = validate_plan(model, plan_raw, group_size, where=plan_where)
+    calib = None
+    if method == "gptq":
+        if not calib_path:
+            raise QuantConfigError("--method gptq needs --calib <text file>")
+        calib = calibration_ids(tok, calib_path, n_calib, seq_len, job.seed).to(job.device)
+    # RTN and GPTQ compute each layer's quantization in float32 / float64 on the job's device
+    # (methods.quant.quantizer, methods.quant.gptq); the model itself stays in the job's dtype.
+    quantized = SequentialQuantizer(model, plan, group_size, method, calib, clip, damp).run()
+    config = {
+        "method": method,
+        "group_size": group_size,
+        "clip": clip,
+        "damp": damp,
+        "n_calib": n_calib if calib is not None else 0,
+        "seq_len": seq_len if calib is not None else 0,
+        "plan_avg_bits": plan_average_bits(model, plan),
+    }
+    fields = {
+        "method": method,
+        "base_model": base_meta.get("base_model", base_meta.get("name", "")),
+        "source": model_path,
+        "config": config,
+        "plan": plan,
+        "inputs": {"plan": plan_where if bits is None else f"uniform {bits}", "calib": calib_path},
+    }
+    fields.update(meta_fields or {})
+    return write_quantized_artifact(
+        job, model, tok, quantized, fields, extra_files={"plan.json": plan, **(extra_files or {})}
+    )
+
+
+def run(job: Job) -> None:
+    args = job.args
+    if args.plan:
+        plan_raw, where = read_plan(args.plan), args.plan
+    else:
+        plan_raw, where = None, "--bits"
+        check_bits(args.bits, "--bits")
+    meta = quantize_artifact(
+        job,
+        args.model,
+        args.method,
+        args.group_size,
+        plan_raw=plan_raw,
+        bits=args.bits,
+        plan_where=where,
+        calib_path=args.calib,
+        n_calib=args.n_calib,
+        seq_len=args.seq_len,
+        damp=args.damp,
+        clip=args.clip,
+    )
+    if args.record:
+        job.write_record(size_record(job, meta, args.method), args.record)
+    print(json.dumps(meta["size"]))
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = job_parser(__doc__, papers=PAPERS)
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--plan", help='JSON {"model.layers.0.mlp.down_proj": 2, ...}')
     which.add_argument("--bits", type=int, help="uniform plan: every decoder Linear at this width")
     ap.add_argument("--method", choices=["rtn", "gptq"], required=True)
     add_common_args(ap)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(QuantConfigError, FileNotFoundError):
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(args.seed)
-        if args.plan:
-            plan_raw = read_plan(args.plan)
-        else:
-            check_bits(args.bits, "--bits")
-        with provenance.timed() as t:
-            model, tok, base_meta = load_artifact(args.model)
-            model.to(args.device)
-            if args.bits is not None:
-                plan_raw = uniform_plan(model, args.bits)
-            plan = validate_plan(model, plan_raw, args.group_size, where=args.plan or "--bits")
-            calib = None
-            if args.method == "gptq":
-                if not args.calib:
-                    raise QuantConfigError("--method gptq needs --calib <text file>")
-                calib = calibration_ids(tok, args.calib, args.n_calib, args.seq_len, args.seed)
-                calib = calib.to(args.device)
-            quantized = SequentialQuantizer(
-                model, plan, args.group_size, args.method, calib, args.clip, args.damp
-            ).run()
-        config = {
-            "method": args.method,
-            "group_size": args.group_size,
-            "clip": args.clip,
-            "damp": args.damp,
-            "n_calib": args.n_calib if calib is not None else 0,
-            "seq_len": args.seq_len if calib is not None else 0,
-            "plan_avg_bits": plan_average_bits(model, plan),
-        }
-        meta = write_quantized_artifact(
-            model,
-            tok,
-            quantized,
-            args.out,
-            {
-                "method": args.method,
-                "base_model": base_meta.get("base_model", base_meta.get("name", "")),
-                "source": args.model,
-                "seed": args.seed,
-                "config": config,
-                "plan": plan,
-                "inputs": {"plan": args.plan or f"uniform {args.bits}", "calib": args.calib},
-            },
-            t["started_at"],
-            t["wall_s"],
-            extra_files={"plan.json": plan},
-        )
-        if args.record:
-            write_run_record(args.record, size_record(args, meta, args.method))
-        print(json.dumps(meta["size"]))
+    run_job(ap, run, argv, errors=(QuantConfigError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Layout of one quantized Linear in ``model.safetensors`` (compressed-tensors 0.20
 Codes and zero points are stored signed: ``q = u - 2^(b-1)``, so ``W = (q - zp) * scale``.
 
 The loader decodes every module with its *own* bit width (transformers 5.23/5.24 decode
-mixed-bit asymmetric checkpoints wrongly or fail; see shared/QUANT-LIBS.md), in float32.
+mixed-bit asymmetric checkpoints wrongly or fail; see methods/quant/README.md), in float32
+or the dtype asked for.
 """
 
 from __future__ import annotations

@@ -1,26 +1,24 @@
-"""Planted-outlier variant of a model: ``python -m methods.quant.plant --model A --layers 1,3
---alpha 16 --channels 4 --out B``.
+"""Planted-outlier variant of a model: ``python -m methods.quant.plant <job options> --model A
+--layers 1,3 --alpha 16 --channels 4`` (the job's ``--out`` is the new artifact folder; the
+model is loaded and planted in the job's dtype on its device, the channels drawn with the job's
+seed).
 
 In each chosen layer, ``channels`` random intermediate channels j get ``up_proj[j, :] /= alpha``
 and ``down_proj[:, j] *= alpha`` (SwiGLU is linear in the up branch), and ``channels`` random
 value dimensions get ``v_proj[r, :] /= alpha`` and ``o_proj[:, r'] *= alpha`` for every query
 head r' reading that value row (attention is linear in V). The float function is unchanged
-(up to float32 rounding) while down_proj and o_proj get heavy-tailed outlier columns: the
+(up to rounding in the model's dtype) while down_proj and o_proj get heavy-tailed outlier columns: the
 planted layers are the ones whose low-bit quantization hurts, so sensitivity scores and
 DSQ have real structure to find.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-from pathlib import Path
 
 import torch
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.io import atomic_write_json
+from claimbench.job import Job, job_parser, run_job
 from methods.quant.artifact import load_artifact
 from methods.quant.model import decoder_layers
 from methods.quant.quantizer import QuantConfigError
@@ -58,42 +56,34 @@ def plant_outliers(model, layers: list[int], alpha: float, channels: int, seed: 
     return planted
 
 
+def run(job: Job) -> None:
+    args = job.args
+    layers = [int(x) for x in args.layers.split(",") if x.strip()]
+    model, tok, base_meta = load_artifact(args.model, job.device, job.torch_dtype)
+    planted = plant_outliers(model, layers, args.alpha, args.channels, job.seed)
+    if job.out.exists():
+        shutil.rmtree(job.out)
+    job.out.mkdir(parents=True)
+    model.save_pretrained(job.out)
+    tok.save_pretrained(job.out)
+    job.write_meta(
+        method="plant",
+        kind="planted",
+        base_model=base_meta.get("base_model", base_meta.get("name", "")),
+        source=args.model,
+        config={"layers": layers, "alpha": args.alpha, "channels": args.channels},
+        planted=planted,
+        load={},
+    )
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = job_parser(__doc__, papers=["quant", "nsds"])
     ap.add_argument("--model", required=True, help="artifact folder holding meta.json")
     ap.add_argument("--layers", required=True, help="comma-separated layer indices")
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--channels", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(QuantConfigError, FileNotFoundError, ValueError):
-        layers = [int(x) for x in args.layers.split(",") if x.strip()]
-        with provenance.timed() as t:
-            model, tok, base_meta = load_artifact(args.model)
-            planted = plant_outliers(model, layers, args.alpha, args.channels, args.seed)
-            out = Path(args.out)
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            model.save_pretrained(out)
-            tok.save_pretrained(out)
-        base = base_meta.get("base_model", base_meta.get("name", ""))
-        atomic_write_json(
-            out / "meta.json",
-            {
-                "method": "plant",
-                "kind": "planted",
-                "base_model": base,
-                "name": f"{base}-planted",
-                "source": args.model,
-                "seed": args.seed,
-                "config": {"layers": layers, "alpha": args.alpha, "channels": args.channels},
-                "planted": planted,
-                "load": {},
-                "provenance": provenance.capture(t["started_at"], t["wall_s"]),
-            },
-        )
+    run_job(ap, run, argv, errors=(QuantConfigError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Decoding for realignment: greedy logit mixing of two paths, each with its own KV cache.
 
-    z_t = (1 - lam) * z_U,t + lam * z_A,t,   next token = argmax z_t   (spec sections 2, 4.2)
+    z_t = (1 - lam) * z_U,t + lam * z_A,t,   next token = argmax z_t   (README.md, Eqs. 1, 4)
 
 DeRa: U = the reference model, A = the aligned model (two models, 2x decode compute).
 InRa: U and A are the two paths of one expanded model (``inra.AdapterPaths``), the KV cache

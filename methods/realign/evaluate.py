@@ -3,24 +3,23 @@
 reference's record, the paper's token reduction. One run record per (artifact or decoding
 setting, suite) plus per-sample rows (``metrics``: exact_match, output_tokens) for paired checks.
 
-    python -m methods.realign.evaluate single --model DIR --variant ref ...
-    python -m methods.realign.evaluate dera --ref DIR --aligned DIR --lams 0.5,1,2 ...
+    python -m methods.realign.evaluate single --scale S --paper realign --variant ref \\
+        --model DIR --test test_id.jsonl --out results/runs/S/realign/ref/realign_decode.json
+    python -m methods.realign.evaluate dera --scale S --paper realign --variant dera \\
+        --ref DIR --aligned DIR --test test_id.jsonl --out results/runs/S/realign
 
-InRa's dual-path records are written by ``methods.realign.train inra`` (same contract).
+Decode settings: the job's ``papers.realign.decode`` and ``families``. ``dera`` decodes every
+lambda of ``dera_lambdas`` and writes ``<out>/dera-lam<lambda>/realign_decode.json``. InRa's
+dual-path records are written by ``methods.realign.train inra`` (same contract).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from claimbench import provenance
-from claimbench.entry import add_run_options, run_entry
 from claimbench.io import atomic_write_jsonl, sha256_file
-from claimbench.records import load_run_record, make_run_record, metric, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import load_run_record, metric
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
 from methods.posttrain.rewards import extract_answer, load_problems
 from methods.realign.decode import Decoded, batched, mixed_greedy, single_greedy
@@ -90,23 +89,34 @@ def ref_lengths(record_path: str | Path) -> dict[str, float]:
     }
 
 
+def decode_record_path(runs: str | Path, variant: str) -> Path:
+    """Where a job that decodes several settings writes one: ``<runs>/<variant>/<suite>.json``."""
+    if not runs:
+        raise ValueError("a job that writes one decode record per lambda needs their folder")
+    return Path(runs) / variant / f"{SUITE}.json"
+
+
+def decode_config(job: Job) -> dict:
+    """The decode settings and families: the base of every decode record's config."""
+    return {**job.config["decode"], "families": job.config["families"]}
+
+
 def write_decode_record(
+    job: Job,
     out: str | Path,
     *,
     problems: list[dict],
     dec: Decoded,
-    scale: str,
     method: str,
-    variant: str,
     base_model: str,
-    seed: int,
     config: dict,
     test_path: str,
-    started_at: str,
-    wall_s: float,
+    variant: str | None = None,
     ref_record: str | None = None,
     extra: list[dict] | None = None,
+    wall_s: float | None = None,
 ) -> dict:
+    """Score ``dec`` and write its record (``variant``: default the job's) and samples."""
     metrics, lengths, rows = score(problems, dec)
     if ref_record:
         red = token_reduction(lengths, ref_lengths(ref_record))
@@ -116,22 +126,19 @@ def write_decode_record(
     out.parent.mkdir(parents=True, exist_ok=True)
     samples = out.with_suffix(".samples.jsonl").name
     atomic_write_jsonl(out.parent / samples, rows)
-    rec = make_run_record(
-        scale=scale,
-        paper="realign",
+    rec = job.record(
         method=method,
         variant=variant,
         base_model=base_model,
         suite=SUITE,
         tasks=sorted({p["family"] for p in problems}) + ["all"],
-        seed=seed,
         config=config,
         metrics=metrics,
-        provenance=provenance.capture(started_at, wall_s),
+        provenance=job.provenance(wall_s=wall_s),
         task_hashes={"all": sha256_file(test_path)[:16]},
         samples=samples,
     )
-    write_run_record(out, rec)
+    job.write_record(rec, out)
     return rec
 
 
@@ -144,7 +151,7 @@ def decode_single(model, tok, problems, cfg) -> Decoded:
     return batched(
         lambda ps: single_greedy(model, tok, ps, max_new_tokens=cfg["max_new_tokens"]),
         [p["prompt"] for p in problems],
-        cfg.get("batch_size", 64),
+        cfg["batch_size"],
     )
 
 
@@ -152,85 +159,80 @@ def decode_mixed(path_u, path_a, lam, tok, problems, cfg) -> Decoded:
     return batched(
         lambda ps: mixed_greedy(path_u, path_a, lam, tok, ps, max_new_tokens=cfg["max_new_tokens"]),
         [p["prompt"] for p in problems],
-        cfg.get("batch_size", 64),
+        cfg["batch_size"],
     )
-
-
-def parse_lams(text: str) -> list[float]:
-    return [check_lambda(x) for x in text.split(",") if x.strip()]
 
 
 def lam_name(lam: float) -> str:
     return f"{float(lam):g}"
 
 
-def run(args) -> None:
-    cfg = json.loads(args.config)
-    torch.set_num_threads(args.threads)
-    problems = test_problems(args.test, cfg.get("families"), cfg.get("limit"))
-    if args.what == "single":
-        with provenance.timed() as t:
-            model, tok = load_model(args.model, device=args.device)
-            dec = decode_single(model, tok, problems, cfg)
-        meta = read_meta(args.model)
-        write_decode_record(
-            args.out,
-            problems=problems,
-            dec=dec,
-            scale=args.scale,
-            method=meta.get("method", "realign"),
-            variant=args.variant,
-            base_model=meta.get("base_model", args.variant),
-            seed=args.seed,
-            config={**cfg, "decode": "greedy", "paths": 1},
-            test_path=args.test,
-            started_at=t["started_at"],
-            wall_s=t["wall_s"],
-            ref_record=args.ref_record or None,
-        )
-        return
-    # DeRa: decode-time mixing of the reference's and the aligned model's logits.
-    lams = parse_lams(args.lams)
-    outs = args.out.split(",")
-    if len(outs) != len(lams):
-        raise ValueError(f"dera: {len(lams)} lambdas but {len(outs)} output records")
-    ref, tok = load_model(args.ref, device=args.device)
-    aligned, tok_a = load_model(args.aligned, device=args.device)
+def run_single(job: Job) -> None:
+    args = job.args
+    if not args.model:
+        raise ValueError("single needs --model (the artifact folder to decode)")
+    cfg = decode_config(job)
+    problems = test_problems(args.test, cfg["families"], cfg.get("limit"))
+    model, tok = load_model(args.model, device=job.device, dtype=job.torch_dtype)
+    dec = decode_single(model, tok, problems, cfg)
+    meta = read_meta(args.model)
+    write_decode_record(
+        job,
+        job.out,
+        problems=problems,
+        dec=dec,
+        method=meta.get("method", "realign"),
+        base_model=meta.get("base_model", job.variant),
+        config={**cfg, "decode": "greedy", "paths": 1},
+        test_path=args.test,
+        ref_record=args.ref_record or None,
+    )
+
+
+def run_dera(job: Job) -> None:
+    """DeRa: decode-time mixing of the reference's and the aligned model's logits."""
+    args = job.args
+    if not (args.ref and args.aligned):
+        raise ValueError("dera needs --ref and --aligned (the two models it mixes)")
+    cfg = decode_config(job)
+    problems = test_problems(args.test, cfg["families"], cfg.get("limit"))
+    lams = [check_lambda(x) for x in job.config["dera_lambdas"]]
+    ref, tok = load_model(args.ref, device=job.device, dtype=job.torch_dtype)
+    aligned, tok_a = load_model(args.aligned, device=job.device, dtype=job.torch_dtype)
     check_same_tokenizer(tok, tok_a, "aligned model")
-    for lam, out in zip(lams, outs, strict=True):
-        with provenance.timed() as t:
-            dec = decode_mixed((ref, None), (aligned, None), lam, tok, problems, cfg)
+    for lam in lams:
+        variant = f"dera-lam{lam_name(lam)}"
+        t0 = job.wall_s
+        dec = decode_mixed((ref, None), (aligned, None), lam, tok, problems, cfg)
         write_decode_record(
-            out,
+            job,
+            decode_record_path(job.out, variant),
             problems=problems,
             dec=dec,
-            scale=args.scale,
             method="dera",
-            variant=f"dera-lam{lam_name(lam)}",
+            variant=variant,
             base_model=read_meta(args.ref).get("name", "ref"),
-            seed=args.seed,
             config={**cfg, "decode": "greedy", "paths": 2, "lambda": lam},
             test_path=args.test,
-            started_at=t["started_at"],
-            wall_s=t["wall_s"],
             ref_record=args.ref_record or None,
+            wall_s=job.wall_s - t0,
         )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = job_parser(
+        __doc__,
+        papers=["realign"],
+        out="single: the record file; dera: the folder of the <variant>/ records",
+    )
     ap.add_argument("what", choices=["single", "dera"])
-    ap.add_argument("--model", default="")
-    ap.add_argument("--ref", default="")
-    ap.add_argument("--aligned", default="")
-    ap.add_argument("--lams", default="")
-    ap.add_argument("--variant", default="")
-    ap.add_argument("--test", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--out", required=True, help="record path (dera: one per lambda, commas)")
+    ap.add_argument("--model", default="", help="single: the artifact folder to decode")
+    ap.add_argument("--ref", default="", help="dera: the reference model")
+    ap.add_argument("--aligned", default="", help="dera: the aligned model")
+    ap.add_argument("--test", required=True, help="test problems (JSONL)")
     ap.add_argument("--ref-record", default="", help="the reference's decode record")
-    add_run_options(ap)
-    run_entry(ap, run, argv)
+    runs = {"single": run_single, "dera": run_dera}
+    run_job(ap, lambda job: runs[job.args.what](job), argv)
 
 
 if __name__ == "__main__":

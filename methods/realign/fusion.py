@@ -1,7 +1,7 @@
-"""The realignment equations: the fused teacher and TrRa's distillation losses (spec realign.md
-sections 2 and 3.1).
+"""The realignment equations: the fused teacher and TrRa's distillation losses (README.md,
+Eqs. 1-2).
 
-Fused teacher (DeRa per-token approximation, TrRa's target; spec section 2):
+Fused teacher (DeRa per-token approximation, TrRa's target; README.md, Eq. 1):
     h~_t = lam * z_aligned,t + (1 - lam) * z_ref,t,   q_t = softmax(h~_t)
 lam = 0 is the reference, lam = 1 the aligned model, lam > 1 extrapolates, lam < 0 goes past the
 reference the other way.
@@ -43,7 +43,7 @@ def check_lambda(lam) -> float:
 
 
 def fused_logits(z_aligned: torch.Tensor, z_ref: torch.Tensor, lam: float) -> torch.Tensor:
-    """h~ = lam * z_aligned + (1 - lam) * z_ref (spec section 2, DeRa / TrRa target logits)."""
+    """h~ = lam * z_aligned + (1 - lam) * z_ref (README.md, Eq. 1: DeRa / TrRa target logits)."""
     lam = check_lambda(lam)
     if z_aligned.shape != z_ref.shape:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""InRa: the layer adapter (spec realign.md section 4.1) and its two decoding paths (4.2).
+"""InRa: the layer adapter (README.md, Eq. 3) and its two decoding paths (Eq. 4).
 
 Expansion (the official ``scripts/llama_pro.py`` with ``--num_expand 1`` at position 0): copy
 decoder layer 0, zero its attention output projection ``o_proj`` and MLP ``down_proj`` (weights

@@ -1,5 +1,7 @@
 """Name a base model as the realignment reference or aligned model without copying weights:
-``python -m methods.realign.link --src artifacts/paper/base/NAME --variant ref --out DIR``.
+
+    python -m methods.realign.link --scale S --paper realign --variant ref \\
+        --src artifacts/S/base/NAME --out artifacts/S/realign/ref
 
 The new artifact's meta.json carries the base's ``load`` (hub id / local path), or points at the
 base folder when it holds weights, so ``from_pretrained`` loads the base itself (paper scale:
@@ -8,40 +10,30 @@ DeepSeek-R1-Distill-Qwen-1.5B as the reference, DeepScaleR-1.5B-Preview as the a
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.io import atomic_write_json
+from claimbench.job import Job, job_parser, run_job
 from methods.posttrain.models import artifact_dir, read_meta
 
 
+def link(job: Job) -> None:
+    src = artifact_dir(job.args.src)
+    meta = read_meta(src)
+    load = meta.get("load") or {}
+    if not (load.get("hub_id") or load.get("path")):
+        load = {"path": str(src.resolve())}
+    job.out.mkdir(parents=True, exist_ok=True)
+    job.write_meta(
+        method="base",
+        base_model=meta.get("name", src.name),
+        kind=meta.get("kind"),
+        load=load,
+        inputs={str(src): meta.get("name", src.name)},
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    for a in ("--src", "--variant", "--out"):
-        ap.add_argument(a, required=True)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        src = artifact_dir(args.src)
-        meta = read_meta(src)
-        load = meta.get("load") or {}
-        if not (load.get("hub_id") or load.get("path")):
-            load = {"path": str(src.resolve())}
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            Path(args.out) / "meta.json",
-            {
-                "name": args.variant,
-                "method": "base",
-                "paper": "realign",
-                "base_model": meta.get("name", src.name),
-                "kind": meta.get("kind"),
-                "load": load,
-                "inputs": {str(src): meta.get("name", src.name)},
-                "provenance": provenance.capture(),
-            },
-        )
+    ap = job_parser(__doc__, papers=["realign"], out="the linked artifact folder")
+    ap.add_argument("--src", required=True, help="the base model's artifact folder")
+    run_job(ap, link, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Realignment metrics: exact match, output length and the paper's token reduction.
 
-Token reduction (spec section 5, checked on Table 1's lambda = 0.5 row): per benchmark the
+Token reduction (README.md, Eq. 5, checked on Table 1's lambda = 0.5 row): per benchmark the
 relative reduction of the mean output length versus the reference, then the plain average over
 benchmarks, in percent:  100 * mean_b (1 - len_variant,b / len_ref,b).
 Here a "benchmark" is one arithmetic family of the test set.

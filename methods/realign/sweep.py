@@ -1,23 +1,22 @@
 """The lambda sweeps in one run record (suite ``realign_sweep``): length and exact match against
 lambda for TrRa, DeRa and InRa as ``series`` (the report plots them) and the derived numbers of
-the spec's directional checks (section 8):
+the directional claims in ``claims.yaml`` (the paper's Table 1 and Figures 2-4; README.md):
 
-* R1: increases of TrRa's mean length along increasing lambda (count, largest relative one),
+* TrRa: increases of the mean length along increasing lambda (count, largest relative one),
   on the mean over the sweep's seeds (one run per lambda at tiny, 3 at small);
-* R4: TrRa / DeRa mean-length ratio and exact-match gap at each shared lambda;
-* R6: increases of InRa's mean length along 0 <= lambda <= 1, and length(lambda<0) / length(0).
+* TrRa vs DeRa: mean-length ratio and exact-match gap at each shared lambda;
+* InRa: increases of the mean length along 0 <= lambda <= 1, and length(lambda<0) / length(0).
 
-    python -m methods.realign.sweep --records a.json,b.json,... --out sweep.json --scale tiny
+    python -m methods.realign.sweep --scale tiny --paper realign --variant sweep \\
+        --records a.json,b.json,... --out sweep.json
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.records import load_run_record, make_run_record, metric, series, write_run_record
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import load_run_record, metric, series
 from methods.realign.metrics import monotone_violations
 
 
@@ -39,7 +38,7 @@ def _points(recs: list[dict], method: str) -> list[tuple[float, dict]]:
 
 def _seed_mean(runs: list[dict]) -> dict:
     """The mean over seeds of one lambda's TrRa runs, as a record-like dict (metrics of task
-    ``all``): the spec's sweep runs 3 seeds and its checks read their means."""
+    ``all``): the small scale's sweep runs 3 seeds and its checks read their means."""
     names = ("mean_output_tokens", "exact_match")
     return {
         "variant": runs[0]["variant"],
@@ -130,33 +129,25 @@ def build(recs: list[dict]) -> tuple[list[dict], list[dict]]:
     return metrics, curves
 
 
+def run(job: Job) -> None:
+    paths = [p for p in job.args.records.split(",") if p]
+    recs = [load_run_record(p) for p in paths]
+    metrics, curves = build(recs)
+    rec = job.record(
+        method="sweep",
+        base_model="ref",
+        suite="realign_sweep",
+        config={"records": sorted(Path(p).parent.name for p in paths)},
+        metrics=metrics,
+        series=curves,
+    )
+    job.write_record(rec)
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--records", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--scale", default="tiny")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        with provenance.timed() as t:
-            paths = [p for p in args.records.split(",") if p]
-            recs = [load_run_record(p) for p in paths]
-            metrics, curves = build(recs)
-        rec = make_run_record(
-            scale=args.scale,
-            paper="realign",
-            method="sweep",
-            variant="sweep",
-            base_model="ref",
-            suite="realign_sweep",
-            tasks=sorted({m["task"] for m in metrics}),
-            seed=args.seed,
-            config={"records": sorted(Path(p).parent.name for p in paths)},
-            metrics=metrics,
-            provenance=provenance.capture(t["started_at"], t["wall_s"]),
-            series=curves,
-        )
-        write_run_record(args.out, rec)
+    ap = job_parser(__doc__, papers=["realign"], out="the sweep record this job writes")
+    ap.add_argument("--records", required=True, help="comma-separated realign_decode records")
+    run_job(ap, run, argv)
 
 
 if __name__ == "__main__":

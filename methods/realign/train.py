@@ -1,41 +1,45 @@
-"""Build realignment artifacts and decode them:
+"""Build realignment artifacts and decode them (one job each, ``claimbench.job``):
 
-    python -m methods.realign.train trra --ref R --aligned A --lam 2 --direction forward \\
-        --mode vocab --train train.jsonl --test test_id.jsonl --config JSON --out DIR ...
-    python -m methods.realign.train inra --ref R --train ... --lams -0.25,0.5,1 --decode-out ...
+    python -m methods.realign.train trra --scale S --paper realign --variant trra-lam2 \\
+        --out DIR --ref R --aligned A --lam 2 --direction forward --mode vocab \\
+        --train train.jsonl --test test_id.jsonl --record train.json --decode-out decode.json
+    python -m methods.realign.train inra ... --runs results/runs/<scale>/realign
+    python -m methods.realign.train sft ...   (the efficient aligned model)
 
-TrRa (spec 3.1): student initialised from pi_ref, teacher-forced on fixed slow-style traces
-(the world's long forms, off-policy), loss = KL between the fused teacher
-softmax(lam z_A + (1 - lam) z_ref) and the student; TrRa-iter passes a previous TrRa artifact as
-``--aligned`` (spec 3.2). InRa (spec 4): expand pi_ref with an identity copy of layer 0, train
-only that layer by SFT on fast-style (short) demonstrations, decode both paths at each lambda.
-Every run writes the artifact (``save_pretrained``), a ``train`` record with the loss curve and
-``realign_decode`` records; meta.json is written last.
+Settings come from the job's ``papers.realign`` section (``trra``, ``inra``, ``aligned_sft``,
+``decode``, ``families``); the command line names the files and what a wildcard picks (the
+lambda, direction and mode of one TrRa run). TrRa (README.md, Eq. 2; the paper's
+Table 1):
+student initialised from pi_ref, teacher-forced on fixed slow-style traces (the world's long
+forms, off-policy), loss = KL between the fused teacher softmax(lam z_A + (1 - lam) z_ref) and
+the student; TrRa-iter (Table 1's iter rows) passes a previous TrRa artifact as ``--aligned``. InRa
+(README.md, Eqs. 3-4; Table 9): expand pi_ref with an identity copy of layer 0, train only that layer by SFT on
+fast-style (short) demonstrations, decode both paths at each lambda of ``inra.lambdas`` (and
+0). Every run writes the artifact (``save_pretrained``), a ``train`` record with the loss curve
+and ``realign_decode`` records; meta.json is written last. Equations: README.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from claimbench import provenance
-from claimbench.errors import exit_on_user_error
-from claimbench.io import atomic_write_json, sha256_file
-from claimbench.records import make_run_record, metric, series, write_run_record
+from claimbench.io import sha256_file
+from claimbench.job import Job, job_parser, run_job
+from claimbench.records import metric, series
 from methods.posttrain.cli import save_artifact
 from methods.posttrain.loops import SFTObjective, train_demos
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
 from methods.posttrain.rewards import demonstration, load_problems
 from methods.posttrain.tokens import Batch, shifted_logits
 from methods.realign.evaluate import (
+    decode_config,
     decode_mixed,
+    decode_record_path,
     decode_single,
     lam_name,
-    parse_lams,
     test_problems,
     write_decode_record,
 )
@@ -96,8 +100,8 @@ _CHECK = re.compile(r" Check: [^.]*\.")
 
 def demonstration_form(problem: dict, form: str) -> tuple[str, str]:
     """(prompt, completion): the world's ``long`` (slow: steps + check block) or ``short`` form,
-    or ``nocheck`` = the long trace with its check sentence dropped (spec 8: "SFT on a mix
-    where the check block is dropped", the efficient aligned model that still reasons)."""
+    or ``nocheck`` = the long trace with its check sentence dropped (the efficient aligned
+    model of our arithmetic world: it still reasons, without the slow model's verification)."""
     if form not in FORMS:
         raise ValueError(f"demonstration form must be one of {FORMS}, got {form!r}")
     if form != "nocheck":
@@ -125,70 +129,84 @@ def _loss_series(rows: list[dict], name: str) -> dict:
     return series(name, [r["step"] for r in rows], [r["loss"] for r in rows], "step", "loss")
 
 
-def _write_train_record(args, cfg, rows, metrics, curves, base_name, prov, method) -> None:
-    rec = make_run_record(
-        scale=args.scale,
-        paper="realign",
+TRAIN_KEYS = ("steps", "minibatch", "lr", "warmup_steps")
+
+
+def train_config(job: Job, section: str) -> dict:
+    """The run record's config of a training job: the section's training settings (InRa: and its
+    demonstration form), the families and the decode settings (the object the workflow always
+    passed, so that run ids stay the same). ``sft`` records the whole ``aligned_sft``."""
+    c = job.config
+    if section == "aligned_sft":
+        return {**c["aligned_sft"], "families": c["families"]}
+    keys = TRAIN_KEYS + (("form",) if section == "inra" else ())
+    return {
+        **{k: v for k, v in c[section].items() if k in keys},
+        "families": c["families"],
+        "decode": c["decode"],
+    }
+
+
+def _train_record(job: Job, cfg, metrics, curves, base_name, method) -> None:
+    rec = job.record(
         method=method,
-        variant=args.variant,
         base_model=base_name,
         suite="train",
         tasks=sorted({m["task"] for m in metrics}) or ["train"],
-        seed=args.seed,
         config=cfg,
         metrics=metrics,
-        provenance=prov,
         series=curves,
-        task_hashes={"train": sha256_file(args.train)[:16]},
+        task_hashes={"train": sha256_file(job.args.train)[:16]},
     )
-    write_run_record(args.record, rec)
+    job.write_record(rec, job.args.record)
 
 
-def run_trra(args, cfg) -> None:
+def _load(job: Job, path: str, trainable: bool = False):
+    return load_model(path, trainable=trainable, device=job.device, dtype=job.torch_dtype)
+
+
+def run_trra(job: Job) -> None:
+    args = job.args
+    if not args.aligned:
+        raise ValueError("trra needs --aligned (the aligned model, or C for TrRa-iter)")
+    cfg = train_config(job, "trra")
     lam = check_lambda(args.lam)
-    with provenance.timed() as t:
-        student, tok = load_model(args.ref, trainable=True, device=args.device)
-        student.requires_grad_(True)
-        ref, tok_r = load_model(args.ref, device=args.device)
-        aligned, tok_a = load_model(args.aligned, device=args.device)
-        check_same_tokenizer(tok, tok_a, "aligned model")
-        pr, co = demos(args.train, cfg.get("families"), "long")  # fixed slow-style traces
-        obj = TrRaObjective(ref, aligned, lam, args.direction, args.mode)
-        rows = train_demos(
-            student,
-            tok,
-            pr,
-            co,
-            obj,
-            steps=cfg["steps"],
-            minibatch=cfg["minibatch"],
-            lr=cfg["lr"],
-            warmup_steps=cfg.get("warmup_steps", 0),
-            seed=args.seed,
-        )
-        save_artifact(student, tok, Path(args.out), rows)
-    prov = provenance.capture(t["started_at"], t["wall_s"])
+    student, tok = _load(job, args.ref, trainable=True)
+    student.requires_grad_(True)
+    ref, tok_r = _load(job, args.ref)
+    aligned, tok_a = _load(job, args.aligned)
+    check_same_tokenizer(tok, tok_a, "aligned model")
+    pr, co = demos(args.train, cfg["families"], "long")  # fixed slow-style traces
+    obj = TrRaObjective(ref, aligned, lam, args.direction, args.mode)
+    rows = train_demos(
+        student,
+        tok,
+        pr,
+        co,
+        obj,
+        steps=cfg["steps"],
+        minibatch=cfg["minibatch"],
+        lr=cfg["lr"],
+        warmup_steps=cfg["warmup_steps"],
+        seed=job.seed,
+    )
+    save_artifact(student, tok, job.out, rows)
+    prov = job.provenance()
     base_name = read_meta(args.ref).get("name", "ref")
     run_cfg = {**cfg, "lambda": lam, "direction": args.direction, "mode": args.mode}
     metrics = [metric("train", "final_loss", sum(r["loss"] for r in rows[-5:]) / len(rows[-5:]))]
-    _write_train_record(
-        args, run_cfg, rows, metrics, [_loss_series(rows, "TrRa loss")], base_name, prov, "trra"
-    )
-    problems = test_problems(args.test, cfg.get("families"), cfg["decode"].get("limit"))
-    with provenance.timed() as t:
-        dec = decode_single(student, tok, problems, cfg["decode"])
+    _train_record(job, run_cfg, metrics, [_loss_series(rows, "TrRa loss")], base_name, "trra")
+    problems = test_problems(args.test, cfg["families"], cfg["decode"].get("limit"))
+    dec = decode_single(student, tok, problems, cfg["decode"])
     write_decode_record(
+        job,
         args.decode_out,
         problems=problems,
         dec=dec,
-        scale=args.scale,
         method="trra",
-        variant=args.variant,
         base_model=base_name,
-        seed=args.seed,
         config={
-            **cfg["decode"],
-            "families": cfg.get("families"),
+            **decode_config(job),
             "decode": "greedy",
             "paths": 1,
             "lambda": lam,
@@ -196,67 +214,63 @@ def run_trra(args, cfg) -> None:
             "mode": args.mode,
         },
         test_path=args.test,
-        started_at=t["started_at"],
-        wall_s=t["wall_s"],
         ref_record=args.ref_record or None,
     )
-    atomic_write_json(
-        Path(args.out) / "meta.json",
-        {
-            "name": args.variant,
-            "method": "trra",
-            "paper": "realign",
-            "base_model": base_name,
-            "inputs": {
-                args.ref: fingerprint(args.ref),
-                args.aligned: fingerprint(args.aligned),
-                args.train: sha256_file(args.train)[:16],
-            },
-            "seed": args.seed,
-            "config": run_cfg,
-            "provenance": prov,
+    job.write_meta(
+        method="trra",
+        base_model=base_name,
+        inputs={
+            args.ref: fingerprint(args.ref),
+            args.aligned: fingerprint(args.aligned),
+            args.train: sha256_file(args.train)[:16],
         },
+        config=run_cfg,
+        provenance=prov,
     )
 
 
 @torch.no_grad()
 def max_logit_diff(a, b, tok, prompts: list[str]) -> float:
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = enc.to(next(a.parameters()).device)
     la = a(**enc).logits
     lb = b(**enc).logits
     m = enc["attention_mask"].bool()
     return float((la - lb).abs()[m].max())
 
 
-def run_inra(args, cfg) -> None:
-    lams = parse_lams(args.lams)
-    outs = args.decode_out.split(",")
-    if len(outs) != len(lams):
-        raise ValueError(f"inra: {len(lams)} lambdas but {len(outs)} decode records")
-    problems = test_problems(args.test, cfg.get("families"), cfg["decode"].get("limit"))
+def inra_lambdas(job: Job) -> list[float]:
+    """InRa's decoded lambdas: ``inra.lambdas`` and 0 (the token-for-token identity check)."""
+    return sorted({0.0, *(check_lambda(x) for x in job.config["inra"]["lambdas"])})
+
+
+def run_inra(job: Job) -> None:
+    args = job.args
+    cfg = train_config(job, "inra")
+    lams = inra_lambdas(job)
+    problems = test_problems(args.test, cfg["families"], cfg["decode"].get("limit"))
     prompts = [p["prompt"] for p in problems]
-    with provenance.timed() as t:
-        ref, tok = load_model(args.ref, device=args.device)
-        expanded = expand_with_adapter(ref)
-        check_adapter(ref, expanded)
-        init_diff = max_logit_diff(expanded, ref, tok, prompts[:32])
-        n_train = freeze_all_but_adapter(expanded)
-        expanded.train()
-        pr, co = demos(args.train, cfg.get("families"), cfg["form"])  # fast-style demos
-        rows = train_demos(
-            expanded,
-            tok,
-            pr,
-            co,
-            SFTObjective(),
-            steps=cfg["steps"],
-            minibatch=cfg["minibatch"],
-            lr=cfg["lr"],
-            warmup_steps=cfg.get("warmup_steps", 0),
-            seed=args.seed,
-        )
-        save_artifact(expanded, tok, Path(args.out), rows)
-    prov = provenance.capture(t["started_at"], t["wall_s"])
+    ref, tok = _load(job, args.ref)
+    expanded = expand_with_adapter(ref)
+    check_adapter(ref, expanded)
+    init_diff = max_logit_diff(expanded, ref, tok, prompts[:32])
+    n_train = freeze_all_but_adapter(expanded)
+    expanded.train()
+    pr, co = demos(args.train, cfg["families"], cfg["form"])  # fast-style demos
+    rows = train_demos(
+        expanded,
+        tok,
+        pr,
+        co,
+        SFTObjective(),
+        steps=cfg["steps"],
+        minibatch=cfg["minibatch"],
+        lr=cfg["lr"],
+        warmup_steps=cfg["warmup_steps"],
+        seed=job.seed,
+    )
+    save_artifact(expanded, tok, job.out, rows)
+    prov = job.provenance()
     base_name = read_meta(args.ref).get("name", "ref")
     n_total = sum(p.numel() for p in expanded.parameters())
     metrics = [
@@ -264,23 +278,17 @@ def run_inra(args, cfg) -> None:
         metric("identity", "init_max_abs_logit_diff", init_diff, n=min(32, len(prompts))),
         metric("train", "trainable_fraction", n_train / n_total),
     ]
-    _write_train_record(
-        args,
-        cfg,
-        rows,
-        metrics,
-        [_loss_series(rows, "InRa adapter SFT loss")],
-        base_name,
-        prov,
-        "inra",
+    _train_record(
+        job, cfg, metrics, [_loss_series(rows, "InRa adapter SFT loss")], base_name, "inra"
     )
     ref_dec = decode_single(ref, tok, problems, cfg["decode"])  # for the token-for-token check
     paths = AdapterPaths(expanded)
     path_u = (expanded, lambda: paths.path("U"))
     path_a = (expanded, lambda: paths.path("A"))
-    for lam, out in zip(lams, outs, strict=True):
-        with provenance.timed() as t:
-            dec = decode_mixed(path_u, path_a, lam, tok, problems, cfg["decode"])
+    for lam in lams:
+        variant = f"inra-lam{lam_name(lam)}"
+        t0 = job.wall_s
+        dec = decode_mixed(path_u, path_a, lam, tok, problems, cfg["decode"])
         same = [
             a == b and x == y
             for a, b, x, y in zip(
@@ -288,119 +296,85 @@ def run_inra(args, cfg) -> None:
             )
         ]
         write_decode_record(
-            out,
+            job,
+            decode_record_path(args.runs, variant),
             problems=problems,
             dec=dec,
-            scale=args.scale,
             method="inra",
-            variant=f"inra-lam{lam_name(lam)}",
+            variant=variant,
             base_model=base_name,
-            seed=args.seed,
-            config={
-                **cfg["decode"],
-                "families": cfg.get("families"),
-                "decode": "greedy",
-                "paths": 2,
-                "lambda": lam,
-            },
+            config={**decode_config(job), "decode": "greedy", "paths": 2, "lambda": lam},
             test_path=args.test,
-            started_at=t["started_at"],
-            wall_s=t["wall_s"],
             ref_record=args.ref_record or None,
             extra=[metric("all", "identical_to_ref", sum(same) / len(same), n=len(same))],
+            wall_s=job.wall_s - t0,
         )
     paths.close()
-    atomic_write_json(
-        Path(args.out) / "meta.json",
-        {
-            "name": args.variant,
-            "method": "inra",
-            "paper": "realign",
-            "base_model": base_name,
-            "inputs": {
-                args.ref: fingerprint(args.ref),
-                args.train: sha256_file(args.train)[:16],
-            },
-            "seed": args.seed,
-            "config": cfg,
-            "adapter": {"position": 0, "zeroed": ["self_attn.o_proj", "mlp.down_proj"]},
-            "provenance": prov,
+    job.write_meta(
+        method="inra",
+        base_model=base_name,
+        inputs={
+            args.ref: fingerprint(args.ref),
+            args.train: sha256_file(args.train)[:16],
         },
+        config=cfg,
+        adapter={"position": 0, "zeroed": ["self_attn.o_proj", "mlp.down_proj"]},
+        provenance=prov,
     )
 
 
-def run_sft(args, cfg) -> None:
+def run_sft(job: Job) -> None:
     """The efficient aligned model: SFT of the reference on fast-style demonstrations."""
-    with provenance.timed() as t:
-        model, tok = load_model(args.ref, trainable=True, device=args.device)
-        model.requires_grad_(True)
-        pr, co = demos(args.train, cfg.get("families"), cfg["form"])
-        rows = train_demos(
-            model,
-            tok,
-            pr,
-            co,
-            SFTObjective(),
-            steps=cfg["steps"],
-            minibatch=cfg["minibatch"],
-            lr=cfg["lr"],
-            warmup_steps=cfg.get("warmup_steps", 0),
-            seed=args.seed,
-        )
-        save_artifact(model, tok, Path(args.out), rows)
-    prov = provenance.capture(t["started_at"], t["wall_s"])
+    args = job.args
+    cfg = train_config(job, "aligned_sft")
+    model, tok = _load(job, args.ref, trainable=True)
+    model.requires_grad_(True)
+    pr, co = demos(args.train, cfg["families"], cfg["form"])
+    rows = train_demos(
+        model,
+        tok,
+        pr,
+        co,
+        SFTObjective(),
+        steps=cfg["steps"],
+        minibatch=cfg["minibatch"],
+        lr=cfg["lr"],
+        warmup_steps=cfg["warmup_steps"],
+        seed=job.seed,
+    )
+    save_artifact(model, tok, job.out, rows)
+    prov = job.provenance()
     base_name = read_meta(args.ref).get("name", "ref")
     metrics = [metric("train", "final_loss", sum(r["loss"] for r in rows[-5:]) / len(rows[-5:]))]
-    _write_train_record(
-        args, cfg, rows, metrics, [_loss_series(rows, "SFT loss")], base_name, prov, "sft"
-    )
-    atomic_write_json(
-        Path(args.out) / "meta.json",
-        {
-            "name": args.variant,
-            "method": "sft",
-            "paper": "realign",
-            "base_model": base_name,
-            "inputs": {
-                args.ref: fingerprint(args.ref),
-                args.train: sha256_file(args.train)[:16],
-            },
-            "seed": args.seed,
-            "config": cfg,
-            "provenance": prov,
+    _train_record(job, cfg, metrics, [_loss_series(rows, "SFT loss")], base_name, "sft")
+    job.write_meta(
+        method="sft",
+        base_model=base_name,
+        inputs={
+            args.ref: fingerprint(args.ref),
+            args.train: sha256_file(args.train)[:16],
         },
+        config=cfg,
+        provenance=prov,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = job_parser(__doc__, papers=["realign"], out="the artifact folder this job writes")
     ap.add_argument("what", choices=["trra", "inra", "sft"])
-    for a in ("--ref", "--train", "--config", "--out", "--variant", "--record"):
-        ap.add_argument(a, required=True)
-    ap.add_argument("--test", default="")
-    ap.add_argument("--decode-out", default="", help="decode record(s); inra: one per lambda")
-    ap.add_argument("--aligned", default="")
-    ap.add_argument("--lam", default="1.0")
-    ap.add_argument("--lams", default="")
-    ap.add_argument("--direction", default="forward")
-    ap.add_argument("--mode", default="vocab")
-    ap.add_argument("--ref-record", default="")
-    ap.add_argument("--scale", default="tiny")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = json.loads(args.config)
-    with exit_on_user_error(ValueError, FileNotFoundError):
-        if args.what == "trra":
-            if not args.aligned:
-                raise ValueError("trra needs --aligned (the aligned model, or C for TrRa-iter)")
-            run_trra(args, cfg)
-        elif args.what == "inra":
-            run_inra(args, cfg)
-        else:
-            run_sft(args, cfg)
+    ap.add_argument("--ref", required=True, help="the reference model's artifact folder")
+    ap.add_argument("--train", required=True, help="arithmetic-world training problems (JSONL)")
+    ap.add_argument("--record", required=True, help="the train run record this job writes")
+    ap.add_argument("--test", default="", help="test problems (trra, inra: decoded after training)")
+    ap.add_argument("--decode-out", default="", help="trra: its realign_decode record")
+    ap.add_argument("--runs", default="", help="inra: folder of the <variant>/ decode records")
+    ap.add_argument("--aligned", default="", help="trra: the aligned model (TrRa-iter: C)")
+    ap.add_argument("--lam", default="1.0", help="trra: lambda of this run")
+    ap.add_argument("--direction", default="forward", choices=DIRECTIONS, help="trra: KL")
+    ap.add_argument("--mode", default="vocab", choices=MODES, help="trra: loss mode")
+    ap.add_argument("--ref-record", default="", help="the reference's decode record")
+    runs = {"trra": run_trra, "inra": run_inra, "sft": run_sft}
+    run_job(ap, lambda job: runs[job.args.what](job), argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Compare every metric of two stores (refactor safety): ``python tools/compare_stores.py A B``.
+
+Rows are matched by what a metric *is* (scale, paper, method, variant, suite, task, metric,
+seed), not by run id, so a change of config keys (run ids hash the config) still compares.
+Prints the metrics only one store has, and every value, stderr or n that differs (exactly: the
+same seed and scale must give the same numbers on CPU). ``--skip-suite`` leaves out wall-clock
+suites, whose timings differ from run to run. Exit status 1 when anything differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import duckdb
+
+KEY = ("scale", "paper", "method", "variant", "suite", "task", "metric", "seed")
+
+
+def metrics(db: str, skip: set[str]) -> dict[tuple, tuple]:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT r.scale, r.paper, r.method, r.variant, r.suite, m.task, m.metric, r.seed, "
+            "m.value, m.stderr, m.n FROM metrics m JOIN runs r USING (run_id)"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[tuple, tuple] = {}
+    for row in rows:
+        if row[4] in skip:
+            continue
+        out[row[:8]] = row[8:]
+    return out
+
+
+def compare(a: str, b: str, skip: set[str]) -> list[str]:
+    ma, mb = metrics(a, skip), metrics(b, skip)
+    lines = []
+    for key in sorted(set(ma) - set(mb), key=str):
+        lines.append(f"only in {a}: {'/'.join(map(str, key))} = {ma[key][0]!r}")
+    for key in sorted(set(mb) - set(ma), key=str):
+        lines.append(f"only in {b}: {'/'.join(map(str, key))} = {mb[key][0]!r}")
+    for key in sorted(set(ma) & set(mb), key=str):
+        if ma[key] != mb[key]:
+            lines.append(
+                f"differs: {'/'.join(map(str, key))}: (value, stderr, n) {ma[key]!r} -> {mb[key]!r}"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("before")
+    ap.add_argument("after")
+    ap.add_argument("--skip-suite", action="append", default=[], help="a wall-clock suite")
+    args = ap.parse_args(argv)
+    lines = compare(args.before, args.after, set(args.skip_suite))
+    n = len(metrics(args.before, set(args.skip_suite)))
+    for line in lines:
+        print(line)
+    print(f"{len(lines)} differences over {n} metrics of {args.before}")
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
