@@ -20,6 +20,7 @@ from claimbench.errors import ConfigError
 from claimbench.records import SCALES
 
 ROOT = Path(__file__).resolve().parent.parent
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 CONFIG_DIR = ROOT / "config"
 SCHEMA_DIR = CONFIG_DIR / "schema"
 
@@ -29,7 +30,8 @@ def read_yaml(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader where PyYAML was built with it: the same documents, ~10x faster
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -148,8 +150,16 @@ def resolve_papers(requested: Any, known: dict[str, Path], where: str) -> list[s
     return names
 
 
-def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read and validate one scale file; ``scale_file`` overrides the default location."""
+def load_scale(
+    scale: str,
+    scale_file: str | os.PathLike | None = None,
+    papers: list[str] | tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Read and validate one scale file; ``scale_file`` overrides the default location.
+
+    ``papers`` (a job's own paper) limits the per-paper validation to those sections: the
+    workflow validated every section before any job started, and a job reads only its own.
+    """
     if scale not in SCALES:
         raise ConfigError(f"config: scale: {scale!r} is not one of {list(SCALES)}")
     path = Path(scale_file) if scale_file else CONFIG_DIR / "scales" / f"{scale}.yaml"
@@ -162,6 +172,8 @@ def load_scale(scale: str, scale_file: str | os.PathLike | None = None) -> dict[
             f"{where}: scale: {data['scale']!r} does not match the requested scale {scale!r}"
         )
     for paper, section in (data.get("papers") or {}).items():
+        if papers is not None and paper not in papers:
+            continue
         paper_schema = SCHEMA_DIR / "papers" / f"{paper}.schema.yaml"
         if paper_schema.is_file():
             validate_with_defaults(section, read_yaml(paper_schema), f"{where}: papers.{paper}")

@@ -282,7 +282,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
     """Resolve the parsed options into a :class:`Job` (loads and validates the scale file)."""
     from claimbench.config import SCHEMA_DIR, load_scale, read_yaml, validate_with_defaults
 
-    scale_cfg = load_scale(args.scale, args.scale_file)
+    scale_cfg = load_scale(args.scale, args.scale_file, papers=[args.paper])
     section: dict[str, Any] = {}
     if args.paper not in NO_SECTION:
         papers = scale_cfg.get("papers") or {}

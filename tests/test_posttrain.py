@@ -259,6 +259,22 @@ def test_sft_job_trains_and_evaluates_in_bfloat16(tmp_path):
     again = greedy_accuracy(model, tok, load_problems(va), sft["max_new_tokens"])
     assert again["accuracy"] == acc["greedy_exact_match"]["value"]
     assert again["format_failures"] == acc["format_failures"]["value"]
+    # and the evaluation suite (lm-eval's hf model) scores it in bf16 too, as the eval rule would
+    from benchmarks.lm_eval_suite import main as lm_eval_main
+
+    (tmp_path / "data" / "arith").mkdir(parents=True)
+    write_problems(tmp_path / "data" / "arith" / "test_id.jsonl", problems(8, seed=2))
+    sf = scale_file(tmp_path / "tiny.yaml", "gopd", {"student_sft": sft})
+    lm_eval_main(
+        [*["--scale", "tiny", "--scale-file", str(sf), "--paper", "gopd", "--variant", "student"]]
+        + ["--dtype", "bfloat16", "--device", "cpu", "--out", str(tmp_path / "lm_eval.json")]
+        + ["--artifact", str(out), "--data-dir", str(tmp_path / "data"), "--tasks", "arith_id"]
+        + ["--max-gen-toks", "4", "--batch-size", "4"]
+    )
+    ev = load_run_record(tmp_path / "lm_eval.json")
+    assert ev["provenance"]["dtype"] == "bfloat16" and ev["config"]["dtype"] == "bfloat16"
+    (em,) = [m for m in ev["metrics"] if m["metric"] == "exact_match"]
+    assert em["n"] == 8 and 0.0 <= em["value"] <= 1.0
 
 
 def test_settings_errors_name_the_key(tmp_path, capsys):
