@@ -186,7 +186,12 @@ class Job:
         import sys
 
         random.seed(self.seed)
-        if "torch" in sys.modules:  # a job that never imports torch does not pay for it
+        # Threads: torch reads OMP_NUM_THREADS when it is first imported, so a module that
+        # imports torch lazily still runs on the job's threads (and does not oversubscribe the
+        # cores Snakemake gave the other jobs); a job that never imports torch does not pay.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(self.threads)
+        if "torch" in sys.modules:
             torch = sys.modules["torch"]
             torch.set_num_threads(self.threads)
             torch.manual_seed(self.seed)

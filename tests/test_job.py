@@ -407,3 +407,24 @@ def test_adding_a_paper_from_the_readme(tmp_path):
     assert "The Monte-Carlo estimate of pi exceeds 3." in page and "held" in page
     out = run(*cli, "claims", "--db", "results/x.duckdb", "--paper", "example").stdout
     assert "pi_above_3" in out and "held" in out
+
+
+def test_a_job_that_imports_torch_late_still_runs_on_its_threads(tmp_path):
+    """torch imported after the job's setup (lazily, inside the method) uses the job's threads."""
+    code = (
+        "import sys\n"
+        "from claimbench.job import job_parser, run_job\n"
+        "assert 'torch' not in sys.modules\n"
+        "def run(job):\n"
+        "    import torch\n"
+        "    print(torch.get_num_threads())\n"
+        "run_job(job_parser('t'), run, ['--scale', 'tiny', '--paper', 'pig', '--variant', 'v',"
+        " '--out', 'o', '--threads', '1'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"
