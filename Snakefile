@@ -24,7 +24,6 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/base.smk"
-include: "rules/eval.smk"
 
 
 for _paper_rules in PAPER_RULE_FILES:
@@ -32,6 +31,8 @@ for _paper_rules in PAPER_RULE_FILES:
     include: _paper_rules
 
 
+# After the papers: it adds the perplexity records to theirs (RUN_RECORDS).
+include: "rules/eval.smk"
 include: "rules/report.smk"
 
 

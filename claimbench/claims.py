@@ -3,10 +3,11 @@
 A claims file (``methods/<pkg>/claims.yaml``, schema ``config/schema/claims.schema.yaml``)
 lists a paper's headline numbers and, for each, a checkable statement. Checks:
 
-* ``compare``: ``lhs op rhs (+ margin)`` between two stored metrics;
+* ``compare``: ``lhs op rhs`` between two stored metrics (directional ``>``/``<``, or
+  non-inferiority ``>=``/``<=`` with a margin);
 * ``threshold``: ``ref op value`` against a constant (e.g. chance level);
-* ``within``: ``|ref - value| <= tol_abs + tol_rel * |value|`` (a paper number at paper scale);
-* ``all``: every sub-check held;
+* ``within``: ``ref`` inside ``value ± (tol_abs + tol_rel * |value|)`` (a paper number);
+* ``all``: held when every sub-check held, failed when one failed;
 * ``seeds``: a ``compare`` repeated over several training seeds (refs pick a run by ``seed``):
   held when the mean over seeds of ``lhs - rhs`` holds (standard error: the spread of the
   per-seed differences, paired by seed, in quadrature with the evaluation sample's stderr, which
@@ -17,17 +18,25 @@ lists a paper's headline numbers and, for each, a checkable statement. Checks:
   ``{sfx}`` in a reference's variant names each seed's run (``psft{sfx}`` = ``psft``, ``psft-s1``,
   ``psft-s2``); ``shared: true`` marks a reference that is one run for every seed.
 
-Verdicts are confidence-aware: where the suite gives a standard error, ``held`` needs the
-inequality to hold by at least ``z`` standard errors (``z`` from the scale's ``claims.z``,
-default 1.96); a direction that holds only inside the noise is ``failed`` with the detail
-"not significant". Two runs of the same task on the same documents (same task hash) are
-compared paired, per document, when per-sample scores are stored; otherwise the two
-standard errors are combined as independent. ``missing`` means a referenced metric is not in the store at
+Verdicts (README "Verdicts"): ``held``, ``failed``, ``inconclusive``, ``missing`` and
+``not attempted``. With a standard error and ``z`` from the scale's ``claims.z`` (default 1.96),
+``gap`` the difference in the claimed direction: held when gap > z·se, failed when gap < -z·se,
+inconclusive in between (the run cannot decide). A non-inferiority compare (``noninferiority:
+true``, ``margin`` or ``margin_rel``; ops ``>=``/``<=``) tests gap + margin instead. ``within``
+holds when the z-interval lies inside [paper - tol, paper + tol], fails when it lies entirely
+outside. Without a stderr: the plain comparison. Every check stores its minimum detectable
+effect (z + 0.8416)·se, its n and, given the paper's ``effect``, the n that 80% power needs.
+
+Two runs of the same task with the same task hash are compared paired, per document; binary
+per-document scores in a directional compare use McNemar's exact test on the discordant pairs,
+other scores the paired-difference z. When the hashes match but pairing is impossible the
+detail says why ("unpaired: ..."). ``missing`` means a referenced metric is not in the store at
 that scale. Every verdict records the numbers it compared and how.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from pathlib import Path
@@ -36,32 +45,78 @@ from typing import Any
 import yaml
 
 from claimbench.errors import ConfigError
-from claimbench.stats import LN2, paired_diff
+from claimbench.stats import (
+    LN2,
+    mcnemar_exact,
+    mde,
+    n_needed,
+    normal_two_sided_alpha,
+    paired_diff,
+)
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "claims.schema.yaml"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_claims_file(path: str | Path) -> tuple[dict, list[dict]]:
-    from claimbench.config import read_yaml, validate
+@functools.cache
+def _schema() -> dict:
+    return yaml.load(SCHEMA_PATH.read_text(encoding="utf-8"), Loader=_LOADER)
 
+
+def _claim_label(data: Any, index: int) -> str:
+    """``claim 'id' (claims.<i>)``: how an error names the claim it is in."""
+    entry = data["claims"][index]
+    cid = entry.get("id") if isinstance(entry, dict) else None
+    return f"claim {cid!r} (claims.{index})" if isinstance(cid, str) else f"claims.{index}"
+
+
+def load_claims_file(path: str | Path, name: str | None = None) -> tuple[dict, list[dict]]:
+    """Read and validate one claims file; every error is one line that names the file (as
+    ``name``, default ``path``) and, when it lies inside a claim, the claim's id:
+    ``<file>: claim '<id>' (claims.<i>): <key>: <why>``.
+    """
+    from claimbench.config import check_values, first_error, read_yaml
+
+    where = name or str(path)
     data = read_yaml(path)
-    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
-    validate(data, schema, str(path))
-    ids = [c["id"] for c in data["claims"]]
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: <top level>: a {type(data).__name__}: a claims file is a mapping "
+            "(paper, title, claims)"
+        )
+    claims = data.get("claims")
+    check_values({k: v for k, v in data.items() if k != "claims"}, where)
+    if isinstance(claims, list):
+        for i, entry in enumerate(claims):
+            check_values(entry, f"{where}: {_claim_label(data, i)}")
+    err = first_error(data, _schema())
+    if err is not None:
+        keys = list(err.absolute_path)
+        key = ".".join(str(k) for k in keys) or "<top level>"
+        if len(keys) >= 2 and keys[0] == "claims" and isinstance(keys[1], int):
+            where, key = f"{where}: {_claim_label(data, keys[1])}", ".".join(map(str, keys[2:]))
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{err.message}")
+    ids = [c["id"] for c in claims]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
-        raise ConfigError(f"{path}: claims: duplicate id(s) {sorted(dup)}")
+        raise ConfigError(f"{where}: claims: duplicate id(s) {sorted(dup)}")
     paper = {k: data.get(k) for k in ("paper", "title", "url", "summary")}
     paper["package"] = Path(path).parent.name
-    claims = [dict(c, paper=data["paper"]) for c in data["claims"]]
-    return paper, claims
+    return paper, [dict(c, paper=data["paper"], file=where) for c in claims]
 
 
 def load_claim_files(methods_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    papers, claims = [], []
+    """Every ``<methods_dir>/*/claims.yaml``; two files naming one paper is an error."""
+    papers, claims, seen = [], [], {}
     for path in sorted(Path(methods_dir).glob("*/claims.yaml")):
         p, c = load_claims_file(path)
+        if p["paper"] in seen:
+            raise ConfigError(
+                f"{path}: paper: {p['paper']!r}: already claimed by {seen[p['paper']]} "
+                "(one claims file per paper)"
+            )
+        seen[p["paper"]] = path
         papers.append(p)
         claims.extend(c)
     return papers, claims
@@ -100,22 +155,26 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
-def _verdict(diff: float, se: float | None, op: str, z: float) -> tuple[bool, str]:
-    """Does ``diff = a - b`` support ``a op b``, given its standard error?
+def _decide(gap: float, se: float | None, z: float, margin: float = 0.0, strict=True) -> str:
+    """Three-way verdict on ``gap`` (the difference in the claimed direction) plus a
+    non-inferiority ``margin``: held when gap + margin > z·se, failed when it is < -z·se,
+    inconclusive in between. Without a (non-zero) stderr: the plain comparison."""
+    t = gap + margin
+    if not se:
+        return "held" if (t > 0 if strict else t >= 0) else "failed"
+    if t > z * se:
+        return "held"
+    if t < -z * se:
+        return "failed"
+    return "inconclusive"
 
-    Strict ops need the difference in the claimed direction to exceed ``z`` standard errors
-    (``>``: diff > z·se). Non-strict ops hold unless the data show the opposite beyond the
-    noise (``>=``: diff >= -z·se). Without a stderr this is the plain comparison.
-    """
-    gap = diff if op in (">", ">=") else -diff  # positive = in the claimed direction
-    s = se or 0.0
-    held = gap > z * s if op in (">", "<") else gap >= -z * s
+
+def _how(diff: float, se: float | None, z: float) -> str:
     if se is None:
-        return held, f"diff {diff:+.4g} (no stderr: plain comparison)"
-    text = f"diff {diff:+.4g} ± {se:.3g} (z={z:g}, z·se = {z * s:.3g})"
-    if OPS[op](diff, 0.0) and not held:
-        text += ": right direction, not significant"
-    return held, text
+        return f"diff {diff:+.4g} (no stderr: plain comparison)"
+    if se == 0:
+        return f"diff {diff:+.4g} (stderr 0: plain comparison)"
+    return f"diff {diff:+.4g} ± {se:.3g} (z={z:g}, z·se = {z * se:.3g})"
 
 
 def _combined_se(*ses: float | None) -> float | None:
@@ -133,33 +192,59 @@ def _aggregates_to(scores: dict, row: dict) -> bool:
     return math.isclose(agg, row["value"], rel_tol=1e-6, abs_tol=1e-9)
 
 
-def _paired(lhs: dict, rhs: dict, margin: float, scores) -> tuple[float, float, str] | None:
-    """Paired difference lhs - rhs over the same documents, when per-document scores exist.
+def _paired(lhs: dict, rhs: dict, scores, legacy_margin: float) -> dict:
+    """Pair ``lhs - rhs`` per document when both sides share a task hash.
 
-    Two runs of one task with the same task hash scored the same documents, so their
-    difference has a much smaller standard error than two independent estimates.
+    Returns ``{"paired": False}`` when the two sides are not the same documents (different
+    task hash, or none), ``{"paired": False, "why": ...}`` when they are but pairing is
+    impossible (said in the detail: never a silent fallback), else the paired difference
+    ``{"paired": True, "diff", "se", "n", "log", "binary": (b, c) | None}``.
     """
-    if scores is None or (lhs["task"], lhs["metric"]) != (rhs["task"], rhs["metric"]):
-        return None
     if not lhs.get("task_hash") or lhs.get("task_hash") != rhs.get("task_hash"):
-        return None
+        return {"paired": False}
+    if (lhs["task"], lhs["metric"]) != (rhs["task"], rhs["metric"]):
+        return {"paired": False, "why": "same task hash but different task or metric"}
+    if scores is None:
+        return {"paired": False, "why": "no per-document scores available"}
     a = scores(lhs["run_id"], lhs["task"], lhs["metric"])
     b = scores(rhs["run_id"], rhs["task"], rhs["metric"])
-    # Pair only when the per-document scores reproduce the stored aggregates exactly.
-    if not (a and b and _aggregates_to(a, lhs) and _aggregates_to(b, rhs)):
-        return None
+    for side, row in ((a, lhs), (b, rhs)):
+        if not side:
+            return {
+                "paired": False,
+                "why": f"no per-document {row['metric']} scores under task {row['task']!r} "
+                f"in run {row['run_id']}",
+            }
+        # Pair only when the per-document scores reproduce the stored aggregates exactly.
+        if not _aggregates_to(side, row):
+            return {
+                "paired": False,
+                "why": f"per-document scores of run {row['run_id']} do not reproduce its "
+                f"stored {row['metric']}",
+            }
+    if set(a) != set(b):  # one task hash, yet not the same documents scored on each side
+        return {
+            "paired": False,
+            "why": f"different documents ({len(a)} vs {len(b)}, {len(set(a) & set(b))} shared)",
+        }
+    name = lhs["metric"]
+    log = name.endswith("perplexity")
+    if log and legacy_margin:
+        return {"paired": False, "why": "a margin in perplexity units does not carry to log"}
     res = paired_diff(a, b)
     if res is None:
-        return None
+        return {"paired": False, "why": "fewer than 2 shared documents"}
     diff, se, n = res
-    name = lhs["metric"]
     if name == "bits_per_byte":
         diff, se = diff / LN2, se / LN2
-    elif name.endswith("perplexity"):
-        if margin:
-            return None  # a margin in perplexity units does not carry to the log scale
-        return diff, se, f"paired over {n} docs, on log {name}"
-    return diff - margin, se, f"paired over {n} docs"
+    binary = None
+    docs = set(a) & set(b)
+    if all(a[k][1] is None and a[k][0] in (0, 1) and b[k][0] in (0, 1) for k in docs):
+        binary = (
+            sum(a[k][0] == 1 and b[k][0] == 0 for k in docs),
+            sum(a[k][0] == 0 and b[k][0] == 1 for k in docs),
+        )
+    return {"paired": True, "diff": diff, "se": se, "n": n, "log": log, "binary": binary}
 
 
 def _margin_text(margin: float) -> str:
@@ -169,71 +254,237 @@ def _margin_text(margin: float) -> str:
     return f" {'+' if margin > 0 else '-'} {abs(margin):g}"
 
 
-def _compare(spec: dict, paper: str, scale: str, lookup, scores):
-    """(lhs, rhs, diff, its stderr, a note) of ``lhs - (rhs + margin)``: paired over the same
-    documents when per-document scores allow, else from the two stored stderrs."""
+def _ni_margin(spec: dict, rhs_value: float) -> float:
+    """A non-inferiority check's margin m > 0 in the metric's units (``margin``, or
+    ``margin_rel`` times |rhs|); 0 for a directional check."""
+    if not spec.get("noninferiority"):
+        return 0.0
+    if "margin" in spec:
+        return float(spec["margin"])
+    return abs(rhs_value) * float(spec.get("margin_rel", 0.0))
+
+
+def _compare(spec: dict, paper: str, scale: str, lookup, scores, z: float) -> dict:
+    """One ``compare``: its verdict and numbers (see :func:`run_check`)."""
     lhs = _find(spec["lhs"], paper, scale, lookup)
     rhs = _find(spec["rhs"], paper, scale, lookup)
-    margin = spec.get("margin", 0.0)
-    paired = _paired(lhs, rhs, margin, scores)
-    if paired:
-        return lhs, rhs, paired[0], paired[1], f" [{paired[2]}]"
-    diff = lhs["value"] - (rhs["value"] + margin)
-    return lhs, rhs, diff, _combined_se(lhs["stderr"], rhs["stderr"]), ""
+    op = spec["op"]
+    sign = 1.0 if op in (">", ">=") else -1.0
+    ni = bool(spec.get("noninferiority"))
+    legacy = 0.0 if ni else float(spec.get("margin", 0.0))  # lhs op rhs + margin
+    m = _ni_margin(spec, rhs["value"])
+    strict = ni or op in (">", "<")
+    pair = _paired(lhs, rhs, scores, legacy)
+    note = ""
+    if pair["paired"]:
+        n = pair["n"]
+        if pair["log"]:
+            # on log perplexity (nats per unit): diff and se as given; the margin and the
+            # power are carried to the metric's units through rhs (d ppl ≈ ppl · d log ppl)
+            diff, se = pair["diff"], pair["se"]
+            unit = abs(rhs["value"]) or 1.0
+            if m:
+                r = m / unit
+                m_eff = math.log1p(r) if sign < 0 else -math.log1p(-min(r, 0.999999))
+            else:
+                m_eff = 0.0
+            se_units = se * unit
+            test = f"paired z over {n} docs, on log {lhs['metric']}"
+        else:
+            diff, se, m_eff, se_units = pair["diff"] - legacy, pair["se"], m, pair["se"]
+            test = f"paired z over {n} docs"
+        status = _decide(sign * diff, se, z, m_eff, strict)
+        if pair["binary"] is not None and not m and not legacy and se:
+            b, c = pair["binary"]
+            p = mcnemar_exact(b, c)
+            wins, losses = (b, c) if sign > 0 else (c, b)
+            significant = p < normal_two_sided_alpha(z)
+            status = (
+                "inconclusive"
+                if not significant or wins == losses
+                else ("held" if wins > losses else "failed")
+            )
+            test = f"McNemar exact over {n} docs"
+            note = f"; discordant {b} vs {c}, two-sided p = {p:.3g}"
+    else:
+        n = min((x for x in (lhs.get("n"), rhs.get("n")) if x is not None), default=None)
+        diff = lhs["value"] - (rhs["value"] + legacy)
+        se = _combined_se(lhs["stderr"], rhs["stderr"])
+        se_units, m_eff = se, m
+        status = _decide(sign * diff, se, z, m, strict)
+        test = "unpaired z" if se else "plain comparison"
+        if pair.get("why"):
+            note = f"; unpaired: {pair['why']}"
+    how = _how(diff, se, z)
+    if ni:
+        how += f"; non-inferiority, margin {m:.4g}" + (
+            f" (log scale {m_eff:.4g})" if m_eff != m else ""
+        )
+    return {
+        "lhs": lhs,
+        "rhs": rhs,
+        "status": status,
+        "estimate": lhs["value"] - rhs["value"] - legacy,
+        "diff": diff,
+        "se": se_units,
+        "n": n,
+        "test": test,
+        "how": how + f" [{test}]" + note,
+        "margin": m if ni else None,
+    }
+
+
+def _power(res: dict, z: float, effect: float | None) -> dict:
+    se = res.get("se") or None
+    return {"mde": mde(se, z), "n_needed": n_needed(res.get("n"), se, z, effect)}
+
+
+def _result(status, observed, detail, **kw) -> dict:
+    out = {
+        "status": status,
+        "observed": observed,
+        "detail": detail,
+        "test": None,
+        "estimate": None,
+        "stderr": None,
+        "n": None,
+        "mde": None,
+        "n_needed": None,
+        "noninferiority_margin": None,
+    }
+    out.update(kw)
+    return out
+
+
+def evaluate(
+    check: dict, paper: str, scale: str, lookup: list[dict], z: float, scores=None
+) -> dict:
+    """Verdict of one check: ``{status, observed, detail, test, estimate, stderr, n, mde,
+    n_needed, noninferiority_margin}``; raises :class:`Missing` when data is absent.
+
+    ``status`` is held / failed / inconclusive; ``estimate ± stderr`` is the compared quantity
+    (the difference for a compare, the value for threshold/within, the mean over seeds);
+    ``mde`` = (z + 0.8416)·stderr, and ``n_needed`` the n that 80% power needs for the check's
+    ``effect`` (documents, or seeds for a seeds check).
+    """
+    kind, spec = next(iter(check.items()))
+    if kind == "compare":
+        r = _compare(spec, paper, scale, lookup, scores, z)
+        margin = 0.0 if spec.get("noninferiority") else spec.get("margin", 0.0)
+        observed = {
+            _ref_name(spec["lhs"], paper): [r["lhs"]["value"], r["lhs"]["stderr"]],
+            _ref_name(spec["rhs"], paper): [r["rhs"]["value"], r["rhs"]["stderr"]],
+        }
+        detail = (
+            f"{_ref_name(spec['lhs'], paper)} = {_fmt(r['lhs']['value'])} {spec['op']} "
+            f"{_ref_name(spec['rhs'], paper)} = {_fmt(r['rhs']['value'])}"
+            + _margin_text(margin)
+            + f"; {r['how']}"
+            + (f" (diff = lhs - rhs{_margin_text(-margin)})" if margin else "")
+        )
+        return _result(
+            r["status"],
+            observed,
+            detail,
+            test=r["test"],
+            estimate=r["estimate"],
+            stderr=r["se"],
+            n=r["n"],
+            noninferiority_margin=r["margin"],
+            **_power(r, z, spec.get("effect")),
+        )
+    if kind == "threshold":
+        ref = _find(spec["ref"], paper, scale, lookup)
+        sign = 1.0 if spec["op"] in (">", ">=") else -1.0
+        diff, se = ref["value"] - spec["value"], ref["stderr"]
+        status = _decide(sign * diff, se, z, 0.0, spec["op"] in (">", "<"))
+        observed = {_ref_name(spec["ref"], paper): [ref["value"], ref["stderr"]]}
+        detail = (
+            f"{_ref_name(spec['ref'], paper)} = {_fmt(ref['value'])} {spec['op']} "
+            f"{spec['value']:g}; {_how(diff, se, z)}"
+        )
+        r = {"se": se, "n": ref.get("n")}
+        return _result(
+            status,
+            observed,
+            detail,
+            test="z against a constant" if se else "plain comparison",
+            estimate=ref["value"],
+            stderr=se,
+            n=ref.get("n"),
+            **_power(r, z, spec.get("effect")),
+        )
+    if kind == "within":
+        ref = _find(spec["ref"], paper, scale, lookup)
+        t = spec["value"]
+        tol = spec.get("tol_abs", 0.0) + spec.get("tol_rel", 0.0) * abs(t)
+        v, se = ref["value"], ref["stderr"] or 0.0
+        lo, hi = v - z * se, v + z * se
+        if lo >= t - tol and hi <= t + tol:
+            status = "held"
+        elif hi < t - tol or lo > t + tol:
+            status = "failed"
+        else:
+            status = "inconclusive"
+        observed = {_ref_name(spec["ref"], paper): [ref["value"], ref["stderr"]]}
+        span = f"[{lo:.4g}, {hi:.4g}]" if se else f"{v:.4g} (no stderr: plain comparison)"
+        detail = (
+            f"{_ref_name(spec['ref'], paper)} = {_fmt(v)} vs paper {t:g} ± tol {tol:.4g} "
+            f"= [{t - tol:.4g}, {t + tol:.4g}]; ours {span}"
+            + (f" (z={z:g}·se {se:.3g})" if se else "")
+        )
+        r = {"se": ref["stderr"], "n": ref.get("n")}
+        return _result(
+            status,
+            observed,
+            detail,
+            test="z-interval inside the tolerance" if se else "plain comparison",
+            estimate=v,
+            stderr=ref["stderr"],
+            n=ref.get("n"),
+            **_power(r, z, spec.get("effect")),
+        )
+    if kind == "seeds":
+        return _check_seeds(spec, paper, scale, lookup, z, scores)
+    if kind == "all":
+        observed, details, subs = {}, [], []
+        for sub in spec:
+            try:
+                r = evaluate(sub, paper, scale, lookup, z, scores)
+            except Missing as m:
+                r = _result("missing", {}, f"no stored metric {m} at scale {scale}")
+            observed |= r["observed"]
+            details.append(f"{r['status']}: {r['detail']}")
+            subs.append(r)
+        states = [r["status"] for r in subs]
+        if "failed" in states:
+            status = "failed"
+        elif "missing" in states:
+            status = "missing"
+        elif all(s == "held" for s in states):
+            status = "held"
+        else:
+            status = "inconclusive"
+        # power of the least powered part (largest MDE)
+        weakest = max(subs, key=lambda r: -1.0 if r["mde"] is None else r["mde"])
+        return _result(
+            status,
+            observed,
+            " | ".join(details),
+            test=f"all of {len(subs)}",
+            n=weakest["n"],
+            mde=weakest["mde"],
+            n_needed=max((r["n_needed"] for r in subs if r["n_needed"]), default=None),
+        )
+    raise ConfigError(f"unknown check kind {kind!r}")
 
 
 def run_check(
     check: dict, paper: str, scale: str, lookup: list[dict], z: float, scores=None
-) -> tuple[bool, dict, str]:
-    """(held, observed values, detail); raises Missing when data is absent."""
-    kind, spec = next(iter(check.items()))
-    if kind == "compare":
-        lhs, rhs, diff, se, tag = _compare(spec, paper, scale, lookup, scores)
-        held, how = _verdict(diff, se, spec["op"], z)
-        how += tag
-        margin = spec.get("margin", 0.0)
-        observed = {
-            _ref_name(spec["lhs"], paper): [lhs["value"], lhs["stderr"]],
-            _ref_name(spec["rhs"], paper): [rhs["value"], rhs["stderr"]],
-        }
-        detail = (
-            f"{_ref_name(spec['lhs'], paper)} = {_fmt(lhs['value'])} {spec['op']} "
-            f"{_ref_name(spec['rhs'], paper)} = {_fmt(rhs['value'])}"
-            + _margin_text(margin)
-            + f"; {how}"
-            + (f" (diff = lhs - rhs{_margin_text(-margin)})" if margin else "")
-        )
-        return held, observed, detail
-    if kind == "threshold":
-        ref = _find(spec["ref"], paper, scale, lookup)
-        held, how = _verdict(ref["value"] - spec["value"], ref["stderr"], spec["op"], z)
-        observed = {_ref_name(spec["ref"], paper): [ref["value"], ref["stderr"]]}
-        detail = f"{_ref_name(spec['ref'], paper)} = {_fmt(ref['value'])} {spec['op']} {spec['value']:g}; {how}"
-        return held, observed, detail
-    if kind == "within":
-        ref = _find(spec["ref"], paper, scale, lookup)
-        tol = spec.get("tol_abs", 0.0) + spec.get("tol_rel", 0.0) * abs(spec["value"])
-        gap = abs(ref["value"] - spec["value"])
-        se = ref["stderr"] or 0.0
-        held = gap <= tol + z * se
-        observed = {_ref_name(spec["ref"], paper): [ref["value"], ref["stderr"]]}
-        detail = (
-            f"{_ref_name(spec['ref'], paper)} = {_fmt(ref['value'])} vs paper {spec['value']:g}: "
-            f"|gap| {gap:.4g} {'<=' if held else '>'} tol {tol:.4g}"
-            + (f" + {z:g}·se {se:.3g}" if se else "")
-        )
-        return held, observed, detail
-    if kind == "seeds":
-        return _check_seeds(spec, paper, scale, lookup, z, scores)
-    if kind == "all":
-        observed, details, held = {}, [], True
-        for sub in spec:
-            h, o, d = run_check(sub, paper, scale, lookup, z, scores)
-            held &= h
-            observed |= o
-            details.append(("held: " if h else "failed: ") + d)
-        return held, observed, " | ".join(details)
-    raise ConfigError(f"unknown check kind {kind!r}")
+) -> tuple[str, dict, str]:
+    """(status, observed values, detail); raises Missing when data is absent."""
+    r = evaluate(check, paper, scale, lookup, z, scores)
+    return r["status"], r["observed"], r["detail"]
 
 
 def _seed_ref(ref: dict, seed: int, sfx: str) -> dict:
@@ -252,9 +503,9 @@ def _seed_ref(ref: dict, seed: int, sfx: str) -> dict:
     return dict(ref, seed=seed)
 
 
-def _check_seeds_threshold(spec: dict, paper: str, scale: str, lookup):
-    """``threshold`` on the mean over seeds (the plain mean, as "assert on means over 3 seeds"
-    asks), and at least ``min_held`` (default 0) seeds over the threshold on their own."""
+def _check_seeds_threshold(spec: dict, paper: str, scale: str, lookup, z: float) -> dict:
+    """``threshold`` on the mean over seeds (se = sd/√k), three-way, and at least
+    ``min_held`` (default 0) seeds over the threshold on their own."""
     th, seeds, need = spec["threshold"], spec["seeds"], spec.get("min_held", 0)
     vals, observed = [], {}
     for seed in seeds:
@@ -266,37 +517,54 @@ def _check_seeds_threshold(spec: dict, paper: str, scale: str, lookup):
     mean = sum(vals) / n
     se = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else None
     wins = sum(OPS[th["op"]](v, th["value"]) for v in vals)
-    held = OPS[th["op"]](mean, th["value"]) and wins >= need
+    sign = 1.0 if th["op"] in (">", ">=") else -1.0
+    mean_status = _decide(sign * (mean - th["value"]), se, z, 0.0, th["op"] in (">", "<"))
+    if mean_status == "failed" or wins < need:
+        status = "failed"
+    else:
+        status = mean_status
     detail = (
         f"mean of {_ref_name(th['ref'], paper)} over seeds {list(seeds)} = {_fmt(mean)}"
         + (f" (se {se:.3g})" if se is not None else "")
-        + f" {th['op']} {th['value']:g}; per seed "
+        + f" {th['op']} {th['value']:g}: {mean_status}; per seed "
         + ", ".join(f"{s}: {_fmt(v)}" for s, v in zip(seeds, vals, strict=True))
         + f"; {wins}/{n} seeds over the threshold"
         + (f" (need {need})" if need else "")
     )
-    return held, observed, detail
+    return _result(
+        status,
+        observed,
+        detail,
+        test=f"mean over {n} seeds, se = sd/√{n}",
+        estimate=mean,
+        stderr=se,
+        n=n,
+        **_power({"se": se, "n": n}, z, th.get("effect")),
+    )
 
 
-def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
+def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores) -> dict:
     """``compare`` per seed, then on the mean over seeds (paired by seed) and a count of wins;
     or a ``threshold`` on the mean over seeds."""
     if "threshold" in spec:
-        return _check_seeds_threshold(spec, paper, scale, lookup)
+        return _check_seeds_threshold(spec, paper, scale, lookup, z)
     cmp, seeds, need = spec["compare"], spec["seeds"], spec.get("min_held", len(spec["seeds"]))
-    margin = cmp.get("margin", 0.0)
-    diffs, ses, wins, observed, per_seed = [], [], 0, {}, []
+    ni = bool(cmp.get("noninferiority"))
+    legacy = 0.0 if ni else cmp.get("margin", 0.0)
+    sign = 1.0 if cmp["op"] in (">", ">=") else -1.0
+    diffs, ses, rhs_vals, observed, per_seed, states = [], [], [], {}, [], []
     for seed in seeds:
         sfx = "" if seed == seeds[0] else f"-s{seed}"
         sub = dict(cmp, lhs=_seed_ref(cmp["lhs"], seed, sfx), rhs=_seed_ref(cmp["rhs"], seed, sfx))
-        lhs, rhs, diff, d_se, tag = _compare(sub, paper, scale, lookup, scores)
-        held, _ = _verdict(diff, d_se, cmp["op"], z)
-        diffs.append(lhs["value"] - rhs["value"] - margin)
-        ses.append(d_se)
-        wins += held
-        observed[_ref_name(sub["lhs"], paper)] = [lhs["value"], lhs["stderr"]]
-        observed[_ref_name(sub["rhs"], paper)] = [rhs["value"], rhs["stderr"]]
-        per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {'held' if held else 'failed'}{tag}")
+        r = _compare(sub, paper, scale, lookup, scores, z)
+        diffs.append(r["estimate"])
+        ses.append(r["se"])
+        rhs_vals.append(r["rhs"]["value"])
+        states.append(r["status"])
+        observed[_ref_name(sub["lhs"], paper)] = [r["lhs"]["value"], r["lhs"]["stderr"]]
+        observed[_ref_name(sub["rhs"], paper)] = [r["rhs"]["value"], r["rhs"]["stderr"]]
+        tag = f" [{r['test']}]" if r["test"] not in ("unpaired z", "plain comparison") else ""
+        per_seed.append(f"seed {seed}: {diffs[-1]:+.4g} {r['status']}{tag}")
     n = len(diffs)
     mean = sum(diffs) / n
     # Two sources of noise: the spread over seeds (training), and the evaluation sample, which
@@ -305,45 +573,78 @@ def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores):
     se_seed = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
     se_eval = sum(ses) / n if all(x is not None for x in ses) else None
     se = _combined_se(se_seed, se_eval)
-    mean_held, how = _verdict(mean, se, cmp["op"], z)
-    held = mean_held and wins >= need
+    m = _ni_margin(cmp, sum(rhs_vals) / n)
+    strict = ni or cmp["op"] in (">", "<")
+    mean_status = _decide(sign * mean, se, z, m, strict)
+    wins, losses = states.count("held"), states.count("failed")
+    if mean_status == "failed" or n - losses < need:
+        status = "failed"
+    elif mean_status == "held" and wins >= need:
+        status = "held"
+    else:
+        status = "inconclusive"
+    how = _how(mean, se, z) + (f"; non-inferiority, margin {m:.4g}" if ni else "")
     detail = (
         f"{_ref_name(cmp['lhs'], paper)} {cmp['op']} {_ref_name(cmp['rhs'], paper)}"
-        + _margin_text(margin)
-        + f" over seeds {list(seeds)}: mean {how} ({'held' if mean_held else 'failed'})"
-        + (f" (diff = lhs - rhs{_margin_text(-margin)})" if margin else "")
+        + _margin_text(legacy)
+        + f" over seeds {list(seeds)}: mean {how} ({mean_status})"
+        + (f" (diff = lhs - rhs{_margin_text(-legacy)})" if legacy else "")
         + "; "
-        f"per-seed comparison held in {wins}/{n} (need {need}): " + ", ".join(per_seed)
+        f"per-seed comparison held in {wins}/{n}, failed in {losses} (need {need} held): "
+        + ", ".join(per_seed)
     )
-    return held, observed, detail
+    return _result(
+        status,
+        observed,
+        detail,
+        test=f"mean over {n} seeds (paired by seed)",
+        estimate=mean,
+        stderr=se,
+        n=n,
+        noninferiority_margin=m if ni else None,
+        **_power({"se": se, "n": n}, z, cmp.get("effect")),
+    )
+
+
+def claim_kind(claim: dict) -> str:
+    """``paper`` (a statement the paper makes; the default) or ``pipeline`` (a property of this
+    implementation, never counted in a paper's totals)."""
+    return claim.get("kind", "paper")
 
 
 def check_all(
     claims: list[dict], lookup: list[dict], scales: list[str], z: float = 1.96, scores=None
 ) -> list[dict[str, Any]]:
-    """One verdict row per (scale present in the store, claim applicable at that scale).
+    """One verdict row per (scale present in the store, claim applicable at that scale), plus
+    a ``not attempted`` row at each of its scales for a claim that no scale of ours measures.
 
     ``scores(run_id, task, metric)`` may return per-document scores ``{doc: (value, weight)}``
     so that comparisons of two runs on the same documents are paired.
     """
     rows = []
+    base_of = {}
+    for c in claims:
+        base_of[id(c)] = {
+            "paper": c["paper"],
+            "claim_id": c["id"],
+            "kind": claim_kind(c),
+            "source": c.get("source"),
+        }
     for scale in scales:
         for c in claims:
             if scale not in c.get("scales", []) or "check" not in c:
                 continue
             try:
-                held, observed, detail = run_check(c["check"], c["paper"], scale, lookup, z, scores)
-                status = "held" if held else "failed"
+                r = evaluate(c["check"], c["paper"], scale, lookup, z, scores)
             except Missing as m:
-                status, observed, detail = "missing", {}, f"no stored metric {m} at scale {scale}"
-            rows.append(
-                {
-                    "scale": scale,
-                    "paper": c["paper"],
-                    "claim_id": c["id"],
-                    "status": status,
-                    "observed": observed,
-                    "detail": detail,
-                }
-            )
+                r = _result("missing", {}, f"no stored metric {m} at scale {scale}")
+            except ConfigError as e:  # name the file and the claim the error comes from
+                where = f"{c['file']}: " if c.get("file") else ""
+                raise ConfigError(f"{where}claim {c.get('id')!r}: {e}") from None
+            rows.append({"scale": scale, **base_of[id(c)], **r})
+    for c in claims:
+        if "not_attempted" in c and "check" not in c:
+            for scale in c.get("scales", []):
+                r = _result("not attempted", {}, f"not attempted: {c['not_attempted']}")
+                rows.append({"scale": scale, **base_of[id(c)], **r})
     return rows

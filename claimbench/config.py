@@ -9,7 +9,9 @@ Schemas in ``config/schema/`` before any job starts. A paper may add
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +41,76 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from e
 
 
+# Seeds every consumer accepts: numpy's legacy seeding needs 0 <= seed < 2**32, the jobs derive
+# seeds by adding small offsets (``seed + 1``), and the store's ``runs.seed`` column is BIGINT;
+# [0, 2**31) leaves the offsets room below numpy's bound and fits a signed 32-bit column too.
+SEED_MAX = 2**31
+_INT64 = 2**63
+_SEED_KEY = re.compile(r"^(.*_)?seeds?$")
+
+
+def _is_int(checker, value) -> bool:
+    """JSON-schema ``integer`` as written in the file: an int, never a float such as ``1.0e+30``
+    (jsonschema's own check accepts any float whose fractional part is zero)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int),
+)
+
+
 def _format_error(where: str, err: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
     return f"{where}: {key}: {err.message}"
 
 
+def check_values(obj: Any, where: str, path: tuple = ()) -> None:
+    """What JSON Schema cannot say: every number finite (``.nan`` / ``.inf`` compare false
+    against any ``minimum``, so they pass a schema), every integer a 64-bit one, and every seed
+    (a key ``seed`` / ``seeds`` / ``*_seed(s)``) an integer in [0, 2^31)."""
+    key = ".".join(str(p) for p in path) or "<top level>"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_values(v, where, (*path, k))
+            if isinstance(k, str) and _SEED_KEY.match(k):
+                for i, s in enumerate(v if isinstance(v, list) else [v]):
+                    _check_seed(s, where, (*path, k, i) if isinstance(v, list) else (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            check_values(v, where, (*path, i))
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{where}: {key}: {obj}: not a finite number")
+    elif isinstance(obj, int) and not isinstance(obj, bool) and not -_INT64 <= obj < _INT64:
+        raise ConfigError(f"{where}: {key}: {obj}: does not fit a signed 64-bit integer")
+
+
+def _check_seed(value: Any, where: str, path: tuple) -> None:
+    key = ".".join(str(p) for p in path)
+    # other types are the schema's to name (``seeds`` is also a claims check holding a mapping)
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < SEED_MAX:
+        raise ConfigError(
+            f"{where}: {key}: {value}: a seed must lie in [0, 2^31) (numpy seeds below 2^32, "
+            "and jobs add offsets to it)"
+        )
+
+
 def validate(obj: Any, schema: dict, where: str) -> None:
-    """Raise ConfigError with the first (most relevant) schema violation."""
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message))
-    if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(_format_error(where, best))
+    """Raise ConfigError with the first (most relevant) violation: of :func:`check_values`,
+    then of the schema."""
+    check_values(obj, where)
+    err = first_error(obj, schema)
+    if err is not None:
+        raise ConfigError(_format_error(where, err))
+
+
+def first_error(obj: Any, schema: dict) -> jsonschema.ValidationError | None:
+    """The most relevant schema violation of ``obj`` (integers strict: see :func:`_is_int`)."""
+    errors = sorted(
+        _Validator(schema).iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message)
+    )
+    return jsonschema.exceptions.best_match(errors) if errors else None
 
 
 def _resolve(schema: dict, root: dict) -> dict:
@@ -99,7 +159,7 @@ def fill_defaults(obj: Any, schema: dict, root: dict | None = None) -> Any:
         branch = _resolve(branch, root)
         if "if" in branch:
             cond = _resolve(branch["if"], root)
-            if jsonschema.Draft202012Validator(cond).is_valid(obj):
+            if _Validator(cond).is_valid(obj):
                 if "then" in branch:
                     fill_defaults(obj, branch["then"], root)
             elif "else" in branch:
@@ -118,13 +178,21 @@ def validate_with_defaults(obj: Any, schema: dict, where: str) -> Any:
 
 
 def known_papers(root: Path = ROOT) -> dict[str, Path]:
-    """Papers are discovered, not listed: every ``methods/*/claims.yaml`` names one paper."""
+    """Papers are discovered, not listed: every ``methods/*/claims.yaml`` names one paper.
+
+    Each claims file is validated here (before any job starts), so a typo in one stops the
+    workflow with one line naming the file and claim instead of failing the ingest later.
+    """
+    from claimbench.claims import load_claims_file
+
     papers: dict[str, Path] = {}
     for claims in sorted((root / "methods").glob("*/claims.yaml")):
-        data = read_yaml(claims) or {}
-        name = data.get("paper")
-        if not isinstance(name, str):
-            raise ConfigError(f"{claims}: key 'paper' is missing or not a string")
+        name = load_claims_file(claims, _display(claims))[0]["paper"]
+        if name in papers:
+            raise ConfigError(
+                f"{_display(claims)}: paper: {name!r}: already claimed by "
+                f"{_display(papers[name] / 'claims.yaml')} (one claims file per paper)"
+            )
         papers[name] = claims.parent
     return papers
 
@@ -142,8 +210,9 @@ def resolve_papers(requested: Any, known: dict[str, Path], where: str) -> list[s
             raise ConfigError(f"{where}: papers: {requested!r} must be 'all' or a list of names")
         for name in names:
             if name not in known:
+                known_list = ", ".join(sorted(known))
                 raise ConfigError(
-                    f"{where}: papers: {name!r} is not a known paper (known: {', '.join(sorted(known))})"
+                    f"{where}: papers: {name!r} is not a known paper (known: {known_list})"
                 )
     if "base" in known:  # the base models come first, whatever the papers' names sort as
         names = ["base", *(n for n in names if n != "base")]
@@ -229,9 +298,12 @@ def load_workflow_config(config: dict[str, Any]) -> dict[str, Any]:
     papers = resolve_papers(config.get("papers", "all"), known, "config/config.yaml (+ --config)")
     for paper in scale.get("papers") or {}:
         if paper not in known:
+            scale_file = (
+                config.get("scale_file") or CONFIG_DIR / "scales" / f"{config['scale']}.yaml"
+            )
             raise ConfigError(
-                f"{_display(config.get('scale_file') or CONFIG_DIR / 'scales' / (config['scale'] + '.yaml'))}: "
-                f"papers.{paper}: not a known paper (known: {', '.join(sorted(known))})"
+                f"{_display(scale_file)}: papers.{paper}: not a known paper "
+                f"(known: {', '.join(sorted(known))})"
             )
     return {"scale": scale, "papers": papers}
 

@@ -25,16 +25,22 @@ scale is float32 on CPU and therefore bit-for-bit repeatable.
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import linecache
 import os
 import re
+import sys
+import sysconfig
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from claimbench import provenance
-from claimbench.errors import ConfigError, exit_on_user_error
+from claimbench.errors import ClaimbenchError, ConfigError, exit_on_user_error
 from claimbench.io import atomic_write_json
 from claimbench.records import SCALES, make_run_record, write_run_record
 
@@ -322,10 +328,110 @@ def run_job(
 ) -> None:
     """Parse ``argv`` into a job and call ``run(job)``; ``job.args`` holds the entry's options.
 
-    A user error (``ClaimbenchError`` or one of ``errors``) prints one line and exits 2. A
-    subcommand parser may set ``run`` per subcommand with ``set_defaults(run=...)``.
+    A user error (``ClaimbenchError`` or one of ``errors``) prints one line and exits 2, and so
+    does a library's error about a damaged or missing input (a truncated ``.npz`` or
+    ``model.safetensors``, broken JSON, an ``OSError``): the line names the file the library was
+    reading (:func:`input_error`). Ctrl-C exits 130 without a traceback. Anything else is a bug
+    and keeps its traceback. A subcommand parser may set ``run`` per subcommand with
+    ``set_defaults(run=...)``.
     """
     args = ap.parse_args(argv)
-    with exit_on_user_error(*errors):
-        job = job_from_args(args).setup()
-        (getattr(args, "run", None) or run)(job)
+    try:
+        with exit_on_user_error(*errors):
+            try:
+                job = job_from_args(args).setup()
+                (getattr(args, "run", None) or run)(job)
+            except ClaimbenchError:
+                raise
+            except Exception as e:
+                line = input_error(e, errors)
+                if line is None:
+                    raise
+                raise ClaimbenchError(line) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def input_error(e: Exception, user: tuple[type[BaseException], ...] = ()) -> str | None:
+    """One line for an exception caused by a job's input, naming the file; None for a bug.
+
+    Library errors (``zipfile.BadZipFile``, safetensors, JSON, ``OSError``...) rarely name the
+    file they were reading; :func:`_input_file` finds it in the failing call's frames.
+    """
+    from claimbench.errors import describe
+
+    path = _input_file(e.__traceback__)
+    if isinstance(e, json.JSONDecodeError) and path:
+        return _json_error(e, path)
+    line = describe(e, path)
+    if line is None and isinstance(e, user):
+        line = " ".join(str(e).split()) or type(e).__name__
+        if path and path not in line:
+            line = f"{path}: {line}"
+    return line
+
+
+def _json_error(e: json.JSONDecodeError, path: str) -> str:
+    """``<path>: line L column C: not valid JSON (...)`` with L counted in the file, not in the
+    text the decoder saw (one line of a JSONL file, or the whole file)."""
+    doc = e.doc or ""
+    pos = min(e.pos, len(doc.rstrip()))  # a document cut short fails at its end, not below it
+    line, col = doc.count("\n", 0, pos) + 1, pos - doc.rfind("\n", 0, pos)
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        start = text.find(doc) if doc else -1
+        if start >= 0:
+            line += text.count("\n", 0, start)
+    except OSError:
+        pass
+    return f"{path}: line {line} column {col}: not valid JSON ({e.msg})"
+
+
+def _is_library(filename: str) -> bool:
+    """A frame of the standard library or an installed package (not of this checkout)."""
+    return filename.startswith(_LIBRARY) or filename.startswith("<frozen ")
+
+
+_LIBRARY = tuple(
+    {os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib", "purelib")}
+    | {os.path.join(sysconfig.get_paths()["platlib"], "")}
+)
+
+
+def _input_file(tb) -> str | None:
+    """The file a library call was reading when it raised, or None when the exception was
+    raised by the project's own code (whose messages name their files).
+
+    Walks from the raising frame out to the first frame of the project (the call site), and
+    returns the first local that is an existing file (a path, or an open file's ``name``),
+    preferring the names on the failing line: numpy's ``file``, safetensors' ``filename``,
+    transformers' ``checkpoint_file``, or the caller's ``path`` around a ``json.loads``.
+    """
+    frames = list(traceback.walk_tb(tb))[::-1]
+    if not frames or not _is_library(frames[0][0].f_code.co_filename):
+        return None
+    for frame, lineno in frames:
+        source = linecache.getline(frame.f_code.co_filename, lineno)
+        named = set(re.findall(r"[A-Za-z_]\w*", source))
+        local = list(frame.f_locals.items())
+        for value in [v for k, v in local if k in named] + [v for k, v in local if k not in named]:
+            path = _as_file(value)
+            if path:
+                return path
+        if not _is_library(frame.f_code.co_filename):
+            break
+    return None
+
+
+def _as_file(value: Any) -> str | None:
+    if isinstance(value, io.IOBase):
+        value = getattr(value, "name", None)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\n" in value:
+        return None
+    try:
+        return value if os.path.isfile(value) else None
+    except (OSError, ValueError):
+        return None

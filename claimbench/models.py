@@ -1,6 +1,7 @@
 """Resolve what an artifact's ``meta.json`` says to load: a local folder or a cached hub id.
 
-Suites call :func:`resolve_pretrained` and hand the result to ``from_pretrained`` / lm-eval.
+Suites call :func:`resolve_pretrained` (an artifact) or :func:`loadable_source` (an artifact or a
+plain model folder) and hand the result to ``from_pretrained`` / lm-eval.
 A hub id is only ever read from the local cache (``HF_HUB_OFFLINE=1``); when it is not there
 the error says how to provide it instead of hanging on the network.
 """
@@ -54,3 +55,18 @@ def resolve_pretrained(artifact: str | Path) -> str:
     if not (folder / "config.json").is_file():
         raise ModelNotAvailableError(f"{folder}: no config.json; the artifact is incomplete")
     return str(folder)
+
+
+def loadable_source(path: str | Path) -> str:
+    """The local folder ``from_pretrained`` loads for ``path``: a folder holding a saved model
+    (``config.json``: itself), else an artifact whose ``meta.json`` names what to load (a cached
+    hub id or a local path: see :func:`resolve_pretrained`)."""
+    p = Path(path)
+    folder = p.parent if p.name == "meta.json" else p
+    if (folder / "config.json").is_file():
+        return str(folder)
+    if (folder / "meta.json").is_file():
+        return resolve_pretrained(folder)
+    raise ModelNotAvailableError(
+        f"{folder}: neither an artifact (no meta.json) nor a model folder (no config.json)"
+    )

@@ -82,3 +82,37 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
     return float(spearmanr(a, b).statistic)
+
+
+Z_POWER80 = 0.8416  # Φ⁻¹(0.8): the one-sided z of 80% power
+
+
+def normal_two_sided_alpha(z: float) -> float:
+    """P(|N(0,1)| > z): the two-sided level that a z-bar of ``z`` stands for (0.05 at 1.96)."""
+    return math.erfc(z / math.sqrt(2.0))
+
+
+def mde(se: float | None, z: float) -> float | None:
+    """Minimum detectable effect: the smallest true gap that a test at ``z`` detects with 80%
+    power at this standard error, (z + 0.8416)·se."""
+    return None if se is None else (z + Z_POWER80) * se
+
+
+def n_needed(n: int | None, se: float | None, z: float, effect: float | None) -> int | None:
+    """The n (documents or seeds) at which 80% power detects ``effect``, assuming se ∝ 1/√n:
+    ceil(n·((z + 0.8416)·se / effect)²)."""
+    if n is None or se is None or not effect:
+        return None
+    return math.ceil(n * ((z + Z_POWER80) * se / abs(effect)) ** 2 - 1e-9)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value on the discordant pairs: b documents right only in one
+    run, c only in the other; under no difference b ~ Binomial(b + c, 1/2)."""
+    from fractions import Fraction
+
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))

@@ -96,6 +96,51 @@ def lm_eval_options(wildcards):
     return " ".join(opts)
 
 
+# The perplexity suite's settings (rules/eval.smk, rule eval_ppl).
+PPL = SCALE["eval"].get("ppl") or {}
+LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
+
+
+def ppl_hub_datasets(ppl):
+    """The hub data sets the perplexity suite reads (`hub_dataset`, for claimbench prefetch)."""
+    out = []
+    for spec in (ppl.get("datasets") or {}).values():
+        if spec["path"] in LOCAL_BUILDERS or os.path.isdir(spec["path"]):
+            continue
+        entry = {"path": spec["path"], "name": spec.get("name")}
+        if spec.get("data_files"):
+            entry["kwargs"] = {"data_files": spec["data_files"]}
+        out.append(entry)
+    return out
+
+
+def ppl_records(ppl):
+    """{paper: the ppl.json records it adds}, after checking the names it lists; base models
+    in eval.ppl.base_models get one too (the tables' full-precision rows)."""
+    from claimbench.config import known_papers
+
+    where = config.get("scale_file") or f"config/scales/{SCALE_NAME}.yaml"
+    papers = known_papers(Path(workflow.basedir))
+    for key, known in (("papers", papers), ("base_models", MODELS)):
+        unknown = sorted(set(ppl.get(key, [])) - set(known))
+        if unknown:
+            raise WorkflowError(
+                f"{where}: eval.ppl.{key}: {unknown} are not known {key}"
+            )
+    out = {
+        paper: [
+            os.path.join(os.path.dirname(path), "ppl.json")
+            for path in RUN_RECORDS[paper]
+            if os.path.basename(path) == "lm_eval.json"
+        ]
+        for paper in ppl.get("papers", [])
+        if paper in RUN_RECORDS
+    }
+    if ppl.get("base_models"):
+        out["base"] = [f"{RUNS}/base/{m}/ppl.json" for m in ppl["base_models"]]
+    return out
+
+
 def job(paper="{paper}", variant="{variant}", out=None, seed=None):
     """Params function: the options every job takes (``claimbench.job``), so that a rule states
     only what is its own: ``params: job=job("nsds", "{src}")`` then ``{params.job}`` in shell.

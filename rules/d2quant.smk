@@ -58,6 +58,7 @@ rule d2quant_baseline:
         seq_len=D2Q["calib"]["seq_len"] if D2Q else 0,
         damp=D2Q["damp"] if D2Q else 0,
         clip="--clip" if D2Q and D2Q["clip"] else "",
+        hub_dataset=calib_hub_dataset(D2Q),
     shell:
         "python -m methods.quant.apply {params.job} --model {params.model} "
         "--bits {wildcards.bits} --method {wildcards.arm} --group-size {params.group_size} "
@@ -90,6 +91,7 @@ rule d2quant_quantize:
         job=job("d2quant", "{src}{arm}-w{bits}"),
         model=lambda w, input: os.path.dirname(input.model),
         flags=lambda w: D2Q_FLAGS[w.arm],
+        hub_dataset=calib_hub_dataset(D2Q),
     shell:
         "python -m methods.d2quant.quantize {params.job} --model {params.model} "
         "--bits {wildcards.bits} {params.flags} --calib {input.calib} "

@@ -18,6 +18,9 @@ MI_CONTRAST_VARIANTS = (
     if MI_CONTRAST
     else []
 )
+# The steered model through lm-eval's `steered` model on registered tasks (paper scale).
+MI_STEERED = (MI_CONTRAST or {}).get("steered_eval")
+MI_STEERED_VARIANTS = MI_CONTRAST_VARIANTS if MI_STEERED else []
 
 if MI and "mi_steer" in PAPERS:
     RUN_RECORDS["mi_steer"] = (
@@ -32,6 +35,7 @@ if MI and "mi_steer" in PAPERS:
             if world == "behaviour"
         ]
         + [f"{RUNS}/mi_steer/{v}/contrast.json" for v in MI_CONTRAST_VARIANTS]
+        + [f"{RUNS}/mi_steer/{v}/steered_lm_eval.json" for v in MI_STEERED_VARIANTS]
     )
 
 
@@ -139,6 +143,7 @@ rule mi_steer_contrast:
         text=f"{DATA}/text/test.jsonl",
     output:
         record=f"{RUNS}/mi_steer/{{variant}}/contrast.json",
+        steer=f"{ART}/mi_steer/{{variant}}/steer.pt",
     log:
         f"{LOGS}/mi_steer/{{variant}}.contrast.log",
     benchmark:
@@ -156,7 +161,41 @@ rule mi_steer_contrast:
         artifact=lambda w, input: os.path.dirname(input.model),
     shell:
         "python -m methods.mi_steer.contrast {params.job} --artifact {params.artifact} "
-        "--behaviour {params.behaviour} --text {input.text} > {log} 2>&1"
+        "--behaviour {params.behaviour} --text {input.text} --steer-out {output.steer} "
+        "> {log} 2>&1"
+
+
+rule mi_steer_steered_eval:
+    input:
+        model=lambda w: f"{ART}/base/{MI_CONTRAST['model']}/meta.json",
+        steer=f"{ART}/mi_steer/{{variant}}/steer.pt",
+    output:
+        record=f"{RUNS}/mi_steer/{{variant}}/steered_lm_eval.json",
+    log:
+        f"{LOGS}/mi_steer/{{variant}}.steered_lm_eval.log",
+    benchmark:
+        f"{LOGS}/mi_steer/{{variant}}.steered_lm_eval.benchmark.tsv"
+    wildcard_constraints:
+        variant=one_of(MI_STEERED_VARIANTS),
+    threads: JOB_THREADS
+    resources:
+        mem_mb=lambda w: MI_STEERED.get("mem_mb", 64000),
+        runtime=lambda w: MI_STEERED.get("runtime", 240),
+        gpu=GPU,
+    params:
+        job=job("mi_steer", "{variant}", out="record"),
+        lm_eval_tasks=lambda w: ",".join(MI_STEERED["tasks"]),
+        artifact=lambda w, input: os.path.dirname(input.model),
+        chat=lambda w: (
+            "--chat-template" if MI_CONTRAST.get("chat_template", True) else ""
+        ),
+        base=lambda w: MI_CONTRAST["model"],
+        data=DATA,
+    shell:
+        "python -m benchmarks.lm_eval_suite {params.job} --artifact {params.artifact} "
+        "--data-dir {params.data} --steer {input.steer} --backend hf "
+        "--tasks {params.lm_eval_tasks} "
+        "--method mi_steer-steered --base-model {params.base} {params.chat} > {log} 2>&1"
 
 
 rule mi_steer_all:

@@ -8,18 +8,36 @@ MTPD = SCALE["papers"]["mtp_d"]
 MTPD_ART = f"{ART}/mtp_d"
 MTPD_RUNS = f"{RUNS}/mtp_d"
 MTPD_TRAINED = list(MTPD["variants"])
-# The grid as data: looped extensions <source>_loop<K * factor> -> (source, factor) and the
-# training-free cyclic reuses (source, draft depth), both optional sections of papers.mtp_d.
+# The grid as data: looped extensions <source>_loop<K * factor> -> (the artifact it grows,
+# factor of that step) and the training-free cyclic reuses (source, draft depth), both optional
+# sections of papers.mtp_d. Loops grow step by step as the paper does (K -> 2K -> 4K: the
+# 4K-head run starts from the 2K-head run), so each factor must be a multiple of the previous.
+MTPD_LOOP_FACTORS = sorted((MTPD.get("loop") or {}).get("factors", []))
+for _prev, _f in zip([1] + MTPD_LOOP_FACTORS, MTPD_LOOP_FACTORS):
+    if _f % _prev or _f == _prev:
+        raise WorkflowError(
+            f"papers.mtp_d.loop.factors: {MTPD_LOOP_FACTORS} must grow by whole multiples "
+            f"({_f} after {_prev}: each loop starts from the previous loop's heads)"
+        )
 MTPD_LOOPS = {
-    f"{src}_loop{MTPD['heads'] * f}": (src, f)
+    f"{src}_loop{MTPD['heads'] * f}": (
+        src if prev == 1 else f"{src}_loop{MTPD['heads'] * prev}",
+        f // prev,
+    )
     for src in (MTPD.get("loop") or {}).get("sources", [])
-    for f in MTPD["loop"]["factors"]
+    for prev, f in zip([1] + MTPD_LOOP_FACTORS, MTPD_LOOP_FACTORS)
+}
+MTPD_LOOP_BASE = {
+    name: src
+    for src in (MTPD.get("loop") or {}).get("sources", [])
+    for name in MTPD_LOOPS
+    if name.startswith(f"{src}_loop")
 }
 MTPD_REUSE = [
     (src, MTPD["reuse"]["depth"])
     for src in (MTPD.get("reuse") or {}).get("sources", [])
 ]
-for _src in [s for s, _ in MTPD_LOOPS.values()] + [s for s, _ in MTPD_REUSE]:
+for _src in list(MTPD_LOOP_BASE.values()) + [s for s, _ in MTPD_REUSE]:
     if _src not in MTPD_TRAINED:
         raise WorkflowError(
             f"papers.mtp_d: {_src!r} is a loop/reuse source but not in variants {MTPD_TRAINED} "

@@ -5,6 +5,7 @@
 NSDS = SCALE.get("papers", {}).get("nsds")
 
 
+include: "quant_helpers.smk"
 include: "nsds_helpers.smk"
 
 
@@ -214,6 +215,7 @@ rule nsds_quantize:
         src=lambda w: NSDS_VARIANTS[w.variant][0],
         method=lambda w: NSDS_VARIANTS[w.variant][1],
         budget=lambda w: NSDS_VARIANTS[w.variant][2],
+        hub_dataset=calib_hub_dataset(NSDS),
     shell:
         "python -m methods.nsds.cli quantize {params.job} --model {params.source} "
         "--scores {params.scores} --method {params.method} --budget {params.budget} "

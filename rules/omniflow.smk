@@ -15,6 +15,10 @@ if OMNI and "omniflow" in PAPERS:
         for b, spec in OMNI["qa"]["runs"].items()
         for v in spec["variants"]
     }
+    # QA runs of an openai backend with `serve`: the job starts the server on its GPU
+    # (methods/omniflow/serve.py), waits until /v1/models answers, runs PG-CoT against it.
+    OMNI_QA_SERVED = sorted(v for v, (b, _) in OMNI_QA.items() if omni_served(b))
+    OMNI_QA_LOCAL = sorted(v for v in OMNI_QA if v not in OMNI_QA_SERVED)
     OMNI_FC_BACKEND = OMNI["forecast"]["backend"]
     OMNI_FC = {f"fc-{OMNI_FC_BACKEND}-k{k}": k for k in OMNI["forecast"]["shots"]}
     OMNI_BL = {
@@ -22,6 +26,8 @@ if OMNI and "omniflow" in PAPERS:
         for a in OMNI["baselines"]["archs"]
         for k in OMNI["baselines"]["shots"]
     }
+    # reference rows every forecast must beat: the last input frame held, the zero field
+    OMNI_REF = {"ref-persistence": "persistence", "ref-zero": "zero"}
     RUN_RECORDS["omniflow"] = (
         [f"{OMNI_RUNS}/{v}/{s}.json" for v in OMNI_QA for s in ("pgcot", "pde_qa")]
         + [
@@ -30,6 +36,7 @@ if OMNI and "omniflow" in PAPERS:
             for s in ("pgcot_forecast", "pde_forecast")
         ]
         + [f"{OMNI_RUNS}/{v}/pde_forecast.json" for v in OMNI_BL]
+        + [f"{OMNI_RUNS}/{v}/pde_forecast.json" for v in OMNI_REF]
     )
 
     rule omniflow_qa:
@@ -44,10 +51,10 @@ if OMNI and "omniflow" in PAPERS:
         benchmark:
             f"{LOGS}/omniflow/{{variant}}.benchmark.tsv"
         wildcard_constraints:
-            variant=one_of(sorted(OMNI_QA)),
+            variant=one_of(OMNI_QA_LOCAL),
         threads: 1
         resources:
-            mem_mb=4000,
+            mem_mb=OMNI["mem_mb"],
             runtime=OMNI["runtime"],
             gpu=lambda w: omni_backend_gpu(OMNI_QA[w.variant][0]),
         params:
@@ -60,6 +67,40 @@ if OMNI and "omniflow" in PAPERS:
             "OMP_NUM_THREADS={threads} python -m methods.omniflow.run qa {params.job} "
             "--data {params.data} --backend {params.backend} --ablation {params.ablation} "
             "{params.model} --record {output.record} > {log} 2>&1"
+
+    rule omniflow_qa_served:
+        input:
+            manifest=PDE_MANIFEST,
+        output:
+            meta=f"{OMNI_ART}/{{variant}}/meta.json",
+            record=f"{OMNI_RUNS}/{{variant}}/pgcot.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.log",
+        benchmark:
+            f"{LOGS}/omniflow/{{variant}}.benchmark.tsv"
+        wildcard_constraints:
+            variant=one_of(OMNI_QA_SERVED),
+        threads: JOB_THREADS
+        resources:
+            mem_mb=lambda w: omni_serve(OMNI_QA[w.variant][0]).get("mem_mb", 64000),
+            runtime=OMNI["runtime"],
+            gpu=GPU,
+        params:
+            job=job("omniflow", "{variant}"),
+            backend=lambda w: OMNI_QA[w.variant][0],
+            ablation=lambda w: OMNI_QA[w.variant][1],
+            data=lambda w, input: os.path.dirname(input.manifest),
+            url=f"{OMNI_ART}/servers/{{variant}}.url",
+            # what vllm serves, listed by `claimbench prefetch`
+            model_id=lambda w: omni_serve(OMNI_QA[w.variant][0]).get(
+                "model", OMNI["backends"][OMNI_QA[w.variant][0]]["model"]
+            ),
+        shell:
+            "python -m methods.omniflow.serve {params.job} --backend {params.backend} "
+            "--url-file {params.url} -- "
+            "python -m methods.omniflow.run qa {params.job} "
+            "--data {params.data} --backend {params.backend} --ablation {params.ablation} "
+            "--server-url-file {params.url} --record {output.record} > {log} 2>&1"
 
     rule omniflow_score_qa:
         input:
@@ -102,7 +143,7 @@ if OMNI and "omniflow" in PAPERS:
             variant=one_of(sorted(OMNI_FC)),
         threads: 1
         resources:
-            mem_mb=4000,
+            mem_mb=OMNI["mem_mb"],
             runtime=OMNI["runtime"],
             gpu=omni_backend_gpu(OMNI_FC_BACKEND),
         params:
@@ -128,7 +169,7 @@ if OMNI and "omniflow" in PAPERS:
             arch=one_of(sorted(OMNI["baselines"]["archs"])),
         threads: JOB_THREADS
         resources:
-            mem_mb=4000,
+            mem_mb=OMNI["mem_mb"],
             runtime=OMNI["runtime"],
             gpu=GPU,
         params:
@@ -152,7 +193,7 @@ if OMNI and "omniflow" in PAPERS:
             variant=one_of(sorted(OMNI_BL)),
         threads: JOB_THREADS
         resources:
-            mem_mb=4000,
+            mem_mb=OMNI["mem_mb"],
             runtime=OMNI["runtime"],
             gpu=GPU,
         params:
@@ -202,6 +243,36 @@ if OMNI and "omniflow" in PAPERS:
             "python -m benchmarks.pde.suite forecast {params.job} --data {params.data} "
             "--regimes {params.regimes} --predictions {params.preds} "
             "--method {params.method} --base-model {params.base:q} > {log} 2>&1"
+
+    rule omniflow_score_reference:
+        input:
+            manifest=PDE_MANIFEST,
+            preds=lambda w: expand(
+                f"{PDE_DATA}/reference/{OMNI_REF[w.variant]}/{{regime}}.npz",
+                regime=PDE_REGIMES,
+            ),
+        output:
+            record=f"{OMNI_RUNS}/{{variant}}/pde_forecast.json",
+        log:
+            f"{LOGS}/omniflow/{{variant}}.pde_forecast.log",
+        benchmark:
+            f"{LOGS}/omniflow/{{variant}}.benchmark.tsv"
+        wildcard_constraints:
+            variant=one_of(sorted(OMNI_REF)),
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            job=job("omniflow", "{variant}", out="record"),
+            data=lambda w, input: os.path.dirname(input.manifest),
+            preds=lambda w, input: os.path.dirname(input.preds[0]),
+            regimes=",".join(PDE_REGIMES),
+            method=lambda w: OMNI_REF[w.variant],
+        shell:
+            "python -m benchmarks.pde.suite forecast {params.job} --data {params.data} "
+            "--regimes {params.regimes} --predictions {params.preds} "
+            "--method {params.method} --base-model reference > {log} 2>&1"
 
     rule omniflow_all:
         input:

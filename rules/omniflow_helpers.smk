@@ -35,3 +35,13 @@ def omni_regimes(k):
     """Zero-shot forecasts cover every regime (source = in-distribution); k-shot the shifted
     (the same choice as methods.omniflow.run.forecast_regimes)."""
     return PDE_REGIMES if int(k) == 0 else PDE_SHIFTED
+
+
+def omni_serve(name):
+    """The ``serve`` block of an openai backend (empty: a server run elsewhere)."""
+    return OMNI["backends"][name].get("serve") or {}
+
+
+def omni_served(name):
+    """Whether a backend's server is a job of this workflow (methods/omniflow/serve.py)."""
+    return OMNI["backends"][name]["kind"] == "openai" and bool(omni_serve(name))

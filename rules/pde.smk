@@ -38,7 +38,7 @@ if PDE:
         log:
             f"{LOGS}/pde/reference.{{kind}}.log",
         wildcard_constraints:
-            kind="truth|persistence",
+            kind="truth|persistence|zero",
         threads: 1
         resources:
             mem_mb=1000,

@@ -69,10 +69,11 @@ if PIG:
             f"{LOGS}/pig/theta0.benchmark.tsv"
         threads: JOB_THREADS
         resources:
-            mem_mb=4000,
+            mem_mb=PIG["mem_mb"],
             runtime=120,
             gpu=GPU,
         params:
+            **pig_init_param(),
             job=job("pig", "theta0"),
             data=PIG_DATA,
         shell:
@@ -95,7 +96,7 @@ if PIG:
             seed=r"\d+",
         threads: JOB_THREADS
         resources:
-            mem_mb=4000,
+            mem_mb=PIG["mem_mb"],
             runtime=600,
             gpu=GPU,
         params:
@@ -119,7 +120,8 @@ if PIG:
             arm=one_of(sorted({a for a, _ in PIG_ARM_SEEDS})),
             seed=r"\d+",
         resources:
-            mem_mb=4000,
+            # MSR-VTT 3k: a 59,800 x 2,990 float64 similarity matrix and its float32 copy
+            mem_mb=max(4000, PIG["mem_mb"] // 2),
             runtime=30,
         params:
             job=job("pig", "{arm}", out="record", seed="{seed}"),
@@ -142,7 +144,7 @@ if PIG:
             f"{LOGS}/pig/cost.log",
         threads: JOB_THREADS
         resources:
-            mem_mb=4000,
+            mem_mb=PIG["mem_mb"],
             runtime=30,
             gpu=GPU,
         params:

@@ -19,8 +19,15 @@ def pig_pretrain_inputs(wildcards):
 
 def pig_finetune_inputs(wildcards):
     bench = PIG_BENCH[wildcards.bench]
-    return pig_split_manifests([bench["train"], *bench["tests"]])
+    val = [bench["val"]] if "val" in bench else []
+    return pig_split_manifests([bench["train"], *bench["tests"], *val])
 
 
 def pig_tests(wildcards):
     return ",".join(PIG_BENCH[wildcards.bench]["tests"])
+
+
+def pig_init_param():
+    """``model_id`` (read by ``claimbench prefetch``) where theta_0 is a CLIP checkpoint."""
+    init = PIG["pretrain"].get("init_from")
+    return {"model_id": init} if init else {}

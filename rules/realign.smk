@@ -164,7 +164,7 @@ rule realign_decode_ref:
         f"{LOGS}/realign/ref.decode.log",
     threads: JOB_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=REALIGN["decode_mem_mb"] if REALIGN else 4000,
         runtime=30,
         gpu=GPU,
     params:
@@ -186,7 +186,7 @@ rule realign_decode_aligned:
         f"{LOGS}/realign/aligned.decode.log",
     threads: JOB_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=REALIGN["decode_mem_mb"] if REALIGN else 4000,
         runtime=30,
         gpu=GPU,
     params:
@@ -248,7 +248,7 @@ rule realign_dera:
         f"{LOGS}/realign/dera.decode.benchmark.tsv"
     threads: JOB_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=REALIGN["decode_mem_mb"] if REALIGN else 4000,
         runtime=30,
         gpu=GPU,
     params:

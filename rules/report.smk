@@ -7,6 +7,10 @@ rule ingest:
         claims=sorted(
             str(p) for p in Path(workflow.basedir).glob("methods/*/claims.yaml")
         ),
+        # published exports of other scales (claimbench publish): a new one re-ingests
+        published=sorted(
+            str(p) for p in Path("results/published").glob("*/manifest.json")
+        ),
     output:
         db=DB,
     log:

@@ -27,8 +27,12 @@ def write_record(
     samples: list[dict] | None = None,
     task_hashes: dict | None = None,
 ) -> Path:
-    """metrics: (task, name, value, stderr) tuples."""
+    """metrics: (task, name, value, stderr) tuples; each metric's n is the number of its task's
+    sample rows when ``samples`` are given (ingest checks it), else 100."""
     path = runs / scale / paper / variant / f"{suite}.json"
+    rows: dict[str, int] = {}
+    for s in samples or []:
+        rows[s["task"]] = rows.get(s["task"], 0) + 1
     sname = None
     if samples is not None:
         sname = f"{suite}.samples.jsonl"
@@ -43,7 +47,10 @@ def write_record(
         tasks=sorted({m[0] for m in metrics}),
         seed=0,
         config={"variant": variant},
-        metrics=[metric(t, n, v, stderr=s, n=100, higher_is_better=True) for t, n, v, s in metrics],
+        metrics=[
+            metric(t, name, v, stderr=se, n=rows.get(t, 100), higher_is_better=True)
+            for t, name, v, se in metrics
+        ],
         provenance=provenance.capture(),
         task_hashes=task_hashes or {m[0]: "h" + m[0] for m in metrics},
         samples=sname,

@@ -53,12 +53,13 @@ def lookup(pig, tt):
 
 def test_held_when_mean_and_two_of_three_hold():
     v = verdict(seeds_check(), lookup([12.0, 13.0, 11.0], [10.0, 10.5, 11.5]))
-    # diffs +2, +2.5, -0.5: mean +1.33, se = sd/sqrt(3) = 0.928; 1.33 < 1.96 * 0.928
-    assert v["status"] == "failed" and "right direction, not significant" in v["detail"]
-    assert "held in 2/3" in v["detail"]
+    # diffs +2, +2.5, -0.5: mean +1.33, se = sd/sqrt(3) = 0.928; 1.33 < 1.96 * 0.928: the
+    # mean cannot decide, and 2 seeds may still hold: inconclusive
+    assert v["status"] == "inconclusive" and "(inconclusive)" in v["detail"]
+    assert "held in 2/3, failed in 1" in v["detail"]
     v = verdict(seeds_check(), lookup([12.0, 13.0, 11.0], [10.0, 11.0, 11.5]))
     # diffs +2, +2, -0.5 -> se 0.833, mean 1.167 < 1.63: still not significant
-    assert v["status"] == "failed"
+    assert v["status"] == "inconclusive"
     v = verdict(seeds_check(), lookup([12.0, 13.0, 12.0], [10.0, 11.0, 10.2]))
     # diffs +2, +2, +1.8: mean 1.93, se 0.067 -> held; 3/3 seeds
     assert v["status"] == "held" and "held in 3/3" in v["detail"]
@@ -67,7 +68,7 @@ def test_held_when_mean_and_two_of_three_hold():
 def test_failed_when_too_few_seeds_win():
     # mean clearly positive but only one seed wins
     v = verdict(seeds_check(min_held=2), lookup([20.0, 10.0, 10.0], [10.0, 10.0, 10.0]))
-    assert v["status"] == "failed" and "held in 1/3 (need 2)" in v["detail"]
+    assert v["status"] == "failed" and "held in 1/3, failed in 2 (need 2 held)" in v["detail"]
 
 
 def test_failed_when_mean_wrong_direction():
@@ -143,13 +144,15 @@ def test_threshold_on_the_mean_over_seeds():
             },
         }
     }
-    v = verdict(check, rows)  # mean 0.6 >= 0.5, though seed 1 is below
-    assert v["status"] == "held" and "2/3 seeds over the threshold" in v["detail"], v["detail"]
+    v = verdict(check, rows)  # mean 0.6 ± 0.173 (sd/√3): the three seeds cannot decide
+    assert v["status"] == "inconclusive" and "2/3 seeds over the threshold" in v["detail"]
+    close = [dict(r, value=x) for r, x in zip(rows, (0.61, 0.59, 0.6), strict=True)]
+    assert verdict(check, close)["status"] == "held"  # mean 0.6 ± 0.0058
     check["seeds"]["min_held"] = 3
     assert verdict(check, rows)["status"] == "failed"
     check["seeds"]["threshold"]["value"] = 0.7
     check["seeds"]["min_held"] = 0
-    assert verdict(check, rows)["status"] == "failed"
+    assert verdict(check, close)["status"] == "failed"  # 0.6 ± 0.0058 well below 0.7
 
 
 def test_mean_over_seeds_keeps_the_shared_evaluation_noise():
@@ -159,8 +162,8 @@ def test_mean_over_seeds_keeps_the_shared_evaluation_noise():
     rows += [row("tt", s, 0.505, 0.01) for s in range(3)]
     check = seeds_check(min_held=0)
     check["seeds"]["compare"]["op"] = ">="
-    v = verdict(check, rows)
-    assert v["status"] == "held" and "± 0.0141" in v["detail"], v["detail"]
+    v = verdict(check, rows)  # -0.005 ± 0.0141: neither side beyond the noise
+    assert v["status"] == "inconclusive" and "± 0.0141" in v["detail"], v["detail"]
     # without stderrs only the (zero) seed spread is left, and the deficit is significant
     v = verdict(check, [dict(r, stderr=None) for r in rows])
     assert v["status"] == "failed", v["detail"]

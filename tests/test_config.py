@@ -89,6 +89,7 @@ def test_slurm_profile_dry_run(snakemake_bin, root):
         [
             snakemake_bin,
             "-n",
+            "--forceall",  # every job listed, also in a tree where this scale has run
             "--workflow-profile",
             "profiles/slurm",
             "reproduce_all",
@@ -102,7 +103,10 @@ def test_slurm_profile_dry_run(snakemake_bin, root):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
-    assert "rule eval_lm" in out and "slurm_partition=gpu" in out and "gpu=1" in out
+    # the partition follows each job's `gpu` (profiles/slurm/partitions.yaml; tests/test_slurm.py
+    # checks the sbatch lines); a GPU job gets CPUs per GPU
+    assert "rule eval_lm" in out and "cpus_per_gpu=8, gpu=1" in out
+    assert "slurm_partition=" not in out
 
 
 def test_paper_section_model_reference_must_exist(tmp_path):

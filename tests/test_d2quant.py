@@ -112,8 +112,8 @@ def test_dac_input_float_corrects_only_the_layers_own_deviation(tmp_path):
     ids = calibration_ids(tok, tmp_path / "calib.txt", 4, 32, 0)
     mus = {}
     for mode in ("quantized", "float"):
-        m, fp = copy.deepcopy(model), copy.deepcopy(model)
-        q = D2QuantQuantizer(m, uniform_plan(m, 2), 16, ids, dsq=False, fp_model=fp, dac_input=mode)
+        m = copy.deepcopy(model)
+        q = D2QuantQuantizer(m, uniform_plan(m, 2), 16, ids, dsq=False, dac_input=mode)
         q.run()
         mus[mode] = q.mu
     assert torch.allclose(mus["float"][0], mus["quantized"][0], atol=1e-6)

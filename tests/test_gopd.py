@@ -165,6 +165,29 @@ def test_micro_gopd_pipeline_and_bad_inputs(tmp_path):
     assert {k: rec["config"][k] for k in cfg} == cfg
     assert (rec["config"]["n"], rec["config"]["temperature"]) == (1, 1.0)
     assert any(s["name"].startswith("implicit reward") for s in rec["series"])
+    # validation exact match per document, beside the record, keyed by the problem's line
+    from claimbench.records import iter_samples
+    from methods.gopd.train import greedy_scores
+    from methods.posttrain.loops import greedy_accuracy
+    from methods.posttrain.models import load_model
+    from methods.posttrain.rewards import load_problems
+
+    rows = [r for r in iter_samples(tmp_path / "ex.json", rec) if r["task"] == "valid"]
+    ids = [json.loads(x)["id"] for x in va.read_text().splitlines() if x.strip()]
+    assert sorted(r["doc_id"] for r in rows) == list(range(len(ids)))
+    assert all(ids[r["doc_id"]] == r["doc_hash"] for r in rows)
+    em = next(
+        m for m in rec["metrics"] if (m["task"], m["metric"]) == ("valid", "greedy_exact_match")
+    )
+    assert em["n"] == len(rows) and em["value"] == sum(
+        r["metrics"]["greedy_exact_match"] for r in rows
+    ) / len(rows)
+    # the same numbers as the shared layer's greedy accuracy
+    model, mtok = load_model(tmp_path / "ex")
+    probs = load_problems(va)
+    got, per_doc = greedy_scores(model, mtok, probs, 4, batch=3)
+    assert got == greedy_accuracy(model, mtok, probs, 4, batch=3)
+    assert [p["id"] for p, _, _ in per_doc] == ids
     meta = json.loads((tmp_path / "ex" / "meta.json").read_text())
     assert (meta["name"], meta["paper"], meta["scale"], meta["seed"]) == (
         "exopd",
@@ -211,7 +234,7 @@ def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
     reference other than the student (reward correction), on micro models."""
     import json
 
-    from claimbench.records import load_run_record
+    from claimbench.records import iter_samples, load_run_record
     from methods.gopd import baselines
     from methods.gopd.expo import main as expo_main
     from methods.gopd.train import main
@@ -267,6 +290,14 @@ def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
         rec = load_run_record(tmp_path / f"{variant}.json")
         tasks = {m["task"] for m in rec["metrics"]}
         assert {"valid_a", "valid_s"} <= tasks
+        # per-domain rows keep the validation file's line numbers (same ids as "valid")
+        lines = [json.loads(x) for x in va.read_text().splitlines() if x.strip()]
+        got = {}
+        for r in iter_samples(tmp_path / f"{variant}.json", rec):
+            got.setdefault(r["task"], set()).add(r["doc_id"])
+        assert got["valid"] == set(range(len(lines)))
+        assert got["valid_a"] == {i for i, p in enumerate(lines) if p["family"] == "add"}
+        assert got["valid_s"] == {i for i, p in enumerate(lines) if p["family"] == "sub"}
         # routes come from papers.gopd.multi_teacher.domains with --route only
         assert rec["config"].get("routes") == (routes if "--route" in extra else None)
         assert rec["config"]["eval_domains"] == doms
@@ -294,4 +325,10 @@ def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
     k = "model.embed_tokens.weight"
     mean = (ta.state_dict()[k] + tb.state_dict()[k]) / 2
     assert torch.allclose(m.state_dict()[k], mean + 0.5 * (mean - s.state_dict()[k]), atol=1e-6)
-    assert load_run_record(tmp_path / "expo.json")["method"] == "expo"
+    expo = load_run_record(tmp_path / "expo.json")
+    assert expo["method"] == "expo"
+    assert {r["task"] for r in iter_samples(tmp_path / "expo.json", expo)} == {
+        "valid",
+        "valid_a",
+        "valid_s",
+    }

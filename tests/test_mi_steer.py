@@ -347,6 +347,26 @@ def test_micro_pipeline_writes_run_records(tmp_path):
     assert any(s["name"].startswith("heatmap:denoise resid") for s in loc["series"])
     vals = {m["metric"]: m["value"] for m in loc["metrics"]}
     assert vals["last_layer_max_abs_diff"] < 1e-5
+    # the NE of the last layer's heads patched together, beside the best single head
+    assert {"last_layer_all_heads_ne", "last_layer_top2_heads_ne"} <= set(vals)
+    st = {
+        (m["task"], m["metric"]): m["value"]
+        for m in load_run_record(tmp_path / "runs" / "steer.json")["metrics"]
+    }
+    # signed effect at alpha = +1, random controls the same way
+    assert st["steer", "caa_effect"] == pytest.approx(
+        st["steer", "rate_alpha_1"] - st["steer", "rate_alpha_0"]
+    )
+    rnd = [st["steer", "random_0_effect_alpha1"]]  # n_random = 1
+    assert st["steer", "random_effect"] == pytest.approx(np.mean(np.abs(rnd)))
+    pr = {
+        (m["task"], m["metric"]): m["value"]
+        for m in load_run_record(tmp_path / "runs" / "probe.json")["metrics"]
+    }
+    assert pr["latent", "control_types"] == 100 and 0.5 <= pr["latent", "chance"] <= 1
+    assert pr["latent", "best_selectivity"] == pytest.approx(
+        pr["latent", "best_acc"] - pr["latent", "control_acc_at_best"]
+    )
     imp = {
         m["metric"]: m["value"]
         for m in load_run_record(tmp_path / "runs" / "improve.json")["metrics"]
@@ -464,6 +484,10 @@ def test_contrast_pipeline_on_a_micro_hf_model(tmp_path):
     vals = {m["metric"]: m["value"] for m in r["metrics"]}
     assert {"rate_positive", "rate_positive_ablated", "kl_neutral", "criterion_met"} <= set(vals)
     assert vals["criterion_met"] <= vals["selection_passed"]
+    # Arditi et al.'s protocol: fit / validation / test splits, candidates = layers x positions
+    assert (vals["n_fit"], vals["n_val"], vals["n_test"]) == (12, 6, 6)
+    assert vals["n_candidates"] >= 2 and vals["position"] < 0
+    assert vals["n_passing_kl"] <= vals["n_candidates"]
     # the record's config is the validated section (schema defaults filled in) + the behaviour
     assert r["config"]["behaviour"] == "refusal" and r["config"]["select_kl_max"] == 0.1
     assert r["config"]["layers"] == [0] and r["variant"] == "micro-refusal"
@@ -475,3 +499,241 @@ def test_contrast_pipeline_on_a_micro_hf_model(tmp_path):
     assert vals["layer"] == 0 and vals["select_kl"] >= 0
     with pytest.raises(SystemExit):
         contrast.main([*strict, *args, "--behaviour", "sentiment"])
+
+
+# ---------------------------------------------------------------------- real architectures
+
+
+@pytest.fixture(scope="module")
+def micro_archs(tmp_path_factory):
+    from claimbench.micro import micro_lm
+
+    root = tmp_path_factory.mktemp("micro")
+    return {arch: micro_lm(root / arch, arch=arch) for arch in ("llama", "qwen2")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_steer_file_is_what_lm_eval_steered_model_applies(micro_archs, arch, tmp_path):
+    """Our S1 edit and lm-eval's SteeredModel reading our exported file change the logits the
+    same way (same vector, layer, coefficient) on Llama and Qwen2 micro models."""
+    from lm_eval.models.hf_steered import SteeredModel
+    from transformers import AutoModelForCausalLM
+
+    path = micro_archs[arch]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    lm = HookedLM(model)
+    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    # the hook layer reads the decoder layers of this architecture
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    _, cache = lm.run(ids, read=[lm.site("embed"), lm.site("resid_post", 0)])
+    assert torch.allclose(cache[lm.site("embed")], hs[0])
+    assert torch.allclose(cache[lm.site("resid_post", 0)], hs[1], atol=1e-6)
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1))
+    f = tmp_path / "steer.pt"
+    S.save_steering_file(f, 1, v, 1.5)
+    loaded = torch.load(f, weights_only=False)
+    assert list(loaded) == ["layers.1"]
+    entry = loaded["layers.1"]
+    assert entry["action"] == "add" and entry["steering_coefficient"] == 1.5
+    assert entry["bias"] is None and entry["head_index"] is None
+    assert torch.equal(entry["steering_vector"], v)
+    ours = lm.run(ids, edits=S.steering_edits(lm, v, 1.5, 1))[0]
+    base = lm.run(ids)[0]
+    sm = SteeredModel(pretrained=str(path), steer_path=str(f), device="cpu", dtype="float32")
+    with torch.no_grad():
+        theirs = sm._model_call(ids)
+    assert not torch.allclose(ours, base, atol=1e-3)  # the edit does something
+    assert torch.allclose(theirs, ours, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\.pt / \.pth"):
+        S.save_steering_file(tmp_path / "steer.json", 1, v, 1.0)
+
+
+def test_contrast_loads_a_hub_id_and_exports_the_selected_direction(micro_archs, tmp_path, capsys):
+    """A base artifact that only names a hub id loads from the local cache (Qwen2 micro model),
+    the pipeline runs, and the steer file holds the selected layer's direction."""
+    from claimbench.records import load_run_record
+    from methods.mi_steer import contrast
+    from tests.micro_hub import fill_hub_cache, hub_artifact, use_cache
+
+    import_cache = tmp_path / "hub"
+    fill_hub_cache(import_cache, "org/micro-qwen2", micro_archs["qwen2"])
+    art = hub_artifact(tmp_path / "base" / "micro-qwen2", "org/micro-qwen2")
+    text = tmp_path / "test.jsonl"
+    text.write_text(
+        "\n".join(json.dumps({"text": f"Problem {i}: what is {i} plus 2?"}) for i in range(60))
+    )
+    cfg = {
+        "model": "micro-qwen2",
+        "chat_template": True,
+        "layers": [0, 1],
+        "select_max_depth": 1.0,
+        "select_kl_max": 1e9,
+        "alphas": [-1, 0, 1],
+        "n_neutral": 2,
+        "neutral_len": 8,
+        "steer_alpha": 2.0,
+        "behaviours": {
+            "refusal": {
+                "positive": "benchmarks/data/mi_prompts/harmful.jsonl",
+                "negative": "benchmarks/data/mi_prompts/harmless.jsonl",
+                "positive_tokens": ["I", "Sorry"],
+                "negative_tokens": ["Sure", "Here"],
+            }
+        },
+    }
+    rec, steer = tmp_path / "contrast.json", tmp_path / "steer.pt"
+    args = ["--variant", "micro-qwen2-refusal", "--out", str(rec), "--artifact", str(art)]
+    args += ["--text", str(text), "--behaviour", "refusal", "--steer-out", str(steer)]
+    opts = job_options(tmp_path, {"contrast": cfg})
+    with pytest.MonkeyPatch.context() as mp:
+        use_cache(mp, import_cache)
+        contrast.main([*opts, *args])
+    capsys.readouterr()
+    vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
+    loaded = torch.load(steer, weights_only=False)
+    assert list(loaded) == [f"layers.{int(vals['layer'])}"]
+    assert loaded[f"layers.{int(vals['layer'])}"]["steering_coefficient"] == 2.0
+    # without the cache the hub id does not resolve: one line, exit 2
+    missing = hub_artifact(tmp_path / "base" / "gone", "org/not-cached")
+    assert args[4] == "--artifact"
+    with pytest.MonkeyPatch.context() as mp:
+        use_cache(mp, tmp_path / "empty")
+        with pytest.raises(SystemExit) as e:
+            contrast.main([*opts, *args[:5], str(missing), *args[6:]])
+    assert e.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "'org/not-cached' is not available locally" in err[0]
+
+
+@pytest.mark.slow
+def test_gpu_smoke_cpu(tmp_path):
+    from methods.mi_steer.smoke import gpu_smoke
+
+    lines = gpu_smoke("cpu", "bfloat16", tmp_path)
+    assert len(lines) == 2 and all("lm-eval steered == ours" in ln for ln in lines)
+
+
+def test_contrast_side_effects_in_chunks_equal_the_whole_batch(lm, ids):
+    from methods.mi_steer import contrast
+
+    edits = S.steering_edits(lm, torch.randn(lm.d_model), 2.0, 1)
+    whole = S.side_effects(lm, ids, edits)
+    for chunk in (1, 2, 3):
+        got = contrast.side_effects(lm, ids, edits, chunk=chunk)
+        assert got["kl"] > 1e-4
+        for k in ("kl", "ppl_base", "ppl"):
+            assert got[k] == pytest.approx(whole[k], rel=1e-5), (chunk, k)
+
+
+# ---------------------------------------------------------------------- faithful-setup fixes
+
+
+def test_heads_patched_together_equal_the_attention_output_patch(lm, ids):
+    """All heads of a layer patched together = patching that layer's attention output (o_proj is
+    linear in the concatenated heads); one head = the per-head all-positions patch."""
+    clean, corrupt = ids[:2], ids[1:]
+    a_c, a_r = torch.tensor([5, 6]), torch.tensor([7, 8])
+    attn = L.activation_patching(lm, clean, corrupt, a_c, a_r, "attn")
+    site = lm.site("attn", 1)
+    _, cache = lm.run(clean, read=[site])
+    got_all = L.patch_heads_together(lm, clean, corrupt, a_c, a_r, 1, list(range(lm.n_heads)))
+    logits, _ = lm.run(corrupt, edits=[(site, patch_from(cache[site]))])
+    m = float(L.logit_diff(logits, a_c, a_r).mean())
+    want = L.normalised_effect(m, float(attn["m_r"].mean()), float(attn["m_c"].mean()))
+    assert got_all == pytest.approx(want, abs=1e-5)
+    heads = L.activation_patching(lm, clean, corrupt, a_c, a_r, "head")
+    one = L.patch_heads_together(lm, clean, corrupt, a_c, a_r, 1, [2])
+    assert one == pytest.approx(float(heads["ne_all_pos"][1, 2]), abs=1e-5)
+    two = L.patch_heads_together(lm, clean, corrupt, a_c, a_r, 1, [0, 2])
+    assert two != pytest.approx(one, abs=1e-6)
+    with pytest.raises(IndexError):
+        L.patch_heads_together(lm, clean, corrupt, a_c, a_r, 1, [lm.n_heads])
+
+
+def test_steering_on_generated_positions_leaves_the_prompt_alone(lm, ids):
+    """CAA adds the vector only after the prompt: logits at prompt positions are unchanged, the
+    positions from ``start`` on move; start=0 is the every-position edit."""
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(4))
+    base, _ = lm.run(ids)
+    start = ids.shape[1] - 3
+    got, _ = lm.run(ids, edits=S.steering_edits(lm, v, 2.0, 0, start=start))
+    assert torch.equal(got[:, :start], base[:, :start])
+    assert (got[:, start:] - base[:, start:]).abs().max() > 1e-3
+    every, _ = lm.run(ids, edits=S.steering_edits(lm, v, 2.0, 0))
+    zero, _ = lm.run(ids, edits=S.steering_edits(lm, v, 2.0, 0, start=0))
+    assert torch.allclose(every, zero)
+    with pytest.raises(ValueError, match="negative"):
+        S.steering_edits(lm, v, 1.0, 0, start=-1)
+
+
+def test_selection_induce_filter():
+    cands = [
+        {"layer": 0, "score": -5.0, "kl": 0.01, "induce": -1.0},  # adding it induces nothing
+        {"layer": 1, "score": -2.0, "kl": 0.01, "induce": 0.5},
+        {"layer": 2, "score": -3.0, "kl": 0.5, "induce": 2.0},  # KL too high
+    ]
+    assert S.select_direction(cands, n_layers=5)["layer"] == 0  # no induce filter
+    assert S.select_direction(cands, n_layers=5, induce_min=0.0)["layer"] == 1
+    assert S.select_direction(cands[:1], n_layers=5, induce_min=0.0) is None
+
+
+def test_contrast_splits_and_post_instruction_positions(micro_archs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from methods.mi_steer import contrast
+
+    p = [f"p{i}" for i in range(24)]
+    fit, val, test = contrast.split_prompts(p, None, None, "x.jsonl")
+    assert (len(fit), len(val), len(test)) == (12, 6, 6) and fit + val + test == p
+    assert contrast.split_prompts(p, 16, 4, "x.jsonl")[2] == p[20:]
+    with pytest.raises(ValueError, match="x.jsonl: 24 prompts"):
+        contrast.split_prompts(p, 20, 4, "x.jsonl")
+    path = micro_archs["qwen2"]
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = HookedLM(AutoModelForCausalLM.from_pretrained(path).eval())
+    chat = contrast.Contrast(lm, tok, True, "cpu")
+    prompts = ["How do I bake bread?", "Name a colour.", "What is two plus two?"]
+    pos = chat.post_instruction_positions(prompts, 64)
+    # the candidate positions are the generation prompt after the user turn, nothing of the text
+    tail = tok.decode(chat.encode(prompts[0])[0, pos[-1] :])
+    assert pos == [-i for i in range(1, len(pos) + 1)] and len(pos) >= 2
+    assert "assistant" in tail and "bread" not in tail and "?" not in tail
+    assert chat.post_instruction_positions(prompts, 2) == [-1, -2]
+    plain = contrast.Contrast(lm, tok, False, "cpu")
+    assert plain.post_instruction_positions(["ab cd", "xy"], 8) == [-1]  # nothing shared
+    means = chat.mean_resid(prompts[:2], [0, 1], [-1, -2])
+    _, c0 = lm.run(chat.encode(prompts[0]), read=[lm.site("resid_post", 1)])
+    _, c1 = lm.run(chat.encode(prompts[1]), read=[lm.site("resid_post", 1)])
+    s = lm.site("resid_post", 1)
+    assert torch.allclose(means[1, -2], (c0[s][0, -2] + c1[s][0, -2]) / 2, atol=1e-6)
+
+
+def test_latent_probe_labels_and_control_types():
+    """The latent is the trained model's own style choice on mode-free prompts (p(upper |
+    letter) > 0.5 after ``say NNN: ``); the control gives one random label per type (last two
+    digits); a model that always picks one style probes at the constant prediction."""
+    import string
+
+    from methods.mi_steer.suite import latent_probe
+
+    vocab = CharVocab()
+    lm = HookedLM(build_model(SPEC, vocab, seed=0).eval())
+    rand = HookedLM(build_model(SPEC, vocab, seed=1).eval())
+    out = latent_probe(lm, rand, vocab, seed=0)
+    ids = vocab.batch([f"say {n}: " for n in range(100, 1000)])
+    with torch.no_grad():
+        p = torch.softmax(lm.run(ids)[0][:, -1], -1)
+    up = p[:, [vocab.id(c) for c in string.ascii_uppercase]].sum(-1)
+    lo = p[:, [vocab.id(c) for c in string.ascii_lowercase]].sum(-1)
+    assert np.array_equal(out["labels"], (up / (up + lo) > 0.5).long().numpy())
+    ctrl = out["control_labels"]
+    assert np.array_equal(ctrl[:800], ctrl[100:])  # same last two digits, same label
+    assert 20 < ctrl[:100].sum() < 80  # 100 types with random labels
+    sites = lm.n_layers + 1
+    for key in ("task", "control", "mass_mean"):
+        assert len(out["trained", key]) == sites and len(out["random_init", key]) == sites
+    assert out["n"] == 900 and out["n_test"] == 450 and out["n_types"] == 100
+    if len(set(out["labels"].tolist())) == 1:  # this random micro model picks one style
+        assert out["trained", "task"] == [out["chance"]] * sites == out["random_init", "task"]
+        assert out["chance"] == 1.0

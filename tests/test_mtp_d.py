@@ -17,6 +17,7 @@ from methods.mtp_d.decode import (
     greedy_decode,
     left_pad,
     speculative_decode,
+    teacher_forced_acceptance,
 )
 from methods.mtp_d.heads import (
     MTPHeads,
@@ -133,6 +134,70 @@ def test_stop_gradient_blocks_kl_into_main_logits(stop_grad):
     assert torch.count_nonzero(gm) > 0
 
 
+def _grads(model, loss, params):
+    return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+
+def test_kl_into_modules_trains_only_the_modules():
+    """kl_into = modules: the KL's gradient reaches no trunk, embedding or output-head weight,
+    the loss is unchanged, and the modules get the same gradient as with kl_into = all."""
+    x = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    res = {}
+    for kl_into in ("all", "modules"):
+        torch.manual_seed(0)
+        main = LlamaForCausalLM(_config())
+        heads = MTPHeads(main.config, 2)
+        cfg = MTPLoss(alpha=[0.15, 0.15], beta=[1.0, 1.0], top_n=10, kl_into=kl_into)
+        model = MTPLM(main, heads, cfg).train()
+        out = model(x)
+        main_p, head_p = list(main.parameters()), list(heads.parameters())
+        kl_main = _grads(model, out.kl, main_p)
+        res[kl_into] = (
+            float(out.loss.detach()),
+            [g if g is None else g.clone() for g in kl_main],
+            _grads(model, out.loss, head_p),
+        )
+    loss_all, kl_main_all, head_all = res["all"]
+    loss_mod, kl_main_mod, head_mod = res["modules"]
+    assert loss_mod == pytest.approx(loss_all, rel=1e-6)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in kl_main_mod)
+    assert sum(int(torch.count_nonzero(g)) for g in kl_main_all if g is not None) > 0
+    for a, b in zip(head_all, head_mod, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_loss_config_beta_over_k_and_kl_into():
+    cfg = MTPLoss.from_config({**LOSS, "beta_over_k": True}, 4, V)
+    assert cfg.beta == [0.25] * 4 and cfg.alpha == pytest.approx([0.075] * 4)
+    assert MTPLoss.from_config(LOSS, 4, V).beta == [1.0] * 4
+    assert MTPLoss.from_config({**LOSS, "top_n_fraction": 1.0}, 2, V).top_n == V
+    with pytest.raises(ConfigError, match="kl_into = 'trunk'"):
+        MTPLoss.from_config({**LOSS, "kl_into": "trunk"}, 2, V)
+
+
+def test_untied_output_head_is_its_own_matrix(tmp_path):
+    from methods.mtp_d.build import untie_output_head
+
+    torch.manual_seed(0)
+    main = LlamaForCausalLM(_config())
+    assert main.lm_head.weight is main.get_input_embeddings().weight
+    untie_output_head(main)
+    emb, out = main.get_input_embeddings().weight, main.lm_head.weight
+    assert out is not emb and torch.equal(out, emb)  # a copy of E at initialisation
+    heads = MTPHeads(main.config, 1)
+    model = MTPLM(main, heads, MTPLoss([0.1], [1.0], top_n=10)).train()
+    model(torch.randint(0, V, (2, 10))).loss.backward()
+    assert not torch.equal(emb.grad, out.grad)  # two matrices, two gradients
+    with torch.no_grad():
+        out.add_(1.0)
+    main.save_pretrained(tmp_path)
+    back = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert back.lm_head.weight is not back.get_input_embeddings().weight
+    assert torch.equal(back.lm_head.weight, out) and torch.equal(
+        back.model.embed_tokens.weight, emb
+    )
+
+
 # ---- looped extension ------------------------------------------------------------------------
 def test_looped_copies_are_bit_equal_and_independent():
     torch.manual_seed(0)
@@ -173,18 +238,20 @@ def _prompts(seed, lengths):
     return [torch.randint(0, V, (n,), generator=gen).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("bsz", [1, 3])
-def test_speculative_decoding_is_lossless(trained, bsz):
+@pytest.mark.parametrize("bsz,depth,new", [(1, 2, 30), (3, 2, 30), (3, 1, 17), (2, 2, 1)])
+def test_speculative_decoding_is_lossless(trained, bsz, depth, new):
+    """Incremental verify loop (preallocated buffers, masks and rotary built once) = greedy,
+    for padded batches, one draft depth or two, and budgets that end mid-step."""
     main, heads = trained
     prompts = _prompts(1, [5, 9, 7, 12, 6, 10])
-    stats = SpecStats(2)
+    stats = SpecStats(depth)
     for i in range(0, len(prompts), bsz):
         ids, valid = left_pad(prompts[i : i + bsz], 0)
-        want = greedy_decode(main, ids, valid, 30)
-        got = speculative_decode(main, heads, ids, valid, 30, stats=stats)
-        assert torch.equal(got, want)
-    # meaningful only if drafts were sometimes accepted and sometimes rejected
-    assert 0.0 < stats.car()[0] < 1.0 and stats.accepted[1] > 0
+        want = greedy_decode(main, ids, valid, new)
+        got = speculative_decode(main, heads, ids, valid, new, depth=depth, stats=stats)
+        assert got.shape == (len(prompts[i : i + bsz]), new) and torch.equal(got, want)
+    if new > 1:  # meaningful only if drafts were sometimes accepted and sometimes rejected
+        assert 0.0 < stats.car()[0] < 1.0 and stats.accepted[depth - 1] > 0
 
 
 def test_speculative_loops_and_reuse_are_lossless(trained):
@@ -235,6 +302,36 @@ def test_drafts_match_teacher_forced_heads(trained):
 
 
 # ---- bad input -------------------------------------------------------------------------------
+def test_teacher_forced_acceptance_by_definition(trained):
+    """Teacher-forced AR/CAR on fixed text, counted position by position from the definitions."""
+    main, heads = trained
+    windows = _prompts(5, [14, 9, 3])  # the 3-token window has no scored position
+    ref, agree = teacher_forced_acceptance(main, heads, windows)
+    want_ref, want_agree = [0, 0], [0, 0]
+    att_ref, steps = [0, 0], 0
+    with torch.no_grad():
+        for w in windows[:2]:
+            seq = torch.tensor([w])
+            h0 = main.model(input_ids=seq).last_hidden_state
+            top0 = main.lm_head(h0).argmax(-1)[0].tolist()
+            top = [lk.argmax(-1)[0].tolist() for lk in run_heads(main, heads, seq, h0)]
+            for i in range(len(w) - 3):
+                steps += 1
+                ok_ref = ok_agree = True
+                for k in (1, 2):
+                    att_ref[k - 1] += ok_ref
+                    ok_ref = ok_ref and top[k - 1][i] == w[i + k + 1]
+                    ok_agree = ok_agree and top[k - 1][i] == top0[i + k]
+                    want_ref[k - 1] += ok_ref
+                    want_agree[k - 1] += ok_agree
+    assert ref.steps == agree.steps == steps == 11 + 6
+    assert ref.accepted == want_ref and agree.accepted == want_agree
+    assert ref.attempted == att_ref
+    assert ref.car() == pytest.approx([a / steps for a in want_ref])
+    assert ref.tau() == pytest.approx(1 + sum(want_ref) / steps)
+    assert want_agree[0] > want_ref[0]  # distilled heads follow the main head, not random text
+
+
 def test_bad_inputs_name_the_value(tmp_path):
     cfg = _config()
     with pytest.raises(ConfigError, match="K = 0"):
@@ -318,6 +415,7 @@ def test_pipeline_micro(tmp_path):
     section = {
         "architecture": spec,
         "heads": 2,
+        "tie_embeddings": False,
         "train": train,
         "loss": {"mtp_lambda": 0.3, "beta": 1.0, "top_n_fraction": 0.08},
         "variants": ["ntp", "mtp", "mtp_d"],
@@ -343,6 +441,9 @@ def test_pipeline_micro(tmp_path):
     # the main model loads alone; the heads load beside it
     main = LlamaForCausalLM.from_pretrained(art / "mtp_d")
     assert load_heads(art / "mtp_d", main).num_modules == 2
+    assert main.lm_head.weight is not main.get_input_embeddings().weight  # tie_embeddings: false
+    loop_main = LlamaForCausalLM.from_pretrained(art / "mtp_d_loop4")
+    assert torch.equal(loop_main.lm_head.weight, main.lm_head.weight)
     assert AutoTokenizer.from_pretrained(art / "mtp_d") is not None
     with pytest.raises(SystemExit):  # a model with no heads cannot be extended
         build.main(
@@ -367,6 +468,12 @@ def test_pipeline_micro(tmp_path):
         1 + sum(m[("spec_b1", f"car_{k}")] for k in range(1, 5))
     )
     assert m[("spec_b2", "speedup_vs_greedy")] > 0
+    for task in ("tf_text", "tf_text_main"):  # teacher-forced acceptance on held-out text
+        assert 0.0 <= m[(task, "car_4")] <= m[(task, "car_1")] <= 1.0
+        assert m[(task, "tau")] == pytest.approx(
+            1 + sum(m[(task, f"car_{k}")] for k in range(1, 5))
+        )
+    assert rec["config"]["acceptance_modes"]["tf_text"].startswith("teacher_forced")
     assert [s["name"] for s in rec["series"]] == [
         "cumulative acceptance CAR per head",
         "conditional acceptance AR per head",

@@ -593,3 +593,23 @@ def test_spearman_of_constant_scores_is_zero_not_nan():
     assert spearman([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="differ in length"):
         spearman([1, 2, 3], [1, 2])
+
+
+def test_factor_svd_gives_the_full_svds_scores():
+    """A head circuit's SE score from its rank-r factors equals the full SVD's (all roles)."""
+    from methods.nsds.scores import NSDSOptions, factor_svd, se_score
+
+    g = torch.Generator().manual_seed(0)
+    d, r = 96, 8
+    a = torch.randn(d, r, generator=g, dtype=torch.float64)
+    b = torch.randn(d, r, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, r)
+    w = a @ b.T
+    u, s, vh = factor_svd(a, b)
+    assert torch.allclose((u * s) @ vh, w, atol=1e-10)
+    assert torch.allclose(s, torch.linalg.svdvals(w)[:r], rtol=1e-10)
+    p_u = torch.linalg.qr(torch.randn(d, 12, generator=g, dtype=torch.float64))[0]
+    opts = NSDSOptions()
+    for role in ("qk", "ov"):
+        full = se_score(w, role, opts, p_u)
+        fast = se_score(w, role, opts, p_u, factors=(a, b))
+        assert fast == pytest.approx(full, rel=1e-8), role

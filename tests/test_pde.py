@@ -424,7 +424,7 @@ def test_questions_answers_hold_by_construction(micro):
 
 def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, capsys):
     data, _ = micro
-    for kind in ("truth", "persistence"):
+    for kind in ("truth", "persistence", "zero"):
         suite_main(
             [
                 "reference",
@@ -444,8 +444,8 @@ def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, 
                 str(tmp_path / kind),
             ]
         )
-    recs = {}
-    for kind in ("truth", "persistence"):
+    recs, per_doc = {}, {}
+    for kind in ("truth", "persistence", "zero"):
         out = tmp_path / "runs" / kind / "pde_forecast.json"
         suite_main(
             [
@@ -459,7 +459,11 @@ def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, 
         )
         rec = load_run_record(out)
         recs[kind] = {(m["task"], m["metric"]): m["value"] for m in rec["metrics"]}
-        assert (out.parent / "pde_forecast.samples.jsonl").is_file()
+        rows = [
+            json.loads(line)
+            for line in (out.parent / "pde_forecast.samples.jsonl").read_text().splitlines()
+        ]
+        per_doc[kind] = {(r["task"], r["doc_id"]): r["metrics"]["nrmse"] for r in rows}
         # the job's identity, and the scoring settings of benchmarks.pde.eval (schema defaults)
         assert (rec["paper"], rec["variant"], rec["method"], rec["seed"]) == (
             "omniflow",
@@ -476,8 +480,9 @@ def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, 
         )
         assert recs["persistence"][(task, "nrmse")] > 0.05
         assert recs["persistence"][(task, "pde_residual")] == pytest.approx(1.0)
+        assert recs["zero"][(task, "nrmse")] == pytest.approx(1.0)  # the zero-field reference
     # a failed sample is counted, the rest scored; NaN elsewhere is an error naming the array
-    with np.load(tmp_path / "persistence" / "src.npz") as z:
+    with np.load(tmp_path / "truth" / "src.npz") as z:
         arrays = {k: z[k] for k in z.files}
     arrays["omega"][1, 0, 2, 2] = np.nan
     bad_dir = tmp_path / "bad"
@@ -495,10 +500,11 @@ def test_forecast_suite_truth_persistence_failed_and_bad_files(micro, tmp_path, 
     np.savez(bad_dir / "src.npz", **arrays, failed=np.array([False, True, False]))
     suite_main(["forecast", *_args(data, out), "--regimes", "src", "--predictions", str(bad_dir)])
     rec = {(m["task"], m["metric"]): m for m in load_run_record(out)["metrics"]}
-    assert (
-        rec[("src", "failed_rate")]["value"] == pytest.approx(1 / 3)
-        and rec[("src", "nrmse")]["n"] == 2
-    )
+    # ... and scored as the persistence forecast in every mean (n = 3, not 2)
+    assert rec[("src", "failed_rate")]["value"] == pytest.approx(1 / 3)
+    assert rec[("src", "nrmse")]["n"] == 3
+    assert rec[("src", "nrmse")]["value"] == pytest.approx(per_doc["persistence"][("src", 1)] / 3)
+    assert per_doc["persistence"][("src", 1)] > 0.05
     np.savez(bad_dir / "src.npz", omega=arrays["omega"][:, :2])
     with pytest.raises(SystemExit):
         suite_main(
@@ -570,3 +576,109 @@ def test_scale_files_validate_the_pde_section(tmp_path):
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="benchmarks.unknown: no schema"):
         load_scale("tiny", bad)
+
+
+# ---------------------------------------------------------------------- real data (HDF5)
+
+
+def _taylor_green(n_samples: int, frames: int, s: int, nu: float = 1e-3, dt: float = 1.0):
+    """Decaying Taylor-Green vorticity, amplitude per sample: omega(t) = A_b 2k sin sin e^{-2 nu k^2 t}."""
+    x = np.arange(s) / s
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    k = 2 * np.pi
+    t = np.arange(frames) * dt
+    amp = 1.0 + np.arange(n_samples)[:, None, None, None]
+    base = 2 * k * np.sin(k * X) * np.sin(2 * k * Y)
+    return amp * base[None, None] * np.exp(-2 * nu * k**2 * t)[None, :, None, None], t
+
+
+def test_fno_mat_layout_reads_back_the_trajectories(tmp_path):
+    """FNO's NavierStokes_*.mat (MATLAB v7.3): h5py sees a (s, s, n), u (T, s, s, n), t (T, 1),
+    i.e. MATLAB's (n, s, s) / (n, s, s, T) with every axis reversed (neuraloperator MatReader)."""
+    h5py = pytest.importorskip("h5py")
+    from benchmarks.pde.real import read_trajectories, transpose_xy
+
+    w, t = _taylor_green(5, 4, 16)  # (n, T, s, s), frame 0 = the initial condition
+    path = tmp_path / "NavierStokes_V1e-3_N5_T3.mat"
+    with h5py.File(path, "w") as f:
+        f["a"] = w[:, 0].transpose(2, 1, 0)  # MATLAB (n, x, y) seen reversed
+        f["u"] = w[:, 1:].transpose(0, 2, 3, 1).transpose(3, 2, 1, 0)  # MATLAB (n, x, y, T)
+        f["t"] = t[1:].reshape(1, -1).T
+    got = read_trajectories(path, "fno_mat", start=1, count=3)
+    assert got["omega"].shape == (3, 4, 16, 16) and got["omega"].dtype == np.float32
+    np.testing.assert_allclose(got["omega"], w[1:4], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(got["t"], t)
+    u_ref, v_ref = velocity_from_vorticity(w[1:4])
+    np.testing.assert_allclose(got["u"], u_ref, atol=1e-4)
+    np.testing.assert_allclose(got["v"], v_ref, atol=1e-4)
+    sw = transpose_xy(got)  # a reflection: vorticity changes sign, u and v swap
+    np.testing.assert_allclose(sw["omega"], -np.swapaxes(got["omega"], -1, -2))
+    with pytest.raises(PDEInputError, match="holds 5"):
+        read_trajectories(path, "fno_mat", start=3, count=3)
+    with pytest.raises(PDEInputError, match="layout 'fno'"):
+        read_trajectories(path, "fno")
+
+
+def test_pdebench_cfd2d_layout_and_the_paper_metrics_on_a_loaded_regime(tmp_path):
+    """PDEBench 2-D CFD (Vx, Vy, density, pressure: (n, T, s, s); t/x/y-coordinate): vorticity
+    taken spectrally; a regime read from a file gets the forecast layout and the metrics."""
+    h5py = pytest.importorskip("h5py")
+    from benchmarks.pde.real import load_regime
+
+    s, n, T = 16, 4, 5
+    x = np.arange(s) / s
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    k = 2 * np.pi
+    psi = np.sin(k * X) * np.sin(k * Y)  # u = psi_y, v = -psi_x, omega = -lap psi = 2k^2 psi
+    decay = (
+        np.exp(-0.1 * np.arange(T))[None, :, None, None] * (1 + np.arange(n))[:, None, None, None]
+    )
+    vx = k * np.sin(k * X) * np.cos(k * Y) * decay
+    vy = -k * np.cos(k * X) * np.sin(k * Y) * decay
+    path = tmp_path / "2D_CFD_Rand_M0.1_Eta0.01_Zeta0.01_periodic_16_Train.hdf5"
+    with h5py.File(path, "w") as f:
+        f["Vx"], f["Vy"] = vx, vy
+        f["density"] = np.ones_like(vx)
+        f["pressure"] = np.ones_like(vx)
+        f["t-coordinate"] = 0.5 * np.arange(T + 1)
+        f["x-coordinate"] = f["y-coordinate"] = x
+    raw = read_yaml(SCHEMA_DIR / "benchmarks" / "pde.schema.yaml")
+    spec = {
+        "grid": s,
+        "dt": 0.01,
+        "dt_record": 0.5,
+        "n_snapshots": 4,
+        "forecast": {"n_input": 1, "n_rollout": 3},
+        "source": "cfd",
+        "regimes": {
+            "cfd": {
+                "equation": "ns2d",
+                "nu": 0.01,
+                "n_train": 3,
+                "n_test": 1,
+                "file": {"path": str(path), "layout": "pdebench_cfd2d"},
+            }
+        },
+        "questions": {
+            "grid": 16,
+            "sim_grid": 16,
+            "dt": 0.01,
+            "trend_dt": 0.5,
+            "n_per_kind": 2,
+            "kinds": ["vortex_count"],
+        },
+    }
+    spec = fill_defaults(spec, raw)
+    meta, train, test = load_regime(spec, "cfd", seed=0)
+    assert train["omega"].shape == (3, 4, s, s) and test["omega"].shape == (1, 4, s, s)
+    assert meta["dt_record"] == 0.5 and meta["grid"] == {"N": s, "L": 1.0}
+    np.testing.assert_allclose(test["omega"][0], (2 * k**2 * psi) * decay[3, :4], atol=1e-3)
+    assert M.divergence_residual(test["u"][0], test["v"][0]).max() < 1e-5
+    # persistence forecast scored with the paper-style nRMSE: by hand, |e^{-0.1 j} - 1|
+    pred = np.repeat(test["omega"][:, :1], 3, axis=1)
+    got = M.nrmse(pred, test["omega"][:, 1:])
+    want = np.abs(1 - np.exp(0.1 * np.arange(1, 4)))
+    np.testing.assert_allclose(np.ravel(got), want, rtol=1e-4)
+    spec["regimes"]["cfd"]["n_train"] = 10
+    with pytest.raises(PDEInputError, match="holds 4"):
+        load_regime(spec, "cfd", seed=0)

@@ -8,7 +8,10 @@ from tests.helpers import dry_run
 
 
 def test_small_scale_full_grids_dry_run(snakemake_bin, root):
-    rc, out = dry_run(snakemake_bin, root, "psft_all", "gopd_all", "--config", "scale=small")
+    # --forceall: every job is listed, also in a tree where the small scale has run
+    rc, out = dry_run(
+        snakemake_bin, root, "--forceall", "psft_all", "gopd_all", "--config", "scale=small"
+    )
     assert rc == 0, out[-2000:]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     # PSFT: 5 arms x 3 seeds, RL after SFT from sft and psft x 3 seeds

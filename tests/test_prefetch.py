@@ -7,6 +7,7 @@ lm-eval's task files name, and editing the scale file changes the list (it is no
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -15,19 +16,61 @@ import yaml
 
 from claimbench.cli import main
 
+# A hub repository id: owner/name, one slash, no file suffix (local paths are absolute or have
+# more parts: /data/msrvtt/frames, benchmarks/data/mi_prompts/harmful.jsonl).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]")
+FILE_SUFFIX = re.compile(r"\.(jsonl?|csv|tsv|txt|gz|zst|npy|npz|parquet|arrow|ya?ml|h5|hdf5|pt)$")
 
-def hub_ids(node) -> set[str]:
-    """Every ``{kind: hub, id: ...}`` anywhere in a scale file (models and paper sections)."""
-    found = set()
+
+def hub_references(node, key: str = "") -> tuple[set[str], set[tuple[str, str]], set[str]]:
+    """Walk a scale file without knowing its keys: (every hub-id-looking string, every data set
+    given as ``{path: <hub id>, name: <config>}``, every name listed under a ``tasks`` key).
+    ``data_files`` values are files inside a data set repository, not repositories."""
+    ids, configs, tasks = set(), set(), set()
     if isinstance(node, dict):
-        if node.get("kind") == "hub" and isinstance(node.get("id"), str):
-            found.add(node["id"])
-        for v in node.values():
-            found |= hub_ids(v)
+        if isinstance(node.get("path"), str) and HUB_ID.fullmatch(node["path"]):
+            if isinstance(node.get("name"), str):
+                configs.add((node["path"], node["name"]))
+        for k, v in node.items():
+            if k == "data_files":
+                continue
+            if k == "tasks" and isinstance(v, list):
+                tasks |= {t for t in v if isinstance(t, str)}
+            sub = hub_references(v, str(k))
+            ids, configs, tasks = ids | sub[0], configs | sub[1], tasks | sub[2]
     elif isinstance(node, list):
         for v in node:
-            found |= hub_ids(v)
-    return found
+            sub = hub_references(v, key)
+            ids, configs, tasks = ids | sub[0], configs | sub[1], tasks | sub[2]
+    elif isinstance(node, str) and HUB_ID.fullmatch(node) and not FILE_SUFFIX.search(node):
+        ids.add(node)
+    return ids, configs, tasks
+
+
+def test_hub_references_walks_any_key():
+    scale = {
+        "models": {"a": {"kind": "hub", "id": "org/model-1.5B"}},
+        "papers": {
+            "x": {"init_from": "openai/clip-vit-base-patch32", "local_path": "/models/clip"},
+            "y": {"serve": {"model": "Qwen/Qwen2.5-VL-7B-Instruct"}, "label": "hf:qwen"},
+            "z": {"prompts": "benchmarks/data/p.jsonl", "frames": "data/frames.npy"},
+            "lm_eval": {"tasks": ["gsm8k", "arith_id"]},
+        },
+        "ppl": [
+            {"path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1"},
+            {"path": "allenai/c4", "data_files": {"validation": "en/c4-validation.json.gz"}},
+        ],
+    }
+    ids, configs, tasks = hub_references(scale)
+    assert ids == {
+        "org/model-1.5B",
+        "openai/clip-vit-base-patch32",
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        "Salesforce/wikitext",
+        "allenai/c4",
+    }
+    assert configs == {("Salesforce/wikitext", "wikitext-2-raw-v1")}
+    assert tasks == {"gsm8k", "arith_id"}
 
 
 def rows(out: str) -> list[list[str]]:
@@ -41,10 +84,17 @@ def test_paper_scale_lists_every_model_task_and_data_set(root, capsys):
     out = capsys.readouterr().out
     listed = rows(out)
     models = {r[1] for r in listed if r[0] == "model"}
-    assert hub_ids(scale) and hub_ids(scale) <= models
-    tasks = {r[1] for r in listed if r[0] == "task"}
-    assert set(scale["eval"]["lm_eval"]["tasks"]) <= tasks
     datasets = {r[1] for r in listed if r[0] == "dataset"}
+    tasks = {r[1] for r in listed if r[0] == "task"}
+    # Everything the paper config names on the hub, wherever a paper put it (models, CLIP
+    # weights, a served model, calibration and perplexity data sets), is in the list: a job
+    # that loads it names it in its params (rules/common.smk), or prefetch cannot see it.
+    ids, configs, scale_tasks = hub_references(scale)
+    assert {i for i in ids if "/" in i} and ids - models - datasets == set(), out
+    for path, name in configs:
+        assert any(r[:3] == ["dataset", path, f"name={name}"] for r in listed), (path, name)
+    assert scale_tasks and scale_tasks - tasks == set(), out
+    assert {m for spec in scale["models"].values() if (m := spec.get("id"))} <= models
     # What lm-eval's own task files load for the paper scale's tasks (wikitext, arc_easy, ...).
     assert {"EleutherAI/wikitext_document_level", "allenai/ai2_arc", "openai/gsm8k"} <= datasets
     assert any(
@@ -84,7 +134,9 @@ def test_list_follows_the_scale_file(root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     listed = rows(proc.stdout)
     assert ["model", "org/extra-model", "revision=abc123"] in [r[:3] for r in listed]
-    assert [r[:3] for r in listed if r[0] == "dataset"] == [
+    # The data sets of the lm-eval tasks are now those of the tag's two tasks (data sets that
+    # other suites of the base models read, e.g. perplexity text, are listed beside them).
+    assert [r[:3] for r in listed if r[0] == "dataset" and r[-2] == "task"] == [
         ["dataset", "allenai/ai2_arc", "name=ARC-Challenge"],
         ["dataset", "allenai/ai2_arc", "name=ARC-Easy"],
     ]

@@ -245,7 +245,12 @@ def test_pipeline_on_a_micro_config(tmp_path, capsys):
     assert load_run_record(inra0)["variant"] == "inra-lam0"
     samples = inra0.with_suffix(".samples.jsonl")
     rows = [json.loads(x) for x in samples.read_text().splitlines()]
-    assert [r["doc_id"] for r in rows] == list(range(6))  # the store's integer doc ids
+    # the store's integer doc ids: each problem's line in the test file, under task "all"
+    lines = [json.loads(x)["id"] for x in open(te, encoding="utf-8") if x.strip()]
+    assert [(r["task"], r["doc_id"]) for r in rows] == [
+        ("all", lines.index(r["doc_hash"])) for r in rows
+    ]
+    assert len(rows) == 6 and {r["family"] for r in rows} <= {"add", "sub"}
     assert val(runs / "inra.train.json", "init_max_abs_logit_diff", "identity") < 1e-5
     dera0 = runs / "dera-lam0" / "realign_decode.json"
     assert val(dera0, "token_reduction") == 0.0  # DeRa lambda = 0 is the reference
@@ -296,3 +301,38 @@ def test_sweep_averages_trra_seeds():
     assert vals[("trra_sweep", "max_relative_length_increase")] == pytest.approx(1 / 35)
     em = next(c for c in curves if c["name"] == "TrRa: exact match vs lambda")
     assert em["y"] == pytest.approx([0.7, 0.6]) and "mean of 2 seeds" in em["y_label"]
+
+
+def test_decode_samples_pair_by_document_under_the_metrics_task():
+    """Per-document rows carry the task the claims' metric names ("all", whose hash the
+    record holds), keyed by the problem's line in the test file: two decodings of different
+    family subsets of one file share the doc ids of their common problems, and the rows'
+    mean is the stored exact match (what the paired check requires)."""
+    from methods.realign.decode import Decoded
+    from methods.realign.evaluate import score
+
+    probs = [
+        {"id": f"p{i}", "family": fam, "prompt": f"Q{i}", "answer": i}
+        for i, fam in enumerate(["add", "mul", "sub", "add", "sub"])
+    ]
+    lines = {p["id"]: i for i, p in enumerate(probs)}
+
+    def run(subset, texts):
+        dec = Decoded(texts, [3] * len(texts), [False] * len(texts))
+        return score(subset, dec, lines)
+
+    texts = [f"the answer is {p['answer'] if i % 2 else 99}" for i, p in enumerate(probs)]
+    metrics, _, rows = run(probs, texts)
+    assert {r["task"] for r in rows} == {"all"}
+    assert [r["doc_id"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["family"] for r in rows] == ["add", "mul", "sub", "add", "sub"]
+    em = next(m for m in metrics if (m["task"], m["metric"]) == ("all", "exact_match"))
+    per_doc = [r["metrics"]["exact_match"] for r in rows]
+    assert per_doc == [0.0, 1.0, 0.0, 1.0, 0.0] and em["value"] == sum(per_doc) / 5
+    assert em["n"] == len(rows)
+    tokens = next(m for m in metrics if (m["task"], m["metric"]) == ("all", "mean_output_tokens"))
+    assert tokens["value"] == sum(r["metrics"]["mean_output_tokens"] for r in rows) / 5
+    addsub = [p for p in probs if p["family"] != "mul"]
+    _, _, sub_rows = run(addsub, texts[:4])
+    assert [r["doc_id"] for r in sub_rows] == [0, 2, 3, 4]  # lines, not positions
+    assert [r["family"] for r in sub_rows] == ["add", "sub", "add", "sub"]

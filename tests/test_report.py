@@ -63,6 +63,30 @@ claims:
     source: Table 2
     scales: [paper]
     paper_value: {model: big, benchmark: arith, metric: acc, value: 0.91}
+    check:
+      within:
+        ref: {variant: big, task: arith, metric: acc}
+        value: 0.91
+        tol_abs: 0.02
+  - id: paper_row_not_attempted
+    statement: The paper reports 0.97 with its 70B model.
+    source: Table 2
+    scales: [paper]
+    paper_value: {model: 70b, benchmark: arith, metric: acc, value: 0.97}
+    not_attempted: no 70B model at any scale of ours
+  - id: small_only
+    statement: At small scale the big model beats the small one.
+    source: Table 3
+    scales: [small]
+  - id: small_model_trains
+    kind: pipeline
+    statement: The small model learns anything at all.
+    scales: [tiny]
+    check:
+      threshold:
+        ref: {variant: small, task: arith, metric: acc}
+        op: ">"
+        value: 0.1
 """
 
 OTHER_CLAIMS = """\
@@ -81,9 +105,10 @@ claims:
 
 
 def _run(runs: Path, variant: str, acc: float, bpb: float, arith_hash: str, response: str) -> None:
-    samples = f"{variant}.samples.jsonl"
+    samples = "lm_eval.samples.jsonl"
+    folder = runs / "tiny" / "toy" / variant
     atomic_write_jsonl(
-        runs / samples,
+        folder / samples,
         [
             {
                 "task": "arith",
@@ -108,7 +133,7 @@ def _run(runs: Path, variant: str, acc: float, bpb: float, arith_hash: str, resp
         seed=0,
         config={"variant": variant},
         metrics=[
-            metric("arith", "acc", acc, stderr=0.05, n=100, higher_is_better=True),
+            metric("arith", "acc", acc, stderr=0.05, n=7, higher_is_better=True),
             metric("text", "bits_per_byte", bpb, n=40, higher_is_better=False),
         ],
         provenance=PROVENANCE,
@@ -116,7 +141,7 @@ def _run(runs: Path, variant: str, acc: float, bpb: float, arith_hash: str, resp
         samples=samples,
         series=[series("train_loss", [0, 10, 20], [3.0, 2.0, acc], "step", "loss")],
     )
-    write_run_record(runs / f"{variant}.json", rec)
+    write_run_record(folder / "lm_eval.json", rec)
 
 
 def build_store(tmp_path: Path, small_hash: str = "h1") -> Path:
@@ -164,8 +189,14 @@ def test_numbers_match_store(rendered):
     for value, stderr, _ in rows:
         text = value_text(value, stderr)
         assert f">{text}</td>" in pages["toy.html"]
-        assert f">{text}</td>" in pages["index.html"]
         assert f'data-sort="{float(value)!r}"' in pages["toy.html"]
+    # the flat table of every metric lives on the paper pages, with seed and run columns
+    assert (
+        "all-results-table" in pages["toy.html"] and "all-results-table" not in pages["index.html"]
+    )
+    table = re.search(r'id="all-results-table">.*?</table>', pages["toy.html"], re.S).group(0)
+    assert "<th>seed</th><th>run</th>" in table and table.count("<tr>") == 1 + 4
+    assert 'class="filter" data-table="all-results-table"' in pages["toy.html"]
     assert ">0.75 ± 0.05</td>" in pages["toy.html"]
     assert ">3.125</td>" in pages["toy.html"]  # no stderr: value alone
     assert "text.bits_per_byte ↓" in pages["toy.html"]
@@ -179,24 +210,40 @@ def test_claim_verdicts(rendered):
     assert '<span class="badge held">held</span>' in pages["toy.html"]
     assert '<span class="badge failed">failed</span>' in pages["toy.html"]
     assert '<span class="badge missing">missing</span>' in pages["other.html"]
-    row = re.search(r'<a href="toy.html">toy</a>.*?</tr>', pages["index.html"], re.S).group(0)
-    cells = re.findall(r'data-sort="(\d+)"', row)
-    assert cells == ["2", "1", "1", "0"]  # runs, held, failed, missing
+    assert '<span class="badge not-attempted">not attempted</span>' in pages["toy.html"]
+    rows = re.findall(
+        r'<a href="toy.html#verdicts-(\w+)">toy</a>(.*?)</tr>', pages["index.html"], re.S
+    )
+    counts = {scale: re.findall(r'data-sort="(\d+)"', row) for scale, row in rows}
+    # runs, held, failed, inconclusive, missing, not attempted, pipeline checks: the pipeline
+    # claim (held) is counted apart, never among the paper's held
+    assert counts == {
+        "tiny": ["2", "1", "1", "0", "0", "0", "1"],
+        "paper": ["0", "0", "0", "0", "0", "1", "0"],
+    }, counts
+    assert ">1/1</td>" in rows[0][1]
     assert "0123456789" in pages["index.html"] and "(dirty)" in pages["index.html"]
 
 
-def test_claims_of_other_scales_are_folded_below(rendered):
-    """A claim made only at scales the store lacks (a paper-table row in a tiny store) is
-    listed in a folded section after the claims this store checks."""
+def test_one_verdict_table_per_scale_and_pipeline_apart(rendered):
+    """Each scale's table lists the paper's claims made there with paper value, ours ± z·se,
+    verdict and power; pipeline checks are listed apart; a claim of a scale the store lacks
+    is folded below."""
     _, paths = rendered
     page = _pages(paths)["toy.html"]
-    main = re.search(r'<table class="sortable" id="claims-table">.*?</table>', page, re.S)
+    tiny = re.search(r'id="verdicts-tiny-table">.*?</table>', page, re.S).group(0)
+    paper = re.search(r'id="verdicts-paper-table">.*?</table>', page, re.S).group(0)
+    assert "big_beats_small" in tiny and "small_model_trains" not in tiny
+    assert "paper_table_row" not in tiny and "paper_table_row" in paper
+    # ours for a compare: Δ 0.75 - 0.5 ± 1.96 · sqrt(2) · 0.05; MDE (1.96 + 0.8416) · 0.0707
+    assert "Δ +0.25 ± 0.1386" in tiny and ">0.1981</td>" in tiny, tiny
+    assert ">7</td>" in tiny  # n: the documents of the stored metric
+    assert "no 70B model" in paper and "not run at this scale" in paper
+    pipe = re.search(r'<ul class="pipeline" id="pipeline-tiny">.*?</ul>', page, re.S).group(0)
+    assert "small_model_trains" in pipe and "big_beats_small" not in pipe
     folded = re.search(r'<details id="claims-unchecked">(.*?)</details>', page, re.S)
-    assert main and folded, page
-    assert "big_beats_small" in main.group(0) and "paper_table_row" not in main.group(0)
-    assert "paper_table_row" in folded.group(1) and "big_beats_small" not in folded.group(1)
-    assert "1 claim not claimed at this scale (tiny)" in folded.group(1)
-    assert page.index("claims-table") < page.index("claims-unchecked")
+    assert folded and "small_only" in folded.group(1) and "big_beats_small" not in folded.group(1)
+    assert page.index("verdicts-tiny-table") < page.index("claims-unchecked")
 
 
 def test_text_is_escaped(rendered):
@@ -246,11 +293,11 @@ def test_missing_db(tmp_path):
 
 
 def test_not_comparable(tmp_path, rendered):
-    assert "not comparable" not in _pages(rendered[1])["toy.html"]
+    assert "not comparable:" not in _pages(rendered[1])["toy.html"]
     db = build_store(tmp_path / "bad", small_hash="h2")
     pages = _pages(render_report(db, tmp_path / "bad" / "reports"))
     assert "not comparable: differing task hash" in pages["toy.html"]
-    assert "not comparable" in pages["index.html"]
+    assert "not comparable" not in pages["index.html"]  # the flat table is on the paper pages
 
 
 def test_stale_pages_removed(tmp_path, rendered):
@@ -279,7 +326,8 @@ def test_empty_store(tmp_path):
     paths = render_report(db, tmp_path / "reports")
     assert [p.name for p in paths] == ["index.html"]
     page = paths[0].read_text(encoding="utf-8")
-    assert "No metrics in the store yet." in page and "<dt>runs</dt><dd>0</dd>" in page
+    assert "No runs or claim checks in the store yet." in page
+    assert "<dt>runs</dt><dd>0</dd>" in page
 
 
 def test_comparability_is_judged_per_metric():

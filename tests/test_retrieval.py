@@ -107,6 +107,49 @@ def test_generator_is_deterministic(world, tmp_path):
     assert frames.shape == (5, 2, 16, 16, 3) and frames.dtype == np.uint8
 
 
+@pytest.mark.parametrize("frames", [4, 8, 16])
+def test_captioned_motion_holds_in_every_frame(frames):
+    """No bounce: each object's centre moves in its captioned direction between every pair of
+    frames and stays inside the picture; the rendered object's centroid follows it."""
+    rng = np.random.default_rng(0)
+    for motion, (dx, dy) in moving_shapes.MOTIONS.items():
+        for r in moving_shapes.SIZES.values():
+            for _ in range(20):
+                path = moving_shapes.track(motion, r, rng, frames, 32)
+                step = np.diff(path, axis=0)
+                assert np.all(np.sign(step[:, 0]) == dx) and np.all(np.sign(step[:, 1]) == dy)
+                assert path.min() >= r - 1e-9 and path.max() <= 31 - r + 1e-9
+        obj = moving_shapes.Obj("square", "white", "large", motion)
+        video = moving_shapes.render([obj], np.random.default_rng(1), frames, 32)
+        ys, xs = [], []
+        for t in range(frames):
+            m = video[t].sum(-1) == 3 * 245
+            yy, xx = np.nonzero(m)
+            xs.append(xx.mean())
+            ys.append(yy.mean())
+        assert np.all(np.sign(np.round(np.diff(xs), 6)) == dx), motion
+        assert np.all(np.sign(np.round(np.diff(ys), 6)) == dy), motion
+
+
+def test_val_split_written_when_asked(tmp_path):
+    spec = dict(
+        frames=2,
+        size=16,
+        max_objects=1,
+        captions_per_video=2,
+        n_pretrain=2,
+        n_train=2,
+        n_test1k=3,
+        n_test_multi=2,
+        n_val=4,
+    )
+    m = moving_shapes.build(spec, seed=0, out=tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "val.jsonl").read_text().splitlines()]
+    assert m["counts"]["val"] == 4 and len(rows) == 4
+    assert all(isinstance(r["text"], str) for r in rows)
+    assert np.load(tmp_path / "frames" / "val.npy").shape == (4, 2, 16, 16, 3)
+
+
 def test_loaders_read_every_format(world):
     a = load_annotations(world / "MSRVTT_JSFUSION_test.csv")
     b = load_annotations(world / "test1k.jsonl")
@@ -183,3 +226,108 @@ def test_prepare_job_names_a_split_missing_from_the_scale(tmp_path, capsys):
     assert exc.value.code == 2
     assert "papers.pig.splits.shapes1k" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+# -- frames streamed from disk (benchmarks/retrieval/frames.py) ------------------------------
+def test_prepare_packs_a_packed_source_one_video_at_a_time(world, tmp_path):
+    """A packed source becomes <split>.frames.npy in the split's order (written through a
+    memory map), equal to the frames read directly."""
+    from benchmarks.retrieval.frames import open_split_frames
+
+    m = prepare(world / "MSRVTT_data.json", world / "frames", "multi", tmp_path, split="test")
+    assert m["frames_layout"] == "packed" and not (tmp_path / "multi.frames.json").exists()
+    videos = json.loads((tmp_path / "multi.videos.json").read_text())
+    want = FrameStore(world / "frames").load(videos)
+    assert np.array_equal(np.load(tmp_path / "multi.frames.npy"), want)
+    ds = open_split_frames(tmp_path, "multi", videos)
+    assert len(ds) == 4 and np.array_equal(ds[2].numpy(), want[2])
+
+
+def _per_video(root, n=3, t=5):
+    rng = np.random.default_rng(0)
+    (root / "frames").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        np.save(root / "frames" / f"v{i}.npy", rng.integers(0, 256, (t, 6, 8, 3), dtype=np.uint8))
+        rows.append({"clip_id": f"v{i}", "text": [f"caption {i} a", f"caption {i} b"]})
+    (root / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_per_video_frames_are_read_in_place_and_sampled_uniformly(tmp_path):
+    """Per-video <id>.npy frames are not copied (a .frames.json names them); a DataLoader with
+    a worker streams T of them per video, uniformly spaced (first and last included)."""
+    from benchmarks.retrieval.frames import open_split_frames, uniform_indices, video_loader
+
+    _per_video(tmp_path / "raw")
+    out = tmp_path / "data"
+    m = prepare(tmp_path / "raw" / "ann.jsonl", tmp_path / "raw" / "frames", "s", out)
+    assert m["frames_layout"] == "npy" and not (out / "s.frames.npy").exists()
+    assert list(uniform_indices(5, 3)) == [0, 2, 4] and list(uniform_indices(4, 1)) == [0]
+    ds = open_split_frames(out, "s", ["v0", "v1", "v2"]).prepared(3)
+    import torch
+
+    state = torch.get_rng_state()
+    batches = list(video_loader(ds, batch_size=2, workers=1))
+    assert torch.equal(torch.get_rng_state(), state)  # the run's dropout draws are untouched
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 6, 8, 3), (1, 3, 6, 8, 3)]
+    v1 = np.load(tmp_path / "raw" / "frames" / "v1.npy")
+    assert np.array_equal(batches[0][1].numpy(), v1[[0, 2, 4]])
+    (tmp_path / "raw" / "frames" / "v2.npy").unlink()
+    with pytest.raises(RetrievalDataError, match=r"no frames for video 'v2'"):
+        ds[2]
+
+
+def test_jpg_frame_folders(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    from benchmarks.retrieval.frames import open_split_frames
+
+    for i in range(2):
+        d = tmp_path / "raw" / "frames" / f"v{i}"
+        d.mkdir(parents=True)
+        for k in range(4):
+            pil.fromarray(np.full((8, 8, 3), 60 * k, dtype=np.uint8)).save(d / f"frame_{k:04d}.jpg")
+    rows = [{"clip_id": f"v{i}", "text": "a caption"} for i in range(2)]
+    (tmp_path / "raw" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = prepare(tmp_path / "raw" / "a.jsonl", tmp_path / "raw" / "frames", "s", tmp_path / "d")
+    assert m["frames_layout"] == "jpg"
+    x = open_split_frames(tmp_path / "d", "s", ["v0", "v1"]).prepared(2)[0].numpy()
+    assert x.shape == (2, 8, 8, 3) and abs(int(x[1].mean()) - 180) <= 2
+
+
+def test_clip_preprocess_resizes_crops_and_normalises():
+    """CLIP's preprocessing from a preprocessor_config.json: shortest edge -> size, centre crop,
+    rescale, normalise with the checkpoint's mean / std (torch path, by hand)."""
+    import torch
+
+    from benchmarks.retrieval.frames import ClipPreprocess
+
+    cfg = {
+        "size": {"shortest_edge": 4},
+        "crop_size": {"height": 4, "width": 4},
+        "image_mean": [0.5, 0.25, 0.0],
+        "image_std": [0.5, 0.25, 1.0],
+    }
+    pre = ClipPreprocess(cfg, use_hf=False)
+    const = torch.full((2, 8, 12, 3), 102, dtype=torch.uint8)
+    x = pre(const)
+    assert x.shape == (2, 3, 4, 4)
+    want = (torch.tensor([0.4, 0.4, 0.4]) - torch.tensor([0.5, 0.25, 0.0])) / torch.tensor(
+        [0.5, 0.25, 1.0]
+    )
+    assert torch.allclose(x, want[None, :, None, None].expand_as(x), atol=1e-6)
+    crop_only = ClipPreprocess(cfg | {"do_resize": False, "do_normalize": False}, use_hf=False)
+    ramp = torch.arange(6 * 8, dtype=torch.uint8).view(1, 6, 8, 1).expand(1, 6, 8, 3)
+    y = crop_only(ramp.contiguous())
+    assert torch.allclose(y[0, 0], ramp[0, 1:5, 2:6, 0].float() / 255)
+
+
+def test_ranks_by_counting_equal_the_stable_sort_definition():
+    """Ranks counted in row blocks equal the position after a stable descending sort (many
+    ties, blocks smaller than the matrix)."""
+    rng = np.random.default_rng(0)
+    sim = rng.integers(0, 4, size=(37, 11)).astype(np.float64)
+    gt = rng.integers(0, 11, size=37)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    want = np.argmax(order == gt[:, None], axis=1)
+    assert np.array_equal(M.ranks(sim, gt, chunk=5), want)
+    assert np.array_equal(M.ranks(sim, gt), want)

@@ -6,6 +6,11 @@ memory, runtime), plus the overlay below; the DuckDB numbers must equal those of
 of the same workflow (the session fixture ``reduced_run``). A failing job must end the run with
 the job's log path; a missing ``sbatch`` must be named in one line.
 
+Without a cluster: the sbatch line of every job of the paper-scale dry run under the profile,
+built by the plugin's own functions (partition selection, submit string, GPU request), puts
+every job that declares a GPU on the GPU partition with CPUs per GPU, and every other job on
+the CPU partition.
+
 The cluster is installed (apt-get, as root) when missing and skipped with a one-line reason
 where that is impossible; its daemons live only for this module and are stopped by PID.
 """
@@ -26,7 +31,7 @@ import yaml
 from tests.helpers import metric_values, run_workflow, tail
 from tests.system import SLURM_EXES, SlurmCluster, Unavailable, ensure_slurm
 
-pytestmark = pytest.mark.e2e
+PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "slurm"
 
 # What a cluster without accounting (no slurmdbd) and a quick test need on top of
 # profiles/slurm. Given on the command line because the CLI overrides the workflow profile key by
@@ -84,6 +89,7 @@ def slurm_jobs(cluster: SlurmCluster, run_id: str) -> list[tuple[str, str, str]]
     return [j[1:] for j in sorted(jobs)]
 
 
+@pytest.mark.e2e
 def test_slurm_run_equals_local_run(slurm, failing_run, reduced_run, root, tmp_path):
     # failing_run: only started here, so it shares the cluster's time with this run.
     local = reduced_run["proc"]
@@ -99,8 +105,12 @@ def test_slurm_run_equals_local_run(slurm, failing_run, reduced_run, root, tmp_p
         "--workflow-profile",
         str(root / "profiles" / "slurm"),
         *OVERLAY,
-        # The profile gives eval_lm 8 threads (a GPU node); the local run used the scale's
-        # thread count, and CPU float sums depend on it: same threads, same numbers.
+        # The tiny scale declares no GPU; ask one for eval_lm so that the GPU partition and
+        # its --gpus / --cpus-per-gpu request go through a real sbatch too (the job itself
+        # still runs on the CPU: --device comes from the scale, cpu at tiny).
+        "--set-resources",
+        "eval_lm:gpu=1",
+        # Same threads as the local run (CPU float sums depend on them): same numbers.
         "--set-threads",
         f"eval_lm={threads}",
         cores=None,
@@ -121,7 +131,9 @@ def test_slurm_run_equals_local_run(slurm, failing_run, reduced_run, root, tmp_p
         assert sum(n.startswith(f"rule_{rule}") for n in names) == count, names
     assert sum(n.startswith("rule_base_tiny") for n in names) == 2, names
     evals = [j for j in jobs if j[0].startswith("rule_eval_lm")]
-    assert len(evals) == 2 and all(p == "gpu" for _, _, p in evals), jobs  # set-resources
+    # partitions.yaml: a job with a GPU goes to the GPU partition, every other to the CPU one
+    assert len(evals) == 2 and all(p == "gpu" for _, _, p in evals), jobs
+    assert all(p == "cpu" for n, _, p in jobs if not n.startswith("rule_eval_lm")), jobs
     assert not any(r in n for n in names for r in ("ingest", "report")), names  # localrules
 
     db = "results/claimbench.duckdb"
@@ -174,6 +186,7 @@ def failing_run(slurm, root, tmp_path_factory):
         out.close()
 
 
+@pytest.mark.e2e
 def test_failing_slurm_job_ends_with_its_log(failing_run):
     proc, work = failing_run["proc"], failing_run["work"]
     rc = proc.wait(timeout=330)
@@ -190,6 +203,7 @@ def test_failing_slurm_job_ends_with_its_log(failing_run):
     assert "logs/fails.log" in out  # and the rule's log is named too
 
 
+@pytest.mark.e2e
 def test_slurm_profile_without_sbatch_says_what_is_missing(root, tmp_path):
     # A PATH with everything of this machine's PATH except the SLURM client tools.
     nobin = tmp_path / "bin"
@@ -221,3 +235,167 @@ def test_slurm_profile_without_sbatch_says_what_is_missing(root, tmp_path):
         "run on a SLURM login node, or install the SLURM client tools (Debian: slurm-client)"
     ], tail(proc)
     assert not (tmp_path / "work" / "logs" / "slurm").exists()  # nothing was submitted
+
+
+# --------------------------------------------------------------------------- paper-scale dry run
+
+
+class _Resources(dict):
+    """A job's resources as the plugin reads them (``.get`` and attribute access)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _DryJob:
+    """The part of a Snakemake job that the plugin's submit functions read."""
+
+    def __init__(self, rule: str, wildcards: str, resources: dict):
+        self.name = rule
+        self.wildcards = wildcards
+        self.resources = _Resources(resources)
+        self.threads = resources["_cores"]
+
+    def is_group(self) -> bool:
+        return False
+
+
+def _value(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def local_rules(root: Path) -> set[str]:
+    """Rules marked ``localrule: True`` (the dry run prints them as ``rule`` too)."""
+    found = set()
+    for path in [root / "Snakefile", *sorted((root / "rules").glob("*.smk"))]:
+        blocks = re.split(r"^\s*(?:rule|checkpoint) (\w+):", path.read_text(), flags=re.M)
+        for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
+            if re.search(r"^\s+localrule: True", body, re.M):
+                found.add(name)
+    return found
+
+
+def dry_run_jobs(root: Path, workdir: Path, *extra: str) -> list[_DryJob]:
+    """Every job that ``--profile profiles/slurm`` would submit for the paper scale, with the
+    resources and threads the dry run prints (the profile's defaults and set-resources applied).
+    ``--cores`` is as unbounded as on a cluster (a dry run would otherwise cap threads at 1)."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--forceall", "--cores", "1024"]
+        + ["--profile", str(root / "profiles" / "slurm"), "-s", str(root / "Snakefile")]
+        + ["--directory", str(workdir), "reproduce_all", "--config", "scale=paper", *extra],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    local = local_rules(root)
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule \w+:)", proc.stdout):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not m or m.group(1) in local:  # localrules never reach sbatch
+            continue
+        res = re.search(r"^\s+resources: (.*)$", block, re.M).group(1)
+        resources = dict(kv.split("=", 1) for kv in res.split(", "))
+        resources = {k: _value(v) for k, v in resources.items()}
+        threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        resources["_cores"] = int(threads.group(1)) if threads else 1
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        jobs.append(_DryJob(m.group(1), wildcards.group(1) if wildcards else "", resources))
+    return jobs
+
+
+def sbatch_line(job: _DryJob, partitions: list) -> str:
+    """The plugin's own sbatch command for the job (its ``run_job``, without submitting):
+    partition as ``get_partition_arg`` picks it, submit string, GPU request."""
+    import logging
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    partition = job.resources.get("slurm_partition") or get_best_partition(
+        partitions, job, logging.getLogger("slurm-dry-run")
+    )
+    params = {
+        "run_uuid": "dry-run",
+        "slurm_logfile": f"logs/slurm/rule_{job.name}/%j.log",
+        "comment_str": f"rule_{job.name}",
+        "account": f" -A {job.resources.get('slurm_account')}",
+        "partition": f" -p {partition}" if partition else "",
+        "workdir": "",
+    }
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+def misplaced(lines: dict[str, list[str]], gpu_partitions: set[str]) -> list[str]:
+    """Jobs of ``{rule/wildcards: [sbatch line, ...]}`` on the wrong kind of partition, or
+    with a GPU but CPUs per task instead of per GPU."""
+    bad = []
+    for job, line in lines.items():
+        partition = re.search(r" -p (\S+)", line)
+        on_gpu = bool(partition) and partition.group(1) in gpu_partitions
+        wants_gpu = bool(re.search(r"--gpus=(\w+:)?[1-9]", line))
+        if wants_gpu != on_gpu:
+            bad.append(f"{job}: {'GPU' if wants_gpu else 'CPU'} job on {partition}: {line}")
+        elif wants_gpu and "--cpus-per-gpu=" not in line:
+            bad.append(f"{job}: GPU job without --cpus-per-gpu: {line}")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def paper_sbatch(root, tmp_path_factory):
+    from snakemake_executor_plugin_slurm.partitions import read_partition_file
+
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    partition_file = PROFILE / profile["slurm-partition-config"]
+    partitions = read_partition_file(partition_file)
+    jobs = dry_run_jobs(root, tmp_path_factory.mktemp("paper-dry-run"))
+    return {"jobs": jobs, "partitions": partitions}
+
+
+def test_paper_scale_puts_every_gpu_job_on_the_gpu_partition(paper_sbatch):
+    jobs, partitions = paper_sbatch["jobs"], paper_sbatch["partitions"]
+    gpu_partitions = {p.name for p in partitions if p.limits.max_gpu > 0}
+    assert gpu_partitions and {p.name for p in partitions} - gpu_partitions
+    lines = {f"{j.name}[{j.wildcards}]": sbatch_line(j, partitions) for j in jobs}
+    assert len(lines) == len(jobs)
+    gpu = [k for k, line in lines.items() if "--gpus=" in line]
+    # The paper scale: 300+ jobs, most of them on a GPU (each rule's `gpu: 1` from the scale).
+    assert len(jobs) > 100 and len(gpu) > 100, (len(jobs), len(gpu))
+    assert misplaced(lines, gpu_partitions) == []
+    for key, line in lines.items():
+        assert re.search(r" --mem \d+", line) and re.search(r" -t \d+", line), line
+        if key in gpu:
+            assert "--cpus-per-task" not in line, line
+        else:
+            threads = next(j.threads for j in jobs if f"{j.name}[{j.wildcards}]" == key)
+            assert f"--cpus-per-task={threads}" in line, line
+    # Several GPUs: CPUs per GPU too (SLURM multiplies them), never CPUs per task.
+    train = [line for key, line in lines.items() if key.startswith("mtp_d_train[")]
+    assert train and all("--gpus=8" in ln and "--cpus-per-gpu=8" in ln for ln in train), train
+
+
+def test_a_gpu_job_on_a_cpu_partition_is_found(paper_sbatch):
+    # The check itself: the mapping before partitions.yaml (one partition for every rule but
+    # eval_lm, and CPUs per task everywhere) must be reported.
+    jobs, partitions = paper_sbatch["jobs"], paper_sbatch["partitions"]
+    lines = {}
+    for j in jobs:
+        old = _DryJob(j.name, j.wildcards, dict(j.resources, cpus_per_task=2))
+        old.resources["slurm_partition"] = "gpu" if j.name == "eval_lm" else "cpu"
+        lines[f"{j.name}[{j.wildcards}]"] = sbatch_line(old, partitions)
+    bad = misplaced(lines, {"gpu"})
+    assert any(b.startswith("d2quant_quantize[") and "GPU job on" in b for b in bad), bad
+    assert any(b.startswith("eval_lm[") and "without --cpus-per-gpu" in b for b in bad), bad
+    # and a CPU job on the GPU partition
+    cpu_job = next(j for j in jobs if not j.resources.get("gpu"))
+    moved = _DryJob(cpu_job.name, cpu_job.wildcards, dict(cpu_job.resources))
+    moved.resources["slurm_partition"] = "gpu"
+    assert misplaced({"x": sbatch_line(moved, partitions)}, {"gpu"})

@@ -31,7 +31,7 @@ def store(tmp_path):
             "response": "1",
             "metrics": {"acc": 1.0},
         }
-        for i in range(3)
+        for i in range(100)  # as many rows as the metric's n (the helper writes n=100)
     ]
     write_record(runs, "a", [("t", "acc", 0.9, 0.01), ("u", "ppl", 3.0, None)], samples=samples)
     write_record(runs, "b", [("t", "acc", 0.5, 0.01)])
@@ -56,7 +56,7 @@ def test_ingest_tables_and_verdicts(store):
     assert counts == {
         "runs": 2,
         "metrics": 3,
-        "samples": 3,
+        "samples": 100,
         "series": 0,
         "claims": 1,
         "claim_checks": 1,
@@ -133,7 +133,8 @@ def test_compare_stores_finds_every_changed_added_and_dropped_metric(tmp_path):
         for variant, metrics in rows.items():
             write_record(runs, variant, metrics)
         db = tmp_path / name / "x.duckdb"
-        ingest(runs, db, tmp_path / "no-methods")
+        write_claims(tmp_path / "methods", "demo", [])
+        ingest(runs, db, tmp_path / "methods")
         return str(db)
 
     a = store("a", {"v1": [("t", "acc", 0.5, 0.1)], "v2": [("t", "acc", 0.7, 0.1)]})

@@ -47,7 +47,9 @@ def test_reproduce_all_reduced(reduced_run, root):
             "id_above_zero",
             "ood_below_id",
         }
-        assert all(s in ("held", "failed", "missing") for _, s in statuses)
+        assert all(
+            s in ("held", "failed", "inconclusive", "missing", "not attempted") for _, s in statuses
+        )
         bpb = con.execute(
             "SELECT value FROM leaderboard WHERE variant = 'lm-s' AND metric = 'bits_per_byte'"
         ).fetchone()[0]
@@ -62,7 +64,8 @@ def test_reproduce_all_reduced(reduced_run, root):
 
     index = (work / "reports" / "index.html").read_text()
     page = (work / "reports" / "base.html").read_text()
-    assert fmt_num(bpb) in index and fmt_num(bpb) in page
+    # every stored number is on its paper's page; the index links there with verdict counts
+    assert fmt_num(bpb) in page and 'href="base.html' in index
     assert "<svg" in page
     # Per-sample outputs reach the page escaped (prompts hold "Question:" lines).
     assert "Question: " in page

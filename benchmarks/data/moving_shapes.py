@@ -1,8 +1,9 @@
 """MovingShapes: a deterministic synthetic video-caption world for text-to-video retrieval.
 
-Each video shows 1..``max_objects`` objects (shape, colour, size, motion) bouncing on a plain
-background; captions are templated, some *partial* (one object only, or without size or motion)
-so that fine-grained tokens matter. The splits are written in the MSR-VTT formats that real
+Each video shows 1..``max_objects`` objects (shape, colour, size, motion) moving in a straight
+line on a plain background, inside the frame for the whole clip (no bounce: a bounce would
+reverse the captioned motion); captions are templated, some *partial* (one object only, or
+without size or motion) so that fine-grained tokens matter. The splits are written in the MSR-VTT formats that real
 data comes in, so the real loaders (``benchmarks.retrieval.loaders``) are exercised at tiny
 scale:
 
@@ -13,6 +14,8 @@ scale:
   videos are the multi-caption test (``captions_per_video`` captions each), its ``train``
   videos the train split again (as in the real release);
 * ``test1k.jsonl``: the 1k-A test again in JSONL;
+* ``val.jsonl`` (with ``n_val``): a validation split, one full caption per video (the
+  learning curves' R@1), drawn after the other splits;
 * ``frames/<split>.npy`` (uint8, videos x T x H x W x 3) + ``frames/<split>.ids.json``:
   pre-extracted frames, the form the loaders accept for real videos too.
 
@@ -109,29 +112,32 @@ def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def track(motion: str, r: float, rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
+    """Centre (x, y) of one object in each frame, float (T, 2): a straight line at constant speed
+    in the captioned direction that stays inside the frame for the whole clip.
+
+    The start is drawn from the positions whose whole path fits (no bounce, so the captioned
+    direction holds in every frame); the speed (1-2 px/frame) is capped where the clip is too
+    long for the frame at that speed.
+    """
+    lo, hi = r, size - 1 - r
+    speed = float(rng.uniform(1.0, 2.0))
+    step = np.array(MOTIONS[motion], dtype=np.float64)
+    if frames > 1 and step.any():
+        speed = min(speed, (hi - lo) / (frames - 1))
+    d = step * speed * (frames - 1)  # displacement over the clip
+    u = rng.uniform(0.0, 1.0, size=2)
+    start = lo - np.minimum(d, 0) + u * ((hi - lo) - np.abs(d))
+    return start + np.arange(frames)[:, None] * (step * speed)
+
+
 def render(objs: list[Obj], rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
-    """One video, uint8 (T, H, W, 3): objects bounce at the borders, random start and speed."""
+    """One video, uint8 (T, H, W, 3): every object moves as captioned (:func:`track`)."""
     bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
     video[:] = np.array(bg, dtype=np.uint8)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    tracks = []
-    for o in objs:
-        r = SIZES[o.size]
-        lo, hi = r, size - 1 - r
-        pos = rng.uniform(lo, hi, size=2)
-        speed = float(rng.uniform(1.0, 2.0))
-        vel = np.array(MOTIONS[o.motion], dtype=np.float64) * speed
-        path = []
-        for _ in range(frames):
-            path.append(pos.copy())
-            pos = pos + vel
-            for k in range(2):  # bounce
-                if pos[k] < lo:
-                    pos[k], vel[k] = 2 * lo - pos[k], -vel[k]
-                elif pos[k] > hi:
-                    pos[k], vel[k] = 2 * hi - pos[k], -vel[k]
-        tracks.append(path)
+    tracks = [track(o.motion, SIZES[o.size], rng, frames, size) for o in objs]
     for t in range(frames):
         for o, path in zip(objs, tracks, strict=True):
             cx, cy = path[t]
@@ -239,6 +245,8 @@ def build(spec: dict, seed: int, out: Path) -> dict:
         ("test1k", spec["n_test1k"], 1, "test1k", True),
         ("test_multi", spec["n_test_multi"], cpv, "test", True),
     ]
+    if spec.get("n_val", 0):  # validation for the learning curves: one full caption per video
+        plan.append(("val", spec["n_val"], 1, "test1k", True))
     files: list[Path] = []
     splits: dict[str, tuple[list[str], list[list[str]]]] = {}
     offset = 0
@@ -252,6 +260,10 @@ def build(spec: dict, seed: int, out: Path) -> dict:
         ids, caps = splits[name]
         rows = [{"clip_id": v, "text": c} for v, c in zip(ids, caps, strict=True)]
         files.append(atomic_write_jsonl(out / f"{name}.jsonl", rows))
+    if "val" in splits:
+        ids, caps = splits["val"]
+        rows = [{"clip_id": v, "text": c[0]} for v, c in zip(ids, caps, strict=True)]
+        files.append(atomic_write_jsonl(out / "val.jsonl", rows))
     ids, caps = splits["test1k"]
     files.append(
         atomic_write_jsonl(

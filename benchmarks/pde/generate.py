@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.pde import questions as Q
+from benchmarks.pde.real import load_regime
 from benchmarks.pde.solvers import (
     VorticitySolver,
     forcing_field,
@@ -143,7 +144,9 @@ def generate(spec: dict, seed: int, out: Path, threads: int = 1) -> dict:
         )
     files = []
     for name in spec["regimes"]:
-        meta, train, test = simulate_regime(spec, name, seed)
+        # a regime with a `file` reads a real data set (real.py) instead of simulating
+        from_file = spec["regimes"][name].get("file")
+        meta, train, test = (load_regime if from_file else simulate_regime)(spec, name, seed)
         for split, arrays in (("train", train), ("test", test)):
             path = out / name / f"{split}.npz"
             atomic_write_bytes(path, npz_bytes(arrays))

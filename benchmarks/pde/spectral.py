@@ -51,6 +51,19 @@ def wavenumbers(n: int, length: float = 1.0):
     return kx, ky, k2, k2_safe
 
 
+def derivative_wavenumbers(n: int, length: float = 1.0):
+    """kx (n, 1), ky (1, n//2+1) for FIRST derivatives: the Nyquist mode (index n/2, n even) is
+    zeroed in both directions, the usual convention (its derivative is not a real field). Every
+    first derivative here (metrics, velocity from vorticity, the solvers) uses this, so a
+    velocity derived from a vorticity has zero spectral divergence (README, conventions)."""
+    kx, ky, _, _ = wavenumbers(n, length)
+    kx, ky = kx.copy(), ky.copy()
+    if n % 2 == 0:
+        kx[n // 2, 0] = 0.0
+        ky[0, n // 2] = 0.0
+    return kx, ky
+
+
 def dealias_mask(n: int) -> np.ndarray:
     """2/3-rule mask in ``rfft2`` layout (keeps integer |kx|, |ky| < n/3)."""
     ix = np.abs(np.fft.fftfreq(n, d=1.0 / n))[:, None]
@@ -60,7 +73,8 @@ def dealias_mask(n: int) -> np.ndarray:
 
 def velocity_hat(w_hat: np.ndarray, n: int):
     """(û, v̂) from ω̂: ψ̂ = ω̂/|k|², u = ∂ψ/∂y, v = −∂ψ/∂x."""
-    kx, ky, _, k2s = wavenumbers(n)
+    _, _, _, k2s = wavenumbers(n)
+    kx, ky = derivative_wavenumbers(n)
     psi = w_hat / k2s
     psi[..., 0, 0] = 0.0
     return 1j * ky * psi, -1j * kx * psi
@@ -84,13 +98,13 @@ def streamfunction(omega) -> np.ndarray:
 
 def ddx(f: np.ndarray) -> np.ndarray:
     n = f.shape[-1]
-    kx, _, _, _ = wavenumbers(n)
+    kx, _ = derivative_wavenumbers(n)
     return np.fft.irfft2(1j * kx * np.fft.rfft2(f), s=(n, n))
 
 
 def ddy(f: np.ndarray) -> np.ndarray:
     n = f.shape[-1]
-    _, ky, _, _ = wavenumbers(n)
+    _, ky = derivative_wavenumbers(n)
     return np.fft.irfft2(1j * ky * np.fft.rfft2(f), s=(n, n))
 
 

@@ -224,17 +224,25 @@ def forecast(job: Job) -> Path:
                 "target": "",
                 "response": "",
             }
-            if pred["failed"][i]:
-                row["metrics"] = {"failed": 1.0}
-                samples.append(row)
-                continue
+            failed = bool(pred["failed"][i])
+            if failed:
+                # a failed forecast counts as the persistence forecast (the last input frame
+                # held): what a caller without an answer falls back to, finite and on the
+                # same scale as every other row (a capped error would be an arbitrary number)
+                p_omega = np.repeat(omega[i, n_in - 1 : n_in], n_out, axis=0)
+                p_u = np.repeat(test["u"][i, n_in - 1 : n_in], n_out, axis=0)
+                p_v = np.repeat(test["v"][i, n_in - 1 : n_in], n_out, axis=0)
+            else:
+                p_omega = pred["omega"][i]
+                p_u = pred["u"][i] if has_uv else None
+                p_v = pred["v"][i] if has_uv else None
             m, nr = score_sample(
-                pred["omega"][i].astype(np.float64),
+                p_omega.astype(np.float64),
                 omega[i, n_in : n_in + n_out],
                 omega[i, n_in - 1],
                 meta,
-                pred["u"][i].astype(np.float64) if has_uv else None,
-                pred["v"][i].astype(np.float64) if has_uv else None,
+                p_u.astype(np.float64) if p_u is not None else None,
+                p_v.astype(np.float64) if p_v is not None else None,
                 threshold=threshold,
                 slope_band=slope_band,
                 truth_uv=(
@@ -245,7 +253,7 @@ def forecast(job: Job) -> Path:
             for k, val in m.items():
                 per[k].append(val)
             curves_r.append(nr)
-            row["metrics"] = {**m, "failed": 0.0}
+            row["metrics"] = {**m, "failed": float(failed)}
             samples.append(row)
         for k, hib in FORECAST_METRICS.items():
             mean, se = _mean_se(per[k])
@@ -281,6 +289,7 @@ def forecast(job: Job) -> Path:
         "stable_threshold": threshold,
         "slope_band": list(slope_band),
         "frmse": "full spectrum, floor(|k|) shells, bands [0,4) [4,12) [12,N/2); per-sample mean",
+        "failed": "a failed forecast is scored as the persistence forecast (in every mean)",
         "budgets": "trapezoid over snapshot pairs from the last input frame; *_truth = same on the solver",
     }
     return write_scores(job, "pde_forecast", all_metrics, samples, config, hashes, curves)
@@ -437,7 +446,8 @@ def questions(job: Job) -> Path:
 
 
 def reference(job: Job) -> Path:
-    """Reference prediction files: ``truth`` (the solver's own frames) or ``persistence``."""
+    """Reference prediction files: ``truth`` (the solver's own frames), ``persistence`` (the last
+    input frame held) or ``zero`` (the zero field: nRMSE 1 by definition)."""
     args = job.args
     for regime in args.regimes:
         meta = _read_json(args.data / regime / "regime.json")
@@ -445,6 +455,10 @@ def reference(job: Job) -> Path:
         n_in, n_out = meta["forecast"]["n_input"], meta["forecast"]["n_rollout"]
         if args.kind == "truth":
             arrays = {k: test[k][:, n_in : n_in + n_out] for k in ("omega", "u", "v")}
+        elif args.kind == "zero":
+            arrays = {
+                k: np.zeros_like(test[k][:, n_in : n_in + n_out]) for k in ("omega", "u", "v")
+            }
         else:
             arrays = {
                 k: np.repeat(test[k][:, n_in - 1 : n_in], n_out, axis=1)
@@ -497,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--regimes", type=_csv, required=True)
-    r.add_argument("--kind", choices=("truth", "persistence"), required=True)
+    r.add_argument("--kind", choices=("truth", "persistence", "zero"), required=True)
     r.set_defaults(run=_wrote(reference))
 
     run_job(ap, None, argv, errors=(PDEInputError, ValueError, FileNotFoundError))

@@ -8,8 +8,10 @@ Annotation formats (auto-detected from the content, not the file name):
 * ``jsfusion_csv``: ``MSRVTT_JSFUSION_test.csv`` (``key,vid_key,video_id,sentence``; the 1k-A test);
 * ``jsonl``: CLIP-ViP / PIG JSON Lines, ``{"clip_id": ..., "text": str | [str, ...]}``.
 
-Frames: pre-extracted, as ``<video_id>.npy`` per video or packed ``<name>.npy`` (videos x ...)
-with ``<name>.ids.json`` beside it. Raw ``.mp4`` decoding is not done here.
+Frames: pre-extracted, as ``<video_id>.npy`` per video (uint8 ``(T, H, W, C)``), as a folder
+``<video_id>/frame_XXXX.jpg`` per video, or packed ``<name>.npy`` (videos x ...) with
+``<name>.ids.json`` beside it (``benchmarks.retrieval.frames`` streams them). Raw ``.mp4``
+decoding is not done here.
 
 Every bad input raises :class:`RetrievalDataError` naming the file and the entry.
 """
@@ -54,6 +56,16 @@ class Split:
 
     def caption_video_index(self) -> np.ndarray:
         return np.array([self._index[v] for v in self.caption_video], dtype=np.int64)
+
+
+def _caption(value, path: Path, where: str) -> str:
+    """A caption is a text-to-video query: a non-empty string. MSR-VTT and the PIG JSON Lines
+    have no empty captions, so a null or blank one is broken data, refused with its row."""
+    if not isinstance(value, str) or not value.strip():
+        raise RetrievalDataError(
+            f"{path}: {where}: {json.dumps(value)}: a caption must be a non-empty string"
+        )
+    return value
 
 
 def detect_format(path: str | Path) -> str:
@@ -125,6 +137,7 @@ def load_annotations(
         for i, s in enumerate(obj["sentences"]):
             if not isinstance(s, dict) or "video_id" not in s or "caption" not in s:
                 raise RetrievalDataError(f"{path}: sentences[{i}] needs 'video_id' and 'caption'")
+            _caption(s["caption"], path, f"sentences[{i}].caption")
             if s["video_id"] not in all_ids:
                 raise RetrievalDataError(
                     f"{path}: sentences[{i}] (sen_id {s.get('sen_id')}) references video "
@@ -138,8 +151,9 @@ def load_annotations(
     elif fmt == "jsfusion_csv":
         with open(path, encoding="utf-8", newline="") as f:
             for i, row in enumerate(csv.DictReader(f), start=2):
-                if not row.get("video_id") or row.get("sentence") is None:
-                    raise RetrievalDataError(f"{path}: line {i}: empty video_id or sentence")
+                if not row.get("video_id"):
+                    raise RetrievalDataError(f"{path}: line {i}: video_id: empty video_id")
+                _caption(row.get("sentence"), path, f"line {i}: sentence")
                 if keep is None or row["video_id"] in keep:
                     out.add(row["video_id"], row["sentence"])
     else:
@@ -154,6 +168,11 @@ def load_annotations(
                 if not isinstance(row, dict) or "clip_id" not in row or "text" not in row:
                     raise RetrievalDataError(f"{path}: line {i}: needs 'clip_id' and 'text'")
                 texts = row["text"] if isinstance(row["text"], list) else [row["text"]]
+                if not texts:
+                    raise RetrievalDataError(f"{path}: line {i}: text: []: no caption")
+                listed = isinstance(row["text"], list)
+                for j, t in enumerate(texts):
+                    _caption(t, path, f"line {i}: text" + (f"[{j}]" if listed else ""))
                 if keep is None or row["clip_id"] in keep:
                     for t in texts:
                         out.add(str(row["clip_id"]), str(t))
@@ -180,7 +199,29 @@ class FrameStore:
                 self.packed.setdefault(vid, (npy, i))
 
     def has(self, vid: str) -> bool:
-        return vid in self.packed or (self.folder / f"{vid}.npy").is_file()
+        return vid in self.packed or self.per_video_layout(vid) is not None
+
+    def per_video_layout(self, vid: str) -> str | None:
+        """``npy`` (``<vid>.npy``), ``jpg`` (``<vid>/frame_*.jpg``) or None (packed / absent)."""
+        if (self.folder / f"{vid}.npy").is_file():
+            return "npy"
+        if (self.folder / vid).is_dir() and any((self.folder / vid).glob("frame_*.jpg")):
+            return "jpg"
+        return None
+
+    def iter_frames(self, ids: list[str]):
+        """The frames of ``ids`` one video at a time (packed files memory-mapped once)."""
+        arrays: dict[Path, np.ndarray] = {}
+        for vid in ids:
+            if vid in self.packed:
+                npy, i = self.packed[vid]
+                if npy not in arrays:
+                    arrays[npy] = np.load(npy, mmap_mode="r", allow_pickle=False)
+                yield np.asarray(arrays[npy][i])
+            elif (self.folder / f"{vid}.npy").is_file():
+                yield np.load(self.folder / f"{vid}.npy", allow_pickle=False)
+            else:
+                raise RetrievalDataError(f"{self.folder}: no frames for video {vid!r}")
 
     def check(self, split: Split) -> None:
         """Every caption's video has frames; the error names annotation file, entry and id."""

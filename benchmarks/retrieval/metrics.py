@@ -21,7 +21,7 @@ TIES = "by position (stable descending sort, lower column index first)"
 V2T_CONVENTION = "xpool: max over each candidate video's captions, rank on the diagonal"
 
 
-def ranks(sim: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def ranks(sim: np.ndarray, gt: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """0-based rank of column ``gt[i]`` in row ``i`` of ``sim`` (descending, ties by position)."""
     sim = np.asarray(sim, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.int64)
@@ -29,8 +29,17 @@ def ranks(sim: np.ndarray, gt: np.ndarray) -> np.ndarray:
         raise ValueError(f"ranks: sim {sim.shape} and gt {gt.shape} do not match")
     if np.isnan(sim).any():
         raise ValueError("ranks: similarity matrix contains NaN")
-    order = np.argsort(-sim, axis=1, kind="stable")
-    return np.argmax(order == gt[:, None], axis=1)
+    # Position after a stable descending sort = scores above the ground truth + equal scores
+    # in lower columns: counted in row blocks (no sort, no rows x columns index array; the
+    # 59,800 x 2,990 MSR-VTT 3k matrix stays within a few GB).
+    out = np.empty(len(gt), dtype=np.int64)
+    cols = np.arange(sim.shape[1])
+    for s in range(0, len(gt), chunk):
+        block, g = sim[s : s + chunk], gt[s : s + chunk]
+        target = block[np.arange(len(g)), g][:, None]
+        ahead = (block > target) | ((block == target) & (cols[None, :] < g[:, None]))
+        out[s : s + chunk] = ahead.sum(axis=1)
+    return out
 
 
 def summarize(r: np.ndarray, ks=KS) -> dict[str, float]:

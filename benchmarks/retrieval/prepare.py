@@ -7,7 +7,10 @@ in a path stands for ``--generated``) and which counts to ``expect``. Writes int
 
 * ``<name>.jsonl``: one row per caption, ``{"video_id", "caption", "video_index"}``;
 * ``<name>.videos.json``: the videos in order (column order of every similarity matrix);
-* ``<name>.frames.npy``: their frames (videos x ...), in that order;
+* their frames, never all in memory: ``<name>.frames.npy`` (videos x ..., in that order,
+  written one video at a time) when the source packs them (``<file>.npy`` + ``.ids.json``), or
+  ``<name>.frames.json`` (``{"root", "layout"}``) when they are stored per video
+  (``<id>.npy`` or ``<id>/frame_XXXX.jpg``), read in place by ``benchmarks.retrieval.frames``;
 * ``<name>.manifest.json``: source, detected format, counts and a content hash (the task hash).
 
 Methods read these files; the suite scores against them.
@@ -15,15 +18,37 @@ Methods read these files; the suite scores against them.
 
 from __future__ import annotations
 
-import io
+import os
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.retrieval.loaders import FrameStore, RetrievalDataError, load_annotations
 from claimbench.errors import ConfigError
-from claimbench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, sha256_files
+from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_files
 from claimbench.job import Job, job_parser, run_job
+
+
+def write_packed(store: FrameStore, videos: list[str], path: Path) -> None:
+    """``videos``' frames into one ``.npy``, one video at a time (a memory map; atomic rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    arr = None
+    try:
+        for i, x in enumerate(store.iter_frames(videos)):
+            if arr is None:
+                shape = (len(videos), *x.shape)
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=x.dtype, shape=shape)
+            if x.shape != arr.shape[1:]:
+                raise RetrievalDataError(
+                    f"{store.folder}: frames of video {videos[i]!r} have shape {x.shape}, "
+                    f"those before {arr.shape[1:]}"
+                )
+            arr[i] = x
+        arr.flush()
+        del arr
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prepare(
@@ -48,9 +73,17 @@ def prepare(
         atomic_write_jsonl(out / f"{name}.jsonl", rows),
         atomic_write_json(out / f"{name}.videos.json", sp.videos),
     ]
-    buf = io.BytesIO()
-    np.save(buf, store.load(sp.videos), allow_pickle=False)
-    atomic_write_bytes(out / f"{name}.frames.npy", buf.getvalue())
+    layouts = {store.per_video_layout(v) for v in sp.videos}
+    if len(layouts) == 1 and None not in layouts:
+        layout = layouts.pop()
+        atomic_write_json(
+            out / f"{name}.frames.json", {"root": str(Path(frames).resolve()), "layout": layout}
+        )
+        (out / f"{name}.frames.npy").unlink(missing_ok=True)
+    else:
+        layout = "packed"
+        write_packed(store, sp.videos, out / f"{name}.frames.npy")
+        (out / f"{name}.frames.json").unlink(missing_ok=True)
     manifest = {
         "name": name,
         "source": str(annotations),
@@ -58,6 +91,7 @@ def prepare(
         "split": split,
         "videos_csv": None if videos_csv is None else str(videos_csv),
         "frames": str(frames),
+        "frames_layout": layout,
         "n_captions": len(rows),
         "n_videos": len(sp.videos),
         "task_hash": sha256_files(files)[:16],

@@ -14,7 +14,9 @@ match the canonical split ``<data>/<t>.jsonl`` / ``<t>.videos.json`` written by 
 The record has tasks ``<t>_t2v`` and ``<t>_v2t`` (R1, R5, R10, MdR, MnR) and ``<t>`` (RSum);
 the per-sample file holds one row per query with its 1-based rank (``MnR``) and hits
 (``R1/R5/R10`` in 0/100, so their mean is the stored R@K and claims pair runs per query);
-the similarity matrix of each test is saved beside the record as ``retrieval.<t>.sim.npy``.
+the similarity matrix of each test is saved beside the record as ``retrieval.<t>.sim.npy``;
+the artifact's ``curves.json`` (learning curves, a list of series), if present, becomes the
+record's ``series``.
 """
 
 from __future__ import annotations
@@ -165,6 +167,17 @@ def _check_identity(job: Job, meta: dict, artifact: Path) -> None:
             )
 
 
+def _curves(artifact: Path) -> list[dict] | None:
+    """The method's learning curves (``curves.json``: a list of run-record series), if any."""
+    path = artifact / "curves.json"
+    if not path.is_file():
+        return None
+    curves = _read_json(path)
+    if not isinstance(curves, list):
+        raise RetrievalDataError(f"{path}: expected a list of series, got {type(curves).__name__}")
+    return curves
+
+
 def run(job: Job) -> Path:
     args, out = job.args, job.out
     meta = _read_json(args.artifact / "meta.json")
@@ -202,6 +215,7 @@ def run(job: Job) -> Path:
         metrics=all_metrics,
         task_hashes=hashes,
         samples=samples,
+        series=_curves(args.artifact),
     )
     path = job.write_record(record)
     print(f"wrote {path}")

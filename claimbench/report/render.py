@@ -18,8 +18,9 @@ import jinja2
 from markupsafe import Markup
 
 from claimbench.errors import ClaimbenchError
-from claimbench.io import atomic_write_text, stable_hash
+from claimbench.io import stable_hash
 from claimbench.records import SCALES
+from claimbench.report.publish import publish
 from claimbench.report.svg import bar_chart, fmt_num, heatmap, line_chart
 
 GENERATOR = "claimbench report"
@@ -144,6 +145,16 @@ def store_scales(con: duckdb.DuckDBPyConnection) -> list[str]:
     return sorted((r[0] for r in rows if r[0] is not None), key=scale_key)
 
 
+def scale_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """{scale: "computed here" or "published at <sha>, <date>"}: where each scale's numbers
+    come from (a published scale is loaded only when no run of it was computed here)."""
+    cols = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE runs)").fetchall()}
+    if "source" not in cols:  # a store written before runs had a source
+        return {r[0]: "computed here" for r in con.execute("SELECT DISTINCT scale FROM runs")}
+    rows = con.execute("SELECT scale, string_agg(DISTINCT source, '; ') FROM runs GROUP BY 1")
+    return dict(rows.fetchall())
+
+
 def present_papers(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """Papers with at least one run or claim check, with title/url/summary where known."""
     return _rows(
@@ -165,15 +176,24 @@ def _nav(papers: list[dict]) -> list[dict]:
     ]
 
 
+STATES = ("held", "failed", "inconclusive", "missing", "not attempted")
+
+
 def index_view(con: duckdb.DuckDBPyConnection, papers: list[dict]) -> dict[str, Any]:
-    """View model of index.html."""
+    """View model of index.html: per paper and scale the counts of each verdict over the
+    paper's own claims (``kind = 'paper'``); pipeline checks are counted apart."""
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(
-        lambda: {"held": 0, "failed": 0, "missing": 0, "runs": 0}
+        lambda: {**dict.fromkeys(STATES, 0), "runs": 0, "pipeline": 0, "pipeline_held": 0}
     )
-    for paper, scale, status, k in con.execute(
-        "SELECT paper, scale, status, count(*) FROM claim_checks GROUP BY ALL ORDER BY ALL"
+    for paper, scale, kind, status, k in con.execute(
+        "SELECT paper, scale, coalesce(kind, 'paper'), status, count(*) FROM claim_checks "
+        "GROUP BY ALL ORDER BY ALL"
     ).fetchall():
-        counts[(paper, scale)][status] = k
+        if kind == "paper":
+            counts[(paper, scale)][status] = counts[(paper, scale)].get(status, 0) + k
+        else:
+            counts[(paper, scale)]["pipeline"] += k
+            counts[(paper, scale)]["pipeline_held"] += k if status == "held" else 0
     for paper, scale, k in con.execute(
         "SELECT paper, scale, count(*) FROM runs GROUP BY ALL ORDER BY ALL"
     ).fetchall():
@@ -185,39 +205,14 @@ def index_view(con: duckdb.DuckDBPyConnection, papers: list[dict]) -> dict[str, 
             summary.append(
                 {
                     "paper": p["paper"],
-                    "href": page_name(p["paper"]),
+                    "href": page_name(p["paper"]) + f"#verdicts-{key[1]}",
                     "title": p["title"] or "",
                     "scale": key[1],
+                    "counts": [(st, counts[key][st]) for st in STATES],
                     **counts[key],
                 }
             )
-
-    rows = _rows(
-        con,
-        """
-        SELECT scale, paper, variant, method, base_model, suite, task, metric, value, stderr, n,
-               higher_is_better, task_hash, harness_version, run_id
-        FROM leaderboard
-        ORDER BY paper, scale, task, metric, variant, method, base_model, suite, run_id
-        """,
-    )
-    rows.sort(key=lambda r: (scale_key(r["scale"]), r["paper"]))  # stable: keeps SQL order
-    bad = incomparable(rows)
-    leaderboard = []
-    for r in rows:
-        reasons = bad.get((r["scale"], r["task"], r["metric"]))
-        leaderboard.append(
-            {
-                **r,
-                "href": page_name(r["paper"]),
-                "arrow": arrow(r["higher_is_better"]),
-                "text": value_text(r["value"], r["stderr"]),
-                "sort": sort_attr(r["value"]),
-                "n_sort": sort_attr(r["n"]),
-                "warning": warning_text(reasons) if reasons else "",
-            }
-        )
-
+    n_metrics = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
     shas = con.execute(
         "SELECT git_sha, bool_or(git_dirty), count(*) FROM runs GROUP BY git_sha ORDER BY git_sha"
     ).fetchall()
@@ -227,7 +222,8 @@ def index_view(con: duckdb.DuckDBPyConnection, papers: list[dict]) -> dict[str, 
     n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
     return {
         "summary": summary,
-        "leaderboard": leaderboard,
+        "states": STATES,
+        "n_metrics": n_metrics,
         "gen": {
             "shas": [{"sha": s or "unknown", "dirty": bool(d), "runs": k} for s, d, k in shas],
             "harness_versions": [{"version": v, "runs": k} for v, k in versions],
@@ -240,12 +236,32 @@ def index_view(con: duckdb.DuckDBPyConnection, papers: list[dict]) -> dict[str, 
 # --------------------------------------------------------------------------- paper page
 
 
+Z_POWER80 = 0.8416  # as claimbench.stats: mde = (z + 0.8416)·se, so z·se = mde - 0.8416·se
+
+
+def _ours(k: dict, spec: Any) -> tuple[str, str]:
+    """(our value ± z·se as text, its sort key) of one check row; a compare shows Δ."""
+    est, se, mde = k.get("estimate"), k.get("stderr"), k.get("mde")
+    if est is None:
+        return "–", ""
+    kind = next(iter(spec)) if isinstance(spec, dict) and spec else ""
+    seeds_cmp = (
+        kind == "seeds" and isinstance(spec.get("seeds"), dict) and ("compare" in spec["seeds"])
+    )
+    prefix = "Δ " if kind == "compare" or seeds_cmp else ""
+    text = prefix + (fmt_num(est) if kind != "compare" and not seeds_cmp else f"{est:+.4g}")
+    if se and mde is not None:
+        text += f" ± {fmt_num(mde - Z_POWER80 * se)}"
+    return text, sort_attr(est)
+
+
 def _claims(con: duckdb.DuckDBPyConnection, paper: str, scales: list[str]) -> list[dict]:
     claims = _rows(
         con,
         """
-        SELECT claim_id, statement, source, scales, paper_model, paper_setting, paper_benchmark,
-               paper_metric, paper_value, check_spec
+        SELECT claim_id, statement, coalesce(kind, 'paper') AS kind, source, not_attempted,
+               scales, paper_model, paper_setting, paper_benchmark, paper_metric, paper_value,
+               check_spec
         FROM claims WHERE paper = ? ORDER BY rowid
         """,
         [paper],
@@ -254,7 +270,8 @@ def _claims(con: duckdb.DuckDBPyConnection, paper: str, scales: list[str]) -> li
         (r["claim_id"], r["scale"]): r
         for r in _rows(
             con,
-            "SELECT scale, claim_id, status, detail FROM claim_checks WHERE paper = ? "
+            "SELECT scale, claim_id, status, detail, test, estimate, stderr, n, mde, n_needed, "
+            "noninferiority_margin FROM claim_checks WHERE paper = ? "
             "ORDER BY scale, claim_id, status, detail",
             [paper],
         )
@@ -271,18 +288,49 @@ def _claims(con: duckdb.DuckDBPyConnection, paper: str, scales: list[str]) -> li
             )
             if c[key]
         ]
-        has_check = _json(c["check_spec"], None) is not None
+        spec = _json(c["check_spec"], None)
         verdicts = []
         for scale in scales:
             k = checks.get((c["claim_id"], scale))
             if k is not None:
-                verdicts.append({"status": k["status"], "detail": k["detail"] or ""})
-            elif scale not in (c["scales"] or []):
-                verdicts.append({"status": "n/a", "detail": "not claimed at this scale"})
-            elif not has_check:
-                verdicts.append({"status": "n/a", "detail": "no automatic check"})
+                ours, ours_sort = _ours(k, spec)
+                verdicts.append(
+                    {
+                        "scale": scale,
+                        "status": k["status"],
+                        "detail": k["detail"] or "",
+                        "test": k["test"] or "",
+                        "ours": ours,
+                        "ours_sort": ours_sort,
+                        "mde": fmt_num(k["mde"]) if k["mde"] is not None else "–",
+                        "mde_sort": sort_attr(k["mde"]),
+                        "n": k["n"],
+                        "n_needed": k["n_needed"],
+                        "margin": k["noninferiority_margin"],
+                    }
+                )
+                continue
+            if scale not in (c["scales"] or []):
+                status, detail = "n/a", "not claimed at this scale"
+            elif spec is None:
+                status, detail = "n/a", "no automatic check"
             else:
-                verdicts.append({"status": "n/a", "detail": "not checked"})
+                status, detail = "n/a", "not run at this scale"
+            verdicts.append(
+                {
+                    "scale": scale,
+                    "status": status,
+                    "detail": detail,
+                    "test": "",
+                    "ours": "–",
+                    "ours_sort": "",
+                    "mde": "–",
+                    "mde_sort": "",
+                    "n": None,
+                    "n_needed": None,
+                    "margin": None,
+                }
+            )
         out.append(
             {
                 **c,
@@ -294,6 +342,62 @@ def _claims(con: duckdb.DuckDBPyConnection, paper: str, scales: list[str]) -> li
                 # claimed at none of the page's scales (e.g. a paper-table row in a tiny store):
                 # listed apart, folded, so the verdicts of this store come first
                 "unchecked": not set(c["scales"] or []) & set(scales),
+            }
+        )
+    return out
+
+
+def _verdict_tables(claims: list[dict], scales: list[str]) -> tuple[list[dict], list[dict]]:
+    """Per scale: the paper's claims made at that scale (claim, paper value, ours, verdict,
+    power) with their verdict counts; and per scale the pipeline checks, listed apart."""
+    tables, pipeline = [], []
+    for i, scale in enumerate(scales):
+        rows = [
+            {**c, "v": c["verdicts"][i]}
+            for c in claims
+            if c["kind"] == "paper" and scale in (c["scales"] or [])
+        ]
+        if rows:
+            counts = [(st, sum(r["v"]["status"] == st for r in rows)) for st in STATES]
+            unchecked = sum(r["v"]["status"] == "n/a" for r in rows)
+            tables.append({"scale": scale, "rows": rows, "counts": counts, "unchecked": unchecked})
+        pipe = [
+            {**c, "v": c["verdicts"][i]}
+            for c in claims
+            if c["kind"] != "paper" and c["verdicts"][i]["status"] != "n/a"
+        ]
+        if pipe:
+            pipeline.append({"scale": scale, "rows": pipe})
+    return tables, pipeline
+
+
+def _all_results(con: duckdb.DuckDBPyConnection, paper: str) -> list[dict]:
+    """Every stored metric of the paper, one row per run, task and metric (with seed and run)."""
+    rows = _rows(
+        con,
+        """
+        SELECT l.scale, l.variant, l.method, l.base_model, l.suite, r.seed, l.task, l.metric,
+               l.value, l.stderr, l.n, l.higher_is_better, l.task_hash, l.harness_version,
+               l.run_id
+        FROM leaderboard l JOIN runs r USING (run_id) WHERE l.paper = ?
+        ORDER BY l.task, l.metric, l.variant, l.method, l.base_model, l.suite, r.seed, l.run_id
+        """,
+        [paper],
+    )
+    rows.sort(key=lambda r: scale_key(r["scale"]))  # stable: keeps SQL order
+    bad = incomparable(rows)
+    out = []
+    for r in rows:
+        reasons = bad.get((r["scale"], r["task"], r["metric"]))
+        out.append(
+            {
+                **r,
+                "run": r["run_id"][:8],
+                "arrow": arrow(r["higher_is_better"]),
+                "text": value_text(r["value"], r["stderr"]),
+                "sort": sort_attr(r["value"]),
+                "n_sort": sort_attr(r["n"]),
+                "warning": warning_text(reasons) if reasons else "",
             }
         )
     return out
@@ -558,6 +662,8 @@ def paper_view(con: duckdb.DuckDBPyConnection, paper: dict, scales: list[str]) -
     name = paper["paper"]
     url = paper.get("url") or ""
     results, labels = _results(con, name)
+    claims = _claims(con, name, scales)
+    tables, pipeline = _verdict_tables(claims, scales)
     return {
         "paper": name,
         "title": paper.get("title") or name,
@@ -565,7 +671,10 @@ def paper_view(con: duckdb.DuckDBPyConnection, paper: dict, scales: list[str]) -
         "url": url,
         "url_is_link": url.startswith(("https://", "http://")),
         "scales": scales,
-        "claims": _claims(con, name, scales),
+        "claims": claims,
+        "verdict_tables": tables,
+        "pipeline": pipeline,
+        "all_results": _all_results(con, name),
         "results": results,
         "examples": _examples(con, name, labels),
         "heatmaps": _heatmaps(con, name, labels),
@@ -599,15 +708,13 @@ def environment(methods_dir: str | Path | None = None) -> jinja2.Environment:
     return env
 
 
-def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
-    """Delete pages this renderer wrote earlier for papers no longer in the store."""
-    for path in sorted(out_dir.glob("*.html")):
-        if path in keep or not path.is_file():
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(2048)
-        if f'<meta name="generator" content="{GENERATOR}">' in head:
-            path.unlink()
+def _generated(path: Path) -> bool:
+    """A page this renderer wrote (its generator meta tag): not carried into a new report."""
+    if path.suffix != ".html" or not path.is_file() or path.is_symlink():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(2048)
+    return f'<meta name="generator" content="{GENERATOR}">' in head
 
 
 def render_report(
@@ -630,9 +737,10 @@ def render_report(
         nav = _nav(papers)
         methods = Path(methods_dir) if methods_dir is not None else None
         env = environment(methods if methods is not None and methods.is_dir() else None)
-        pages: list[tuple[Path, str]] = [
+        env.globals["sources"] = scale_sources(con)  # every scale's label in every template
+        pages: list[tuple[str, str]] = [
             (
-                out_dir / "index.html",
+                "index.html",
                 env.get_template("index.html.j2").render(
                     nav=nav,
                     current="index.html",
@@ -650,7 +758,7 @@ def render_report(
             template = env.select_template(names)
             pages.append(
                 (
-                    out_dir / href,
+                    href,
                     template.render(
                         nav=nav, current=href, generator=GENERATOR, **paper_view(con, p, scales)
                     ),
@@ -658,6 +766,6 @@ def render_report(
             )
     finally:
         con.close()
-    written = [atomic_write_text(path, text) for path, text in pages]
-    _remove_stale(out_dir, set(written))
-    return written
+    # The whole folder is swapped in at once: a failure leaves the previous report intact, pages
+    # of papers no longer in the store disappear, the folder's other files are kept.
+    return publish(pages, out_dir, owned=_generated)

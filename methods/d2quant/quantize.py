@@ -22,7 +22,6 @@ error against plain GPTQ and DAC's mean shift before/after on calibration and he
 
 from __future__ import annotations
 
-import copy
 import json
 
 import torch
@@ -34,8 +33,12 @@ from methods.d2quant.dsq import dual_scale_quantize, fold_into_up
 from methods.quant.artifact import load_artifact, write_quantized_artifact
 from methods.quant.model import (
     SequentialQuantizer,
+    Stream,
+    advance,
+    calib_source,
     calibration_ids,
     decoder_layers,
+    layerwise,
     run_layer,
     set_weight,
     uniform_plan,
@@ -57,27 +60,60 @@ def check_model(model) -> None:
                 ) from None
 
 
-def norm_outputs(layer, x, kw) -> torch.Tensor:
-    got = {}
-    h = layer.post_attention_layernorm.register_forward_hook(
-        lambda _m, _a, out: got.__setitem__("h", out)
-    )
+def norm_outputs(layer, x, kw=None) -> torch.Tensor:
+    """The post-attention norm's output of ``layer`` on ``x`` (a tensor with its ``kw``, or a
+    :class:`Stream`: the micro-batches' outputs concatenated on the stream's device)."""
+    got = []
+    h = layer.post_attention_layernorm.register_forward_hook(lambda _m, _a, out: got.append(out))
     try:
-        run_layer(layer, x, kw)
+        for xb, kwb in x if isinstance(x, Stream) else ((x, kw),):
+            run_layer(layer, xb, kwb)
     finally:
         h.remove()
-    return got["h"]
+    return got[0] if len(got) == 1 else torch.cat(got)
+
+
+def deviation(fp_layer, x_fp: Stream, layer, x_q: Stream):
+    """DAC's ``μ = mean_t (H_t − H̃_t)`` at the post-attention norm (float layer on ``x_fp``,
+    quantized layer on ``x_q``) and the mean per-token norm of ``H`` (the denominator of
+    :func:`rel_norm`). One micro-batch: exactly :func:`mean_deviation` on the outputs; several:
+    summed batch by batch in float64, so the whole set's norm outputs are never held at once."""
+    if len(x_fp.chunks) == 1:
+        h_fp = norm_outputs(fp_layer, x_fp)
+        mu = mean_deviation(h_fp, norm_outputs(layer, x_q))
+        return mu, h_fp.reshape(-1, h_fp.shape[-1]).norm(dim=-1).mean()
+    total = norms = None
+    count = 0
+    for (xf, kwf), (xq, kwq) in zip(x_fp, x_q, strict=True):
+        h_fp, h_q = norm_outputs(fp_layer, xf, kwf), norm_outputs(layer, xq, kwq)
+        d = h_fp.shape[-1]
+        diff = (h_fp.reshape(-1, d).double() - h_q.reshape(-1, d).double()).sum(0)
+        norm = h_fp.reshape(-1, d).float().norm(dim=-1).double().sum()
+        total = diff if total is None else total + diff
+        norms = norm if norms is None else norms + norm
+        count += h_fp.reshape(-1, d).shape[0]
+    return (total / count).to(h_fp.dtype), (norms / count).to(h_fp.dtype)
 
 
 def rel_norm(v: torch.Tensor, h: torch.Tensor) -> float:
     """‖v‖ relative to the RMS norm of the activations it shifts (per token, averaged)."""
-    return float(v.norm() / h.reshape(-1, h.shape[-1]).norm(dim=-1).mean())
+    return ratio(v, h.reshape(-1, h.shape[-1]).norm(dim=-1).mean())
+
+
+def ratio(v: torch.Tensor, scale: torch.Tensor) -> float:
+    """‖v‖ / scale (scale: the mean per-token norm, :func:`deviation`)."""
+    return float(v.norm() / scale)
 
 
 DAC_INPUTS = ("quantized", "float")
 
 
 class D2QuantQuantizer(SequentialQuantizer):
+    """D²Quant on top of sequential GPTQ. DAC needs the float model's stream beside the
+    quantized one (Fig. 3): it is computed layer by layer from a float copy of the current layer
+    only (``fp_stream``). ``heldout`` ids, when given, are carried through both streams the same
+    way, to measure DAC's mean shift on held-out text without a second model."""
+
     def __init__(
         self,
         model,
@@ -87,37 +123,41 @@ class D2QuantQuantizer(SequentialQuantizer):
         dsq=True,
         dac=True,
         iters=15,
-        fp_model=None,
         dac_input="quantized",
+        heldout=None,
         **kw,
     ):
         if dac_input not in DAC_INPUTS:
             raise QuantConfigError(f"dac_input: {dac_input!r} is not one of {DAC_INPUTS}")
-        fp = (fp_model if fp_model is not None else copy.deepcopy(model)) if dac else None
-        super().__init__(model, plan, group_size, "gptq", calib, fp_model=fp, **kw)
+        super().__init__(model, plan, group_size, "gptq", calib, fp_stream=dac, **kw)
         self.dsq, self.dac, self.iters, self.dac_input = dsq, dac, iters, dac_input
+        self.heldout = heldout if dac else None
         self.mu: dict[int, torch.Tensor] = {}
         self.dsq_errors: dict[int, list[float]] = {}
         self.c: dict[int, torch.Tensor] = {}
         self.dac_calib: dict[int, dict] = {}
+        self.dac_heldout: dict[int, dict] = {}
 
-    def after_attention(self, i, layer, fp_layer, x, x_fp, kw) -> None:
+    def start(self, x: Stream) -> None:
+        if self.heldout is not None:
+            self.h_q = Stream.embed(self.model, self.heldout, self.batch_size, x.device, x.store)
+            self.h_fp = self.h_q.clone()
+
+    def after_attention(self, i, layer, fp_layer, x, x_fp) -> None:
         if not self.dac:
             return
         # H̃: the quantized layer (attention already quantized) on its own stream, or on the
         # float stream's input (--dac-input float: this layer's deviation only).
         src = x if self.dac_input == "quantized" else x_fp
-        h_fp = norm_outputs(fp_layer, x_fp, kw)
-        h_q = norm_outputs(layer, src, kw)
-        mu = mean_deviation(h_fp, h_q)  # DAC: μ = mean_t (H_t − H̃_t)
+        mu, scale = deviation(fp_layer, x_fp, layer, src)  # DAC: μ = mean_t (H_t − H̃_t)
         layer.post_attention_layernorm = NormWithBias(layer.post_attention_layernorm, mu)
-        after = mean_deviation(h_fp, norm_outputs(layer, src, kw))
+        after, _ = deviation(fp_layer, x_fp, layer, src)
         self.mu[i] = mu
-        self.dac_calib[i] = {"before": rel_norm(mu, h_fp), "after": rel_norm(after, h_fp)}
+        self.dac_calib[i] = {"before": ratio(mu, scale), "after": ratio(after, scale)}
 
-    def quantize_stage(self, i, layer, roles, H, x, kw) -> None:
+    def quantize_stage(self, i, layer, roles, H, x) -> None:
         if not (self.dsq and "mlp.down_proj" in roles):
-            return super().quantize_stage(i, layer, roles, H, x, kw)
+            return super().quantize_stage(i, layer, roles, H, x)
         name = f"model.layers.{i}.mlp.down_proj"
         down = layer.mlp.down_proj
         res = dual_scale_quantize(
@@ -129,23 +169,35 @@ class D2QuantQuantizer(SequentialQuantizer):
             damp=self.damp,
             clip=self.clip,
         )
-        self.quantized[name] = res.qweight
         set_weight(down, res.qweight)
+        self.keep(name, res.qweight)
         up_name = f"model.layers.{i}.mlp.up_proj"
         if up_name in self.quantized:  # fold c into up_proj's per-row scales (zero bits)
-            self.quantized[up_name] = fold_into_up(self.quantized[up_name], res.c)
+            up = self.quantized[up_name]
+            self.keep(up_name, fold_into_up(up, res.c.to(up.scale.device)))
             set_weight(layer.mlp.up_proj, self.quantized[up_name])
         else:
-            layer.mlp.up_proj.weight.data.mul_(res.c[:, None])
+            layer.mlp.up_proj.weight.data.mul_(res.c[:, None].to(layer.mlp.up_proj.weight))
         self.dsq_errors[i] = res.errors
-        self.c[i] = res.c
+        self.c[i] = res.c.cpu()
 
-    def after_layer(self, i, layer, fp_layer, x, x_fp, kw) -> None:
-        if self.dac:
-            bias_into_mlp(layer, self.mu[i])
+    def after_layer(self, i, layer, fp_layer, x, x_fp) -> None:
+        if not self.dac:
+            return
+        bias_into_mlp(layer, self.mu[i])
+        if self.heldout is not None:
+            # Held-out text through the finished quantized layer and the float one: the mean
+            # deviation at the norm without this layer's bias (before) and with it (after).
+            d, scale = deviation(fp_layer, self.h_fp, layer, self.h_q)
+            self.dac_heldout[i] = {
+                "before": ratio(d, scale),
+                "after": ratio(d - self.mu[i], scale),
+            }
+            self.h_q, self.h_fp = advance(layer, self.h_q), advance(fp_layer, self.h_fp)
 
     def run(self):
         out = super().run()
+        self.h_q = self.h_fp = None  # the held-out streams are measured; free them
         if self.dac:
             self.model.config.mlp_bias = True
             for layer in decoder_layers(self.model):
@@ -156,33 +208,7 @@ class D2QuantQuantizer(SequentialQuantizer):
         return out
 
 
-def heldout_shift(fp_model, q_model, mu: dict[int, torch.Tensor], ids) -> dict[int, dict]:
-    """Per layer, on held-out text: mean deviation at the post-attention norm output without
-    this layer's DAC bias (``before``) and with it (``after``), relative to the activations."""
-    got = {}
-
-    def grab(model, tag):
-        hooks = [
-            layer.post_attention_layernorm.register_forward_hook(
-                lambda _m, _a, out, i=i: got.__setitem__((tag, i), out)
-            )
-            for i, layer in enumerate(decoder_layers(model))
-        ]
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-        for h in hooks:
-            h.remove()
-
-    grab(fp_model, "fp")
-    grab(q_model, "q")
-    out = {}
-    for i, m in mu.items():
-        d = mean_deviation(got[("fp", i)], got[("q", i)])
-        out[i] = {"before": rel_norm(d, got[("fp", i)]), "after": rel_norm(d - m, got[("fp", i)])}
-    return out
-
-
-def stats_record(job: Job, q: D2QuantQuantizer, held: dict, meta: dict) -> dict:
+def stats_record(job: Job, q: D2QuantQuantizer, meta: dict) -> dict:
     metrics, curves = [], []
     layers = sorted(q.dsq_errors)
     if layers:
@@ -207,7 +233,7 @@ def stats_record(job: Job, q: D2QuantQuantizer, held: dict, meta: dict) -> dict:
             )
     if q.dac_calib:
         ls = sorted(q.dac_calib)
-        for tag, src in (("dac_calib", q.dac_calib), ("dac_heldout", held)):
+        for tag, src in (("dac_calib", q.dac_calib), ("dac_heldout", q.dac_heldout)):
             if not src:
                 continue
             before = [src[i]["before"] for i in ls]
@@ -244,14 +270,19 @@ def run(job: Job) -> None:
     check_bits(args.bits, "--bits")
     group_size, n_calib, seq_len = cfg["group_size"], cfg["calib"]["n"], cfg["calib"]["seq_len"]
     iters, damp, clip = cfg["iters"], cfg["damp"], cfg["clip"]
-    model, tok, base_meta = load_artifact(args.model, job.device, job.torch_dtype)
+    # Loaded on the CPU; layers go to the job's device one at a time (SequentialQuantizer).
+    model, tok, base_meta = load_artifact(args.model, "cpu", job.torch_dtype)
     check_model(model)
     plan = validate_plan(model, uniform_plan(model, args.bits), group_size, "--bits")
-    calib = calibration_ids(tok, args.calib, n_calib, seq_len, job.seed).to(job.device)
-    # DAC compares the float model's stream with the quantized one at every layer (Fig. 3), so
-    # a second, unquantized copy of the model is kept, in the job's dtype on its device. DSQ and
-    # GPTQ compute each layer's Hessian, Cholesky and c-step solve in float64 locally.
-    fp = copy.deepcopy(model) if args.dac else None
+    source = calib_source(cfg, args.calib)
+    calib = calibration_ids(tok, source, n_calib, seq_len, job.seed)
+    heldout = None
+    if args.dac and args.heldout:
+        heldout = calibration_ids(tok, args.heldout, n_calib, seq_len, job.seed + 1)
+    # DAC compares the float model's stream with the quantized one at every layer (Fig. 3): the
+    # float stream is computed from a float copy of the current layer only (SequentialQuantizer,
+    # fp_stream), never of the whole model. DSQ and GPTQ compute each layer's Hessian, Cholesky
+    # and c-step solve locally (float64 for a float32 model, float32 for a 16-bit one).
     q = D2QuantQuantizer(
         model,
         plan,
@@ -260,17 +291,13 @@ def run(job: Job) -> None:
         dsq=args.dsq,
         dac=args.dac,
         iters=iters,
-        fp_model=fp,
         dac_input=args.dac_input,
+        heldout=heldout,
         clip=clip,
         damp=damp,
+        **layerwise(job, cfg),
     )
     quantized = q.run()
-    held = {}
-    if args.dac and args.heldout:
-        ids = calibration_ids(tok, args.heldout, n_calib, seq_len, job.seed + 1).to(job.device)
-        held = heldout_shift(fp, model, q.mu, ids)
-    del fp
     method = {(True, True): "d2quant", (True, False): "dsq", (False, True): "dac"}.get(
         (args.dsq, args.dac), "gptq"
     )
@@ -309,7 +336,7 @@ def run(job: Job) -> None:
         extra_files=extra,
     )
     if args.record:
-        job.write_record(stats_record(job, q, held, meta), args.record)
+        job.write_record(stats_record(job, q, meta), args.record)
     print(json.dumps(meta["size"]))
 
 

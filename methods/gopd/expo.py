@@ -6,20 +6,19 @@ theta = theta_Tbar + alpha (theta_Tbar - theta_student), theta_Tbar the mean of 
 weights (one teacher: the teacher itself), in the job's dtype. Writes a ``save_pretrained``
 artifact, a ``train`` run record (validation exact match at the scale's
 ``papers.gopd.train.max_new_tokens``, per domain of ``papers.gopd.multi_teacher.domains`` with
-``--eval-domains``) and ``meta.json`` last.
+``--eval-domains``; per-document scores in ``<record>.samples.jsonl``) and ``meta.json`` last.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from claimbench.io import sha256_file
+from claimbench.io import atomic_write_jsonl, sha256_file
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric
 from methods.gopd.baselines import check_alpha, expo_weights
-from methods.gopd.train import domain_metrics
+from methods.gopd.train import domain_metrics, greedy_scores, problem_lines, valid_rows
 from methods.posttrain.cli import save_artifact
-from methods.posttrain.loops import greedy_accuracy
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
 from methods.posttrain.rewards import load_problems
 
@@ -51,8 +50,12 @@ def run(job: Job) -> None:
         teachers.append(m.state_dict())
     student.load_state_dict(expo_weights(student.state_dict(), teachers, alpha))
     save_artifact(student, tok, job.out, [])
-    acc = greedy_accuracy(student, tok, load_problems(args.valid), cfg["max_new_tokens"])
-    per_domain = domain_metrics(student, tok, args.valid, cfg)
+    acc, per_doc = greedy_scores(student, tok, load_problems(args.valid), cfg["max_new_tokens"])
+    per_domain, domain_rows = domain_metrics(student, tok, args.valid, cfg)
+    samples = Path(args.record).with_suffix(".samples.jsonl")
+    atomic_write_jsonl(
+        samples, valid_rows("valid", per_doc, problem_lines(args.valid)) + domain_rows
+    )
     prov = job.provenance(job.wall_s)
     metrics = [
         metric("valid", "greedy_exact_match", acc["accuracy"], n=acc["n"], higher_is_better=True),
@@ -71,6 +74,7 @@ def run(job: Job) -> None:
         task_hashes={
             t: sha256_file(args.valid) for t in ["valid", *(m["task"] for m in per_domain)]
         },
+        samples=samples.name,
     )
     job.write_record(record, args.record)
     job.write_meta(

@@ -12,7 +12,9 @@ teacher and pi_ref; A_t from ``methods.gopd.objective`` (paper Eq. 14); one opti
 same prompts, steps, optimiser and lr, no reference. ``--route`` sends each prompt to the
 teacher of its family's domain (``papers.gopd.multi_teacher.domains``; the teachers are named by
 domain); ``--eval-domains`` adds greedy exact match on the validation problems of each domain
-(``valid_<name>``), used by the multi-teacher checks.
+(``valid_<name>``), used by the multi-teacher checks. Validation exact match is written per
+document too (``<record>.samples.jsonl`` beside the record; doc id = the problem's line in the
+validation file, the same in every arm), so the checks between arms pair document by document.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from claimbench.io import sha256_file
+from claimbench.io import atomic_write_jsonl, sha256_file
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric, series
 from methods.gopd.baselines import train_teacher_sft
 from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
 from methods.posttrain.cli import save_artifact
-from methods.posttrain.loops import greedy_accuracy
+from methods.posttrain.loops import greedy_scores, problem_lines, valid_rows
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
 from methods.posttrain.rewards import RewardStats, correctness_reward, load_problems
 from methods.posttrain.sampling import sample, stop_token_ids
@@ -123,22 +125,26 @@ def _teachers(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def domain_metrics(model, tok, valid: str, cfg: dict) -> list[dict]:
-    """Greedy exact match on each ``eval_domains`` group of validation problems."""
-    out = []
+def valid_metric(task: str, acc: dict) -> dict:
+    return metric(
+        task,
+        "greedy_exact_match",
+        acc["accuracy"],
+        stderr=(acc["accuracy"] * (1 - acc["accuracy"]) / acc["n"]) ** 0.5,
+        n=acc["n"],
+        higher_is_better=True,
+    )
+
+
+def domain_metrics(model, tok, valid: str, cfg: dict) -> tuple[list[dict], list[dict]]:
+    """Greedy exact match on each ``eval_domains`` group of validation problems (metrics,
+    per-document rows)."""
+    out, rows, lines = [], [], problem_lines(valid)
     for name, fams in sorted((cfg.get("eval_domains") or {}).items()):
-        acc = greedy_accuracy(model, tok, load_problems(valid, fams), cfg["max_new_tokens"])
-        out.append(
-            metric(
-                f"valid_{name}",
-                "greedy_exact_match",
-                acc["accuracy"],
-                stderr=(acc["accuracy"] * (1 - acc["accuracy"]) / acc["n"]) ** 0.5,
-                n=acc["n"],
-                higher_is_better=True,
-            )
-        )
-    return out
+        acc, per_doc = greedy_scores(model, tok, load_problems(valid, fams), cfg["max_new_tokens"])
+        out.append(valid_metric(f"valid_{name}", acc))
+        rows += valid_rows(f"valid_{name}", per_doc, lines)
+    return out, rows
 
 
 def run_config(job: Job) -> dict:
@@ -187,8 +193,12 @@ def run(job: Job) -> None:
             student, tok, teachers, problems, cfg, job.seed, cfg.get("routes")
         )
     save_artifact(student, tok, job.out, rows)
-    acc = greedy_accuracy(student, tok, load_problems(args.valid), cfg["max_new_tokens"])
-    per_domain = domain_metrics(student, tok, args.valid, cfg)
+    acc, per_doc = greedy_scores(student, tok, load_problems(args.valid), cfg["max_new_tokens"])
+    per_domain, domain_rows = domain_metrics(student, tok, args.valid, cfg)
+    samples = Path(args.record).with_suffix(".samples.jsonl")
+    atomic_write_jsonl(
+        samples, valid_rows("valid", per_doc, problem_lines(args.valid)) + domain_rows
+    )
     wall_s = job.wall_s
     x = [r["step"] for r in rows]
     reward_name = (
@@ -219,14 +229,7 @@ def run(job: Job) -> None:
         )
     tail = rows[-max(1, len(rows) // 5) :]
     metrics = [
-        metric(
-            "valid",
-            "greedy_exact_match",
-            acc["accuracy"],
-            stderr=(acc["accuracy"] * (1 - acc["accuracy"]) / acc["n"]) ** 0.5,
-            n=acc["n"],
-            higher_is_better=True,
-        ),
+        valid_metric("valid", acc),
         metric(
             "train",
             "reward_final",
@@ -266,6 +269,7 @@ def run(job: Job) -> None:
             "train": sha256_file(args.train),
             **{t: sha256_file(args.valid) for t in ["valid", *(m["task"] for m in per_domain)]},
         },
+        samples=samples.name,
     )
     job.write_record(record, args.record)
     job.write_meta(

@@ -99,6 +99,32 @@ def activation_patching(
     return out
 
 
+@torch.no_grad()
+def patch_heads_together(
+    lm: HookedLM,
+    clean: torch.Tensor,
+    corrupt: torch.Tensor,
+    a_c: torch.Tensor,
+    a_r: torch.Tensor,
+    layer: int,
+    heads: list[int],
+) -> float:
+    """Denoising NE of a set of heads of one layer patched together at every position: run the
+    corrupted prompt with those heads' outputs (o_proj input) taken from the clean run (L1)."""
+    _check_pairs(clean, corrupt)
+    if not heads:
+        raise ValueError("patch_heads_together needs at least one head")
+    for h in heads:
+        lm.check_head(h)
+    site = lm.site("head", layer)
+    logits_c, cache_c = lm.run(clean, read=[site])
+    logits_r, _ = lm.run(corrupt)
+    mc = float(logit_diff(logits_c, a_c, a_r).mean())
+    mr = float(logit_diff(logits_r, a_c, a_r).mean())
+    logits, _ = lm.run(corrupt, edits=[(site, patch_from(cache_c[site], None, (list(heads),)))])
+    return normalised_effect(float(logit_diff(logits, a_c, a_r).mean()), mr, mc)
+
+
 def attribution_patching(
     lm: HookedLM,
     clean: torch.Tensor,

@@ -6,6 +6,8 @@ S1 and S2 are the equations of methods/mi_steer/README.md ("Steer").
 from __future__ import annotations
 
 import copy
+import io
+import os
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +27,57 @@ def mean_difference(
     return cp[site][:, position].mean(0) - cn[site][:, position].mean(0)
 
 
-def steering_edits(lm: HookedLM, v: torch.Tensor, alpha: float, layer: int) -> list:
-    """x^l_t <- x^l_t + alpha v at every position of the output of layer l (S1)."""
+def steering_edits(
+    lm: HookedLM, v: torch.Tensor, alpha: float, layer: int, start: int | None = None
+) -> list:
+    """x^l_t <- x^l_t + alpha v at the output of layer l (S1): every position when ``start`` is
+    None, else positions t >= ``start`` only (CAA: the positions after the prompt, i.e. the
+    generated ones; ``start`` = the prompt length)."""
     lm.check_vector(v)
-    return [(lm.site("resid_post", layer), add_vector(v, alpha))]
+    if start is None:
+        return [(lm.site("resid_post", layer), add_vector(v, alpha))]
+    if start < 0:
+        raise ValueError(f"steering start position {start} is negative")
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        w = v.to(x.device, x.dtype)
+        x = x.clone()
+        x[:, start:] = x[:, start:] + alpha * w
+        return x
+
+    return [(lm.site("resid_post", layer), fn)]
+
+
+def steering_file(layer: int, v: torch.Tensor, alpha: float) -> dict:
+    """S1 as the steer file of lm-eval's ``steered`` model (lm_eval/models/hf_steered.py, 0.4.13):
+    ``{hookpoint: {steering_vector, steering_coefficient, action, bias, head_index}}``.
+
+    The hookpoint is named below ``model.base_model`` (the decoder stack), so ``layers.<l>`` is
+    the output of decoder layer l: our ``resid_post`` site, where :func:`steering_edits` adds
+    ``alpha v`` at every position; lm-eval's ``add`` action adds ``coefficient * vector`` there.
+    """
+    if v.ndim != 1:
+        raise ValueError(f"steering vector has shape {tuple(v.shape)}; expected one dimension")
+    return {
+        f"layers.{int(layer)}": {
+            "steering_vector": v.detach().float().cpu().clone(),
+            "steering_coefficient": float(alpha),
+            "action": "add",
+            "bias": None,
+            "head_index": None,
+        }
+    }
+
+
+def save_steering_file(path: str | os.PathLike, layer: int, v: torch.Tensor, alpha: float):
+    """Write :func:`steering_file` with ``torch.save`` (lm-eval loads ``.pt`` / ``.pth``)."""
+    from claimbench.io import atomic_write_bytes
+
+    if not str(path).endswith((".pt", ".pth")):
+        raise ValueError(f"steer file {path}: lm-eval's steered model reads only .pt / .pth")
+    buf = io.BytesIO()
+    torch.save(steering_file(layer, v, alpha), buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def ablation_edits(lm: HookedLM, r: torch.Tensor) -> list:
@@ -116,9 +165,21 @@ def side_effects(
 
 
 def select_direction(
-    candidates: list[dict], n_layers: int, kl_max: float = 0.1, max_depth: float = 0.8
+    candidates: list[dict],
+    n_layers: int,
+    kl_max: float = 0.1,
+    max_depth: float = 0.8,
+    induce_min: float | None = None,
 ) -> dict | None:
     """Arditi et al. selection: lowest behaviour score under ablation among candidates whose
-    ablation keeps KL on harmless prompts < kl_max and whose layer < max_depth * n_layers."""
-    ok = [c for c in candidates if c["kl"] < kl_max and c["layer"] < max_depth * n_layers]
+    ablation keeps KL on harmless prompts < kl_max and whose layer < max_depth * n_layers;
+    with ``induce_min`` also those whose addition raises the behaviour score on harmless prompts
+    above it (their induce filter, score > 0: adding the direction must induce the behaviour)."""
+    ok = [
+        c
+        for c in candidates
+        if c["kl"] < kl_max
+        and c["layer"] < max_depth * n_layers
+        and (induce_min is None or c["induce"] > induce_min)
+    ]
     return min(ok, key=lambda c: c["score"]) if ok else None

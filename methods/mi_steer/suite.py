@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from claimbench.io import atomic_write_json, atomic_write_jsonl, sha256_file, stable_hash
 from claimbench.job import Job, job_parser, run_job
+from claimbench.models import loadable_source
 from claimbench.records import metric, series
 from claimbench.stats import spearman
 from methods.interp.hooks import HookedLM
@@ -45,9 +46,7 @@ def load(job: Job, art: Path):
     """The artifact's model in the job's dtype on the job's device, its vocabulary and meta."""
     from transformers import AutoModelForCausalLM
 
-    from methods.posttrain.models import model_source
-
-    model = AutoModelForCausalLM.from_pretrained(model_source(art), **job.load_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(loadable_source(art), **job.load_kwargs())
     model = model.to(job.device).eval()
     meta = json.loads((art / "meta.json").read_text())
     return HookedLM(model), CharVocab(), meta
@@ -97,14 +96,12 @@ def text_windows(art: Path, text: Path, n: int, length: int, device: str = "cpu"
     that is not one of the suite's character-level worlds (e.g. an NSDS source model)."""
     from transformers import AutoTokenizer
 
-    from methods.posttrain.models import model_source
-
     if not text.exists():
         raise ValueError(f"--text {text}: no such file")
     raw = text.read_text(encoding="utf-8")
     if text.suffix == ".jsonl":
         raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
-    ids = AutoTokenizer.from_pretrained(model_source(art))(raw)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(loadable_source(art))(raw)["input_ids"]
     if len(ids) < length:
         raise ValueError(f"--text {text}: {len(ids)} tokens, fewer than one window of {length}")
     step = max(1, (len(ids) - length) // n)
@@ -227,6 +224,12 @@ def run_locate(job: Job, cfg: dict) -> None:
 
     idx = np.arange(len(pairs))
     lo, hi = L.bootstrap_ci(idx, ne_stat, seed=job.seed)
+    # Heads patched together (every position): all heads of the last layer, and its top two.
+    top2 = [int(h) for h in torch.argsort(ne_heads, descending=True)[:2]]
+    ne_all_last = L.patch_heads_together(
+        lm, clean, corrupt, a_c, a_r, last, list(range(lm.n_heads))
+    )
+    ne_top2 = L.patch_heads_together(lm, clean, corrupt, a_c, a_r, last, top2)
     resid_last = res["denoise", "resid"]["ne"][-1]
     metrics += [
         metric("patching", "logit_diff_clean", mc, n=len(pairs)),
@@ -238,6 +241,8 @@ def run_locate(job: Job, cfg: dict) -> None:
             n=len(pairs),
             higher_is_better=True,
         ),
+        metric("patching", "last_layer_all_heads_ne", ne_all_last, n=len(pairs)),
+        metric("patching", "last_layer_top2_heads_ne", ne_top2, n=len(pairs)),
         metric("patching", "induction_head_ne_ci_low", lo, n=len(pairs)),
         metric("patching", "induction_head_ne_ci_high", hi, n=len(pairs)),
         metric("patching", "induction_head_index", h_star),
@@ -401,6 +406,58 @@ def run_locate(job: Job, cfg: dict) -> None:
 # ---------------------------------------------------------------------- probe (Task B)
 
 
+@torch.no_grad()
+def latent_probe(lm: HookedLM, rand: HookedLM, vocab: CharVocab, seed: int) -> dict:
+    """L4 on a latent the model computes: the style (upper/lower) the trained model will pick on
+    a mode-free prompt, where the training data gave no signal (upper or lower with probability
+    1/2 each), so the choice is the model's own function of the prompt's number.
+
+    Inputs: every mode-free prompt of the Task B world plus the space after which the first
+    letter comes, ``say NNN: `` for NNN = 100..999; label = p(upper | letter) > 0.5 there (the
+    model's greedy style); features = the residual stream at that space (every site), of the
+    trained and of the random-init model. Control task (Hewitt & Liang): a random label per
+    input type, type = the number's last two digits (100 types, ~4.5 training prompts each), so
+    a probe that memorised types would score well on it. Split 50/50 by a seeded permutation.
+    Returns accuracies per site for (model, task|control|mass_mean) and the label statistics.
+    """
+    ids = vocab.batch([f"say {n}: " for n in range(100, 1000)]).to(lm.device)
+    upper = [vocab.id(c) for c in string.ascii_uppercase]
+    lower = [vocab.id(c) for c in string.ascii_lowercase]
+    p = torch.softmax(lm.run(ids)[0][:, -1].float(), -1)
+    p_up = p[:, upper].sum(-1) / (p[:, upper].sum(-1) + p[:, lower].sum(-1))
+    y = (p_up > 0.5).long().cpu().numpy()
+    rng = np.random.default_rng(seed + 23)
+    type_label = rng.integers(0, 2, 100)
+    y_ctrl = np.array([type_label[n % 100] for n in range(100, 1000)])
+    perm = rng.permutation(len(y))
+    tr, te = perm[: len(y) // 2], perm[len(y) // 2 :]
+    out = {
+        "n": len(y),
+        "n_test": len(te),
+        "n_types": 100,
+        "labels": y,
+        "control_labels": y_ctrl,
+        "upper_fraction": float(y.mean()),
+        "chance": float(max(y[te].mean(), 1 - y[te].mean())),
+    }
+    one_class = len(set(y[tr].tolist())) < 2  # a model that always picks one style
+
+    def task_acc(fit, x):  # one class in training: the constant prediction (= chance)
+        return out["chance"] if one_class else fit(x[tr], y[tr], x[te], y[te])
+
+    for name, model in (("trained", lm), ("random_init", rand)):
+        sites = L.patch_sites(model, "resid")
+        _, cache = model.run(ids, read=sites)
+        task, ctrl, mm = [], [], []
+        for s in sites:
+            x = to_numpy(cache[s][:, -1].float())
+            task.append(task_acc(lambda *a: L.probe_accuracy(*a, seed), x))
+            ctrl.append(L.probe_accuracy(x[tr], y_ctrl[tr], x[te], y_ctrl[te], seed))
+            mm.append(task_acc(L.mass_mean_accuracy, x))
+        out[name, "task"], out[name, "control"], out[name, "mass_mean"] = task, ctrl, mm
+    return out
+
+
 def run_probe(job: Job, cfg: dict) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -416,7 +473,7 @@ def run_probe(job: Job, cfg: dict) -> None:
     # Initialised on the CPU, then moved: the same random model on every device.
     rand = HookedLM(
         AutoModelForCausalLM.from_config(
-            AutoConfig.from_pretrained(job.args.artifact), **job.load_kwargs()
+            AutoConfig.from_pretrained(loadable_source(job.args.artifact)), **job.load_kwargs()
         )
         .to(job.device)
         .eval()
@@ -436,6 +493,7 @@ def run_probe(job: Job, cfg: dict) -> None:
             )
             acc[name, "mass_mean", i] = L.mass_mean_accuracy(x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:])
     sites = range(lm.n_layers + 1)
+    lat = latent_probe(lm, rand, vocab, job.seed)
     for name in ("trained", "random_init"):
         for kind in ("task", "control", "mass_mean"):
             curves.append(
@@ -443,6 +501,15 @@ def run_probe(job: Job, cfg: dict) -> None:
                     f"probe accuracy ({kind})",
                     list(sites),
                     [acc[name, kind, i] for i in sites],
+                    "site (0 = embeddings)",
+                    f"accuracy | {name}",
+                )
+            )
+            curves.append(
+                series(
+                    f"latent probe accuracy ({kind})",
+                    list(sites),
+                    list(lat[name, kind]),
                     "site (0 = embeddings)",
                     f"accuracy | {name}",
                 )
@@ -478,6 +545,31 @@ def run_probe(job: Job, cfg: dict) -> None:
         ),
         metric("probe", "chance", float(max(y[n_tr:].mean(), 1 - y[n_tr:].mean()))),
     ]
+    lb = max(range(1, lm.n_layers + 1), key=lambda i: lat["trained", "task"][i])
+    n_lat = lat["n_test"]
+    metrics += [
+        metric("latent", "best_site", lb),
+        metric("latent", "best_acc", lat["trained", "task"][lb], n=n_lat, higher_is_better=True),
+        metric("latent", "control_acc_at_best", lat["trained", "control"][lb], n=n_lat),
+        metric(
+            "latent",
+            "best_selectivity",
+            lat["trained", "task"][lb] - lat["trained", "control"][lb],
+            n=n_lat,
+            higher_is_better=True,
+        ),
+        metric("latent", "random_model_acc_at_best", lat["random_init", "task"][lb], n=n_lat),
+        metric(
+            "latent",
+            "random_model_best_acc",
+            max(lat["random_init", "task"][1:]),
+            n=n_lat,
+        ),
+        metric("latent", "mass_mean_acc_at_best", lat["trained", "mass_mean"][lb], n=n_lat),
+        metric("latent", "chance", lat["chance"], n=n_lat),
+        metric("latent", "upper_fraction", lat["upper_fraction"], n=lat["n"]),
+        metric("latent", "control_types", lat["n_types"]),
+    ]
     samples = [
         {
             "task": "probe",
@@ -507,6 +599,9 @@ def run_probe(job: Job, cfg: dict) -> None:
                 "position": "last prompt token",
                 "probe": "L2 logistic regression, C by 3-fold CV",
                 "control_task": "random label per last digit",
+                "latent": "the style the trained model picks on mode-free prompts 'say NNN: '"
+                " (p(upper | letter) > 0.5 at the first letter), residual at the space",
+                "latent_control_task": "random label per last two digits (100 types)",
                 "random_model_seed": job.seed + 1,
             },
             task_hashes={"probe": sha256_file(Path(job.args.data) / "mode_eval.jsonl")[:16]},
@@ -561,6 +656,7 @@ def run_steer(job: Job, cfg: dict) -> None:
         return upper_rate(vocab, S.generate(lm, ids, n_new, edits).tolist())[0]
 
     base_free, base_per = rate(free)
+    gen0 = free.shape[1]  # CAA: the vector goes to the positions after the prompt (generated)
     vs = {
         layer: S.mean_difference(lm, pos, neg, lm.site("resid_post", layer))
         for layer in range(lm.n_layers)
@@ -568,7 +664,9 @@ def run_steer(job: Job, cfg: dict) -> None:
     metrics, curves, samples = [], [], []
     sweep = {}
     for layer, v in vs.items():
-        sweep[layer] = [rate(free, S.steering_edits(lm, v, a, layer))[0] for a in alphas]
+        sweep[layer] = [
+            rate(free, S.steering_edits(lm, v, a, layer, start=gen0))[0] for a in alphas
+        ]
         curves.append(
             series(
                 "dose-response: p(upper) vs alpha (CAA + random)",
@@ -583,11 +681,14 @@ def run_steer(job: Job, cfg: dict) -> None:
     best = max(vs, key=lambda lyr: sweep[lyr][i1] - sweep[lyr][im1])
     v = vs[best]
     i0 = alphas.index(0)
-    caa_effect = max(abs(r - sweep[best][i0]) for r in sweep[best])
-    rand_rates = []
+    # Effect = signed change of the rate at alpha = +1 (vector on the generated positions); the
+    # random controls are reported the same way, one signed effect per vector.
+    caa_effect = sweep[best][i1] - sweep[best][i0]
+    rand_rates, rand_units = [], []
     for k in range(cfg["n_random"]):
         u = S.random_like(v, job.seed * 1000 + k)
-        rr = [rate(free, S.steering_edits(lm, u, a, best))[0] for a in alphas]
+        rand_units.append(u)
+        rr = [rate(free, S.steering_edits(lm, u, a, best, start=gen0))[0] for a in alphas]
         rand_rates.append(rr)
         curves.append(
             series(
@@ -602,12 +703,31 @@ def run_steer(job: Job, cfg: dict) -> None:
         series(
             "dose-response: greedy upper-case fraction vs alpha (selected layer)",
             alphas,
-            [greedy_rate(free, S.steering_edits(lm, v, a, best)) for a in alphas],
+            [greedy_rate(free, S.steering_edits(lm, v, a, best, start=gen0)) for a in alphas],
             "alpha (units of v)",
             f"greedy rate | layer {best}",
         )
     )
-    rand_effect = float(np.mean([max(abs(r - rr[i0]) for r in rr) for rr in rand_rates]))
+    rand_signed = [rr[i1] - rr[i0] for rr in rand_rates]
+    rand_effect = float(np.mean(np.abs(rand_signed)))
+
+    def maxabs_all_positions(w):  # the earlier reading: max over alpha, vector at every position
+        rr = [rate(free, S.steering_edits(lm, w, a, best))[0] for a in alphas]
+        return max(abs(r - rr[i0]) for r in rr)
+
+    metrics += [
+        metric("steer", "caa_effect_maxabs_all_positions", maxabs_all_positions(v), n=len(free)),
+        metric(
+            "steer",
+            "random_effect_maxabs_all_positions",
+            float(np.mean([maxabs_all_positions(u) for u in rand_units])),
+            n=len(free),
+        ),
+    ]
+    metrics += [
+        metric("steer", f"random_{k}_effect_alpha1", e, n=len(free))
+        for k, e in enumerate(rand_signed)
+    ]
     metrics += [
         metric("steer", "layer", best),
         metric("steer", "v_norm", float(v.norm())),
@@ -618,16 +738,14 @@ def run_steer(job: Job, cfg: dict) -> None:
             spearman(alphas, sweep[best]),
             higher_is_better=True,
         ),
-        metric("steer", "caa_effect", caa_effect, n=len(free)),
-        metric("steer", "random_effect", rand_effect, n=len(free)),
+        metric("steer", "caa_effect", caa_effect, n=len(free), higher_is_better=True),
+        metric("steer", "random_effect", rand_effect, n=len(free), higher_is_better=False),
         metric(
             "steer",
             "random_over_caa",
-            rand_effect / caa_effect
-            if caa_effect > 0
-            else float("inf")
-            if rand_effect > 0
-            else 0.0,
+            # no effect in the intended direction: no control can be "< 10 % of it" (finite
+            # stand-in, records hold no infinity)
+            rand_effect / caa_effect if caa_effect > 0 else 1.0e6,
             higher_is_better=False,
         ),
         metric(
@@ -647,7 +765,7 @@ def run_steer(job: Job, cfg: dict) -> None:
     ]
     for a, r in zip(alphas, sweep[best], strict=False):
         metrics.append(metric("steer", f"rate_alpha_{a:g}", r, n=len(free)))
-    se = S.side_effects(lm, neutral, S.steering_edits(lm, v, 1.0, best))
+    se = S.side_effects(lm, neutral, S.steering_edits(lm, v, 1.0, best))  # every position
     metrics += [
         metric("steer", "kl_neutral_alpha1", se["kl"], higher_is_better=False),
         metric(
@@ -686,7 +804,7 @@ def run_steer(job: Job, cfg: dict) -> None:
             higher_is_better=False,
         ),
     ]
-    gens = S.generate(lm, free, n_new, S.steering_edits(lm, v, 1.0, best)).tolist()
+    gens = S.generate(lm, free, n_new, S.steering_edits(lm, v, 1.0, best, start=gen0)).tolist()
     for i in range(len(free)):
         samples.append(
             {
@@ -722,7 +840,8 @@ def run_steer(job: Job, cfg: dict) -> None:
             config={
                 **cfg,
                 "site": "resid_post",
-                "positions": "all",
+                "positions": "generated (after the prompt)",
+                "effect": "rate(alpha=+1) - rate(alpha=0), signed",
                 "vector": "mean difference <U> - <L> at the last prompt token",
             },
             task_hashes={"steer": sha256_file(data / "mode_eval.jsonl")[:16]},

@@ -120,6 +120,22 @@ def _meta(job: Job, log: list[dict], **extra) -> None:
     )
 
 
+def untie_output_head(main) -> None:
+    """Give the output head O its own matrix, initialised as a copy of the embedding E.
+
+    DeepSeek-V3 (Section 2.2) keeps E and O as two matrices, each shared between the main model
+    and the MTP modules; the foundation's tiny models tie them. ``save_pretrained`` then stores
+    both and ``from_pretrained`` keeps them apart (``tie_word_embeddings`` is false).
+    """
+    from torch import nn
+
+    main.config.tie_word_embeddings = False
+    text_cfg = main.config.get_text_config() if hasattr(main.config, "get_text_config") else None
+    if text_cfg is not None:
+        text_cfg.tie_word_embeddings = False
+    main.lm_head.weight = nn.Parameter(main.get_input_embeddings().weight.detach().clone())
+
+
 def build_train(job: Job) -> None:
     from transformers import AutoTokenizer
 
@@ -140,6 +156,8 @@ def build_train(job: Job) -> None:
     loss_cfg = {**cfg["loss"], **VARIANTS[job.variant]}
     tok = AutoTokenizer.from_pretrained(job.args.tokenizer)
     main = build_model(spec, tok, seed=job.seed)
+    if not cfg.get("tie_embeddings", True):
+        untie_output_head(main)
     torch.manual_seed(job.seed + 1)
     heads = MTPHeads(main.config, k) if k else None
     loss = MTPLoss.from_config(loss_cfg, k, len(tok)) if k else None
@@ -154,6 +172,7 @@ def build_train(job: Job) -> None:
         log,
         base_model=base_model,
         heads=k,
+        tie_embeddings=bool(cfg.get("tie_embeddings", True)),
         loss=None if loss is None else loss.__dict__,
         train=tc,
         spec=spec,
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         "--factor",
         type=int,
         required=True,
-        help="heads x factor (one of papers.mtp_d.loop.factors)",
+        help="heads x factor (one loop step: papers.mtp_d.loop.factors grow step by step)",
     )
     run_job(ap, None, argv)
 

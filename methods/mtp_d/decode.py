@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from methods.mtp_d.heads import MTPHeads, causal_mask
+from methods.mtp_d.heads import MTPHeads
 
 
 def _crop(cache: DynamicCache, length: int) -> None:
@@ -40,14 +40,32 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 class _Main:
-    """The main model over a growing left-padded batch, with its KV cache."""
+    """The main model over a growing left-padded batch, with its KV cache.
 
-    def __init__(self, main: LlamaForCausalLM, ids: torch.Tensor, valid: torch.Tensor):
+    Column validity and positions are preallocated for ``capacity`` columns (generated columns
+    are always valid and continue each row's positions), so extending never concatenates.
+    """
+
+    def __init__(self, main: LlamaForCausalLM, ids: torch.Tensor, valid: torch.Tensor, capacity):
         self.main = main
         self.cache = DynamicCache()
-        self.valid = valid
-        self.pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        self.h, self.logits = self._forward(ids, self.pos)
+        width = ids.shape[1]
+        capacity = max(int(capacity), width)
+        self.valid_full = torch.ones(
+            (ids.shape[0], capacity), dtype=torch.bool, device=valid.device
+        )
+        self.valid_full[:, :width] = valid
+        self.pos_full = (self.valid_full.long().cumsum(-1) - 1).clamp(min=0)
+        self.n = width
+        self.h, self.logits = self._forward(ids, self.pos_full[:, :width])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.valid_full[:, : self.n]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self.pos_full[:, : self.n]
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor):
         out = self.main.model(
@@ -63,16 +81,15 @@ class _Main:
         return h, self.main.lm_head(h)
 
     def extend(self, ids: torch.Tensor):
-        n = ids.shape[1]
-        pos = self.pos[:, -1:] + torch.arange(1, n + 1, device=ids.device)
-        self.valid = torch.cat([self.valid, torch.ones_like(ids, dtype=torch.bool)], dim=1)
-        self.pos = torch.cat([self.pos, pos], dim=1)
-        return self._forward(ids, pos)
+        start, self.n = self.n, self.n + ids.shape[1]
+        if self.n > self.valid_full.shape[1]:
+            raise ValueError(f"decoding past the preallocated {self.valid_full.shape[1]} columns")
+        return self._forward(ids, self.pos_full[:, start : self.n])
 
     def keep(self, length: int) -> None:
         """Keep the first ``length`` columns (drop rejected drafts)."""
         _crop(self.cache, length)
-        self.valid, self.pos = self.valid[:, :length], self.pos[:, :length]
+        self.n = length
 
 
 @torch.inference_mode()
@@ -80,7 +97,7 @@ def greedy_decode(
     main: LlamaForCausalLM, ids: torch.Tensor, valid: torch.Tensor, new_tokens: int
 ) -> torch.Tensor:
     """Plain greedy decoding with the main head: [B, new_tokens]."""
-    m = _Main(main, ids, valid)
+    m = _Main(main, ids, valid, ids.shape[1] + new_tokens)
     y = m.logits[:, -1].argmax(-1)
     out = [y]
     while len(out) < new_tokens:
@@ -118,6 +135,57 @@ class SpecStats:
 
 
 @torch.inference_mode()
+def teacher_forced_acceptance(
+    main: LlamaForCausalLM, heads: MTPHeads, windows: list[list[int]], depth: int | None = None
+) -> tuple[SpecStats, SpecStats]:
+    """Acceptance on fixed reference text, the teacher-forced mode (README.md, Eq. 6).
+
+    Each window is one reference token sequence; the main model and the modules run over it
+    once (head k at position i sees h^{k-1}_i and E(t_{i+k}), as in training). At every position
+    i whose drafts all have a target (i + depth + 1 < T) head k is *correct* when its top-1
+    equals the reference token ``t_{i+k+1}`` (first stats) and *agrees* when it equals the main
+    head's top-1 at position i+k given the same reference prefix (second stats: the acceptance
+    test of Algorithm 1 with the reference text standing in for the model's own continuation).
+    AR_k, CAR_k and τ then follow ``SpecStats`` with positions as steps.
+    """
+    from methods.mtp_d.loss import run_heads
+
+    depth = heads.depth if depth is None else depth
+    if not 1 <= depth <= heads.depth:
+        raise ValueError(f"draft depth {depth} must be in [1, {heads.depth}]")
+    dev = next(main.parameters()).device
+    ref_stats, main_stats = SpecStats(depth), SpecStats(depth)
+    for w in windows:
+        t = len(w)
+        n = t - depth - 1  # positions i = 0..n-1 have targets for every head
+        if n < 1:
+            continue
+        ids = torch.tensor([w], dtype=torch.long, device=dev)
+        h0 = main.model(input_ids=ids).last_hidden_state
+        main_top = main.lm_head(h0).argmax(-1)[0]  # main head's token after position j
+        saved = heads.schedule
+        heads.schedule = saved[:depth]
+        try:
+            logits = run_heads(main, heads, ids, h0)
+        finally:
+            heads.schedule = saved
+        for stats, target in ((ref_stats, ids[0]), (main_stats, None)):
+            prev = torch.ones(n, dtype=torch.bool, device=dev)
+            run_len = torch.zeros(n, dtype=torch.long, device=dev)
+            for k in range(1, depth + 1):
+                top = logits[k - 1][0, :n].argmax(-1)
+                want = target[k + 1 : k + 1 + n] if target is not None else main_top[k : k + n]
+                ok = prev & (top == want)
+                stats.attempted[k - 1] += int(prev.sum())
+                stats.accepted[k - 1] += int(ok.sum())
+                run_len += ok.long()
+                prev = ok
+            stats.steps += n
+            stats.accepted_len.extend(run_len.tolist())
+    return ref_stats, main_stats
+
+
+@torch.inference_mode()
 def speculative_decode(
     main: LlamaForCausalLM,
     heads: MTPHeads,
@@ -136,66 +204,68 @@ def speculative_decode(
     if not 1 <= depth <= heads.depth:
         raise ValueError(f"draft depth {depth} must be in [1, {heads.depth}]")
     emb = main.get_input_embeddings()
-    dev = ids.device
-    m = _Main(main, ids, valid)
-    tokens = ids.clone()  # committed columns (prompt, then generated)
-    h0 = m.h  # final main hidden state per committed column
-    y = m.logits[:, -1].argmax(-1)
+    bsz, width = ids.shape
+    # every buffer is preallocated: committed columns, then y and the drafts as scratch
+    cap = width + new_tokens + depth + 1
+    m = _Main(main, ids, valid, cap)
+    tokens = torch.zeros((bsz, cap), dtype=torch.long, device=ids.device)
+    tokens[:, :width] = ids
+    h0 = m.h.new_zeros((bsz, cap, m.h.shape[-1]))  # final main hidden state per column
+    h0[:, :width] = m.h
+    hk = [torch.zeros_like(h0) for _ in range(depth)]  # h^k per column
+    final = [0] * depth  # columns of h^k whose inputs are all committed tokens (or y)
+    # module masks (query column sees valid key columns at or before it; pad columns see
+    # themselves, never NaN) and rotary tables, built once for every column
+    col = torch.arange(cap, device=ids.device)
+    allowed = (col[None, :] <= col[:, None])[None] & m.valid_full[:, None, :]
+    allowed |= torch.eye(cap, dtype=torch.bool, device=ids.device)[None]
+    mask_full = torch.zeros(allowed.shape, dtype=h0.dtype, device=ids.device)
+    mask_full.masked_fill_(~allowed, torch.finfo(h0.dtype).min)
+    mask_full = mask_full[:, None]
+    cos, sin = heads.rotary(h0, m.pos_full)
     caches = [DynamicCache() for _ in range(depth)]
-    h_final: list[torch.Tensor | None] = [None] * depth  # h^k over columns with final inputs
-    out: list[torch.Tensor] = []
-    bsz = ids.shape[0]
-    while sum(t.shape[1] for t in out) < new_tokens:
-        n = tokens.shape[1]
-        # (2) draft: module k at column j sees h^{k-1}_j and E(ext_{j+k}), predicts ext_{j+k+1}
-        ext = torch.cat([tokens, y[:, None]], dim=1)
-        h_prev, drafts = h0, []
+    y = m.logits[:, -1].argmax(-1)
+    n = width
+    while n - width < new_tokens:
+        # (2) draft: module k at column j sees h^{k-1}_j and E(tokens_{j+k}), predicts
+        # tokens_{j+k+1}; column n holds y, columns n+1.. the drafts
+        tokens[:, n] = y
+        h_prev = h0
         for k in range(1, depth + 1):
-            start = 0 if h_final[k - 1] is None else h_final[k - 1].shape[1]
-            cols = torch.arange(start, n, device=dev).expand(bsz, -1)
-            kv_cols = torch.arange(n, device=dev)
-            mask = causal_mask(cols, kv_cols.expand(bsz, -1), m.valid[:, :n], h0.dtype)
-            mask = mask.masked_fill(
-                (cols[:, :, None] == kv_cols[None, None, :])[:, None], 0.0
-            )  # pad columns attend to themselves (never NaN)
+            start = final[k - 1]
             h_new = heads.module_at(k)(
                 h_prev[:, start:n],
-                emb(ext[:, start + k : n + k]),
-                mask,
-                heads.rotary(h0, m.pos[:, start:n]),
+                emb(tokens[:, start + k : n + k]),
+                mask_full[:, :, start:n, :n],
+                (cos[:, start:n], sin[:, start:n]),
                 cache=caches[k - 1],
             )
-            h_new = torch.where(m.valid[:, start:n, None], h_new, torch.zeros_like(h_new))
-            h_full = h_new if h_final[k - 1] is None else torch.cat([h_final[k - 1], h_new], 1)
-            keep = n - k + 1  # columns whose inputs are all committed tokens (or y)
-            h_final[k - 1] = h_full[:, :keep]
-            _crop(caches[k - 1], keep)
-            d = heads.logits(main, k, h_new[:, -1]).argmax(-1)
-            drafts.append(d)
-            ext = torch.cat([ext, d[:, None]], dim=1)
-            h_prev = h_full
+            h_new = torch.where(m.valid_full[:, start:n, None], h_new, torch.zeros_like(h_new))
+            hk[k - 1][:, start:n] = h_new
+            final[k - 1] = n - k + 1
+            _crop(caches[k - 1], final[k - 1])
+            tokens[:, n + k] = heads.logits(main, k, h_new[:, -1]).argmax(-1)
+            h_prev = hk[k - 1]
+        drafts = tokens[:, n + 1 : n + 1 + depth]
         if trace is not None:
-            trace.append((n, torch.stack(drafts, dim=1)))
+            trace.append((n, drafts.clone()))
         # (3) verify [y, d_1..d_K] with one main forward
-        cand = torch.cat([y[:, None], torch.stack(drafts, dim=1)], dim=1)
+        cand = tokens[:, n : n + 1 + depth]
         h_v, logits_v = m.extend(cand)
         g = logits_v.argmax(-1)  # g_i: main head's token after cand_i
-        match = torch.stack(drafts, dim=1) == g[:, :-1]
-        run = match.long().cumprod(dim=1)  # 1 while every earlier draft matched
+        run = (drafts == g[:, :-1]).long().cumprod(dim=1)  # 1 while every earlier draft matched
         a_rows = run.sum(dim=1)
         a = int(a_rows.min())
         if stats is not None:
             stats.steps += bsz
-            prev = torch.ones(bsz, dtype=torch.long, device=dev)
+            prev = torch.ones(bsz, dtype=torch.long, device=ids.device)
             for k in range(depth):
                 stats.attempted[k] += int(prev.sum())
                 stats.accepted[k] += int(run[:, k].sum())
                 prev = run[:, k]
             stats.accepted_len.extend(a_rows.tolist())
-        commit = cand[:, : a + 1]
-        m.keep(n + a + 1)
-        tokens = torch.cat([tokens, commit], dim=1)
-        h0 = torch.cat([h0, h_v[:, : a + 1]], dim=1)
+        m.keep(n + a + 1)  # commit y and the accepted drafts (already in tokens)
+        h0[:, n : n + a + 1] = h_v[:, : a + 1]
         y = g[:, a]
-        out.append(commit)
-    return torch.cat(out, dim=1)[:, :new_tokens]
+        n += a + 1
+    return tokens[:, width : width + new_tokens].clone()

@@ -61,6 +61,7 @@ class MTPLoss:
     stop_grad: bool = True
     temperature: float = 1.0
     train_main: bool = True  # False: looped extension, main CE is not part of the objective
+    kl_into: str = "all"  # "modules": the KL's gradient reaches only the MTP modules' weights
 
     @classmethod
     def from_config(cls, cfg: dict, num_modules: int, vocab_size: int) -> MTPLoss:
@@ -72,6 +73,11 @@ class MTPLoss:
         alpha = cfg.get("alpha") or [cfg["mtp_lambda"] / num_modules] * num_modules  # α_k = λ/K
         beta = cfg["beta"]
         beta = [beta] * num_modules if isinstance(beta, int | float) else list(beta)
+        if cfg.get("beta_over_k", False):  # ablation: β_k = β/K, scaled like α_k = λ/K
+            beta = [b / num_modules for b in beta]
+        kl_into = cfg.get("kl_into", "all")
+        if kl_into not in ("all", "modules"):
+            raise ConfigError(f"papers.mtp_d.loss.kl_into = {kl_into!r} must be 'all' or 'modules'")
         if len(alpha) != num_modules or len(beta) != num_modules:
             raise ConfigError(
                 f"alpha ({len(alpha)} values) and beta ({len(beta)} values) need one weight per "
@@ -89,6 +95,7 @@ class MTPLoss:
             kl_direction=cfg["kl_direction"],
             stop_grad=bool(cfg.get("stop_grad", True)),
             temperature=float(cfg["temperature"]),
+            kl_into=kl_into,
         )
 
 
@@ -100,14 +107,23 @@ class MTPOutput:
 
 
 def run_heads(
-    main: LlamaForCausalLM, heads: MTPHeads, input_ids: torch.Tensor, h0: torch.Tensor
+    main: LlamaForCausalLM,
+    heads: MTPHeads,
+    input_ids: torch.Tensor,
+    h0: torch.Tensor,
+    shared_grad: bool = True,
 ) -> list[torch.Tensor]:
     """Teacher-forced chain over a full window: logits of head k, shape [B, T-k, V].
 
     Head k at position i (0-based) sees h^{k-1}_i and E(t_{i+k}) and predicts t_{i+k+1}.
+    ``shared_grad=False`` detaches everything the main model shares with the modules (h⁰, the
+    embedding rows, the output head's weight): a loss on these logits trains the modules only.
     """
     b, t = input_ids.shape
     emb = main.get_input_embeddings()(input_ids)
+    if not shared_grad:
+        h0, emb = h0.detach(), emb.detach()
+        w_out = main.lm_head.weight.detach()
     h_prev, out = h0, []
     for k in range(1, heads.depth + 1):
         n = t - k
@@ -116,7 +132,10 @@ def run_heads(
         h_k = heads.module_at(k)(
             h_prev[:, :n], emb[:, k : k + n], mask, heads.rotary(h_prev, pos), cache=None
         )
-        out.append(heads.logits(main, k, h_k))
+        if shared_grad:
+            out.append(heads.logits(main, k, h_k))
+        else:
+            out.append(F.linear(heads.module_at(k).norm_out(h_k), w_out))
         h_prev = h_k
     return out
 
@@ -151,7 +170,13 @@ class MTPLM(nn.Module):
             top_idx = None
             if any(cfg.beta):  # S per position, from the main head: shared by every head k
                 top_idx = logits0.detach().topk(cfg.top_n, dim=-1).indices
-            for k, lk in enumerate(run_heads(self.main, self.heads, input_ids, h0), start=1):
+            head_logits = run_heads(self.main, self.heads, input_ids, h0)
+            kl_logits = head_logits
+            if any(cfg.beta) and cfg.kl_into == "modules" and torch.is_grad_enabled():
+                # a second pass of the modules whose shared inputs are detached: the KL trains
+                # the modules, never the trunk, the embedding or the output head
+                kl_logits = run_heads(self.main, self.heads, input_ids, h0, shared_grad=False)
+            for k, lk in enumerate(head_logits, start=1):
                 student = lk[:, : t - k - 1]
                 ce = F.cross_entropy(
                     student.reshape(-1, student.shape[-1]), input_ids[:, k + 1 :].reshape(-1)
@@ -164,7 +189,7 @@ class MTPLM(nn.Module):
                         teacher = teacher.detach()
                     kl = topn_kl(
                         teacher,
-                        student,
+                        kl_logits[k - 1][:, : t - k - 1],
                         cfg.top_n,
                         cfg.kl_direction,
                         cfg.temperature,

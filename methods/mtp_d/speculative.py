@@ -29,9 +29,18 @@ from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_jsonl, stable_hash
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric, series
-from methods.mtp_d.decode import SpecStats, greedy_decode, left_pad, speculative_decode
+from methods.mtp_d.decode import (
+    SpecStats,
+    greedy_decode,
+    left_pad,
+    speculative_decode,
+    teacher_forced_acceptance,
+)
 
 GREEDY = "ntp"  # plain next-token model: the plain-decoding reference
+# teacher-forced acceptance tasks (README.md, Eq. 6): head k's top-1 against the reference token
+# k+1 ahead, and against the main head's top-1 at the same offset, both on fixed held-out text
+TF_TASKS = ("tf_text", "tf_text_main")
 ONE_HEAD = "mtp_1head"  # 1-head MTP reference: plain MTP drafting with module 1 only
 
 
@@ -52,6 +61,60 @@ def load_prompts(data_dir: Path, tok, n: int, prompt_tokens: int) -> list[dict]:
     if len(rows) < n:
         raise ClaimbenchError(f"{data_dir}: only {len(rows)} prompts for n_prompts = {n}")
     return rows
+
+
+def load_reference_windows(data_dir: Path, tok, n: int, length: int) -> list[list[int]]:
+    """Fixed reference text for the teacher-forced mode: the first ``length`` tokens of the
+    first ``n`` held-out text documents (``text/test.jsonl``) that are at least that long."""
+    out = []
+    with open(data_dir / "text" / "test.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and len(out) < n:
+                ids = tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
+                if len(ids) >= length:
+                    out.append(ids[:length])
+    if not out:
+        raise ClaimbenchError(f"{data_dir}/text/test.jsonl: no document has {length} tokens")
+    return out
+
+
+def _acceptance_metrics(task: str, st: SpecStats) -> list[dict]:
+    """ar_k, car_k (binomial standard errors over steps) and tau for one acceptance count."""
+    metrics = []
+    for k, (ar, car) in enumerate(zip(st.ar(), st.car(), strict=True), start=1):
+        n_att = st.attempted[k - 1]
+        metrics.append(
+            metric(
+                task,
+                f"ar_{k}",
+                ar,
+                stderr=math.sqrt(ar * (1 - ar) / n_att) if n_att else None,
+                n=n_att,
+                higher_is_better=True,
+            )
+        )
+        metrics.append(
+            metric(
+                task,
+                f"car_{k}",
+                car,
+                stderr=math.sqrt(car * (1 - car) / st.steps),
+                n=st.steps,
+                higher_is_better=True,
+            )
+        )
+    lens = [1 + a for a in st.accepted_len]
+    metrics.append(
+        metric(
+            task,
+            "tau",
+            st.tau(),
+            stderr=statistics.stdev(lens) / math.sqrt(len(lens)) if len(lens) > 1 else None,
+            n=len(lens),
+            higher_is_better=True,
+        )
+    )
+    return metrics
 
 
 def load_configs(
@@ -154,6 +217,16 @@ def measure(job: Job) -> None:
         outputs[name] = torch.cat(out)
         per_prompt[name] = rows
 
+    # (1b) teacher-forced acceptance on fixed held-out text (untimed, deterministic)
+    windows = load_reference_windows(
+        Path(job.args.data_dir), tok, cfg["n_prompts"], cfg["prompt_tokens"] + new_tokens
+    )
+    tf_stats = {
+        name: teacher_forced_acceptance(mains[v], h, windows, depth)
+        for name, (v, h, depth) in configs.items()
+        if h is not None
+    }
+
     # (2) timed, interleaved, repeated
     names = list(configs)
     timings = {(n, b): [] for n in names for b in cfg["batch_sizes"]}
@@ -203,39 +276,9 @@ def measure(job: Job) -> None:
         curves = []
         if name in stats:
             st = stats[name]
-            for k, (ar, car) in enumerate(zip(st.ar(), st.car(), strict=True), start=1):
-                n_att = st.attempted[k - 1]
-                metrics.append(
-                    metric(
-                        task,
-                        f"ar_{k}",
-                        ar,
-                        stderr=math.sqrt(ar * (1 - ar) / n_att) if n_att else None,
-                        n=n_att,
-                        higher_is_better=True,
-                    )
-                )
-                metrics.append(
-                    metric(
-                        task,
-                        f"car_{k}",
-                        car,
-                        stderr=math.sqrt(car * (1 - car) / st.steps),
-                        n=st.steps,
-                        higher_is_better=True,
-                    )
-                )
-            lens = [1 + a for a in st.accepted_len]
-            metrics.append(
-                metric(
-                    task,
-                    "tau",
-                    st.tau(),
-                    stderr=statistics.stdev(lens) / math.sqrt(len(lens)),
-                    n=len(lens),
-                    higher_is_better=True,
-                )
-            )
+            metrics.extend(_acceptance_metrics(task, st))
+            for tf_task, tf_st in zip(TF_TASKS, tf_stats[name], strict=True):
+                metrics.extend(_acceptance_metrics(tf_task, tf_st))
             one = stats[ONE_HEAD].tau()
             metrics.append(metric(task, "tau_ratio_vs_mtp1", st.tau() / one, higher_is_better=True))
             for family in sorted({p["task"] for p in prompts}):  # arith vs text prompts
@@ -282,6 +325,12 @@ def measure(job: Job) -> None:
             "depth": depth,
             "schedule": None if h is None else h.schedule,
             "acceptance_mode": "spec_decode",
+            "acceptance_modes": {
+                f"spec_b{cfg['batch_sizes'][0]}": "spec_decode (the model's own continuation)",
+                TF_TASKS[0]: "teacher_forced (head k's top-1 = reference token k+1 ahead)",
+                TF_TASKS[1]: "teacher_forced_main (head k's top-1 = main head's top-1 there)",
+            },
+            "teacher_forced_windows": len(windows) if h is not None else 0,
             "dtype": job.dtype,
             "device": job.device,
             "threads": job.threads,
@@ -299,7 +348,9 @@ def measure(job: Job) -> None:
             metrics=metrics,
             provenance=prov,
             task_hashes={
-                t: stable_hash([t, new_tokens] + [p["ids"] for p in prompts if p["task"] in t])
+                t: stable_hash([t] + windows)
+                if t in TF_TASKS
+                else stable_hash([t, new_tokens] + [p["ids"] for p in prompts if p["task"] in t])
                 if t.endswith(("_arith", "_text"))
                 else stable_hash([new_tokens] + [p["ids"] for p in prompts])
                 for t in {m["task"] for m in metrics}

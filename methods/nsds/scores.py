@@ -158,9 +158,14 @@ def se_score(
     opts: NSDSOptions,
     p_unembed: torch.Tensor | None = None,
     notes: list | None = None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> float:
-    """Role-aware structural expressiveness of one matrix (eqs. 3-6)."""
-    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    """Role-aware structural expressiveness of one matrix (eqs. 3-6). ``factors`` = (A, B) with
+    ``w = A Bᵀ`` of rank r: the SVD is taken from the factors (:func:`factor_svd`)."""
+    if factors is not None:
+        u, s, vh = factor_svd(*factors)
+    else:
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
     k = energy_rank(s, opts.energy)
     s_k, u_k, v_k = s[:k], u[:, :k], vh.T[:, :k]
     if not opts.role_reweighting or role == "plain":
@@ -228,8 +233,26 @@ def layer_weight(layer, proj: str, layer_idx: int) -> torch.Tensor:
     return obj.weight.detach().double()
 
 
-def head_circuits(layer, geo: dict, layer_idx: int):
-    """Yield (W_QK^h, W_OV^h) per attention head, GQA-aware (eq. 1)."""
+def factor_svd(a: torch.Tensor, b: torch.Tensor):
+    """Thin SVD of ``A Bᵀ`` (A, B: [d, r]) from the factors, exact: with ``A = Qa Ra`` and
+    ``B = Qb Rb``, ``A Bᵀ = Qa (Ra Rbᵀ) Qbᵀ``, so one r×r SVD ``Ra Rbᵀ = U S Vᵀ`` gives
+    ``(Qa U) S (Qb V)ᵀ``; the other d − r singular values are 0. For a head circuit (d = 4096,
+    r = 128) this replaces a 4096² float64 SVD by a 128² one."""
+    qa, ra = torch.linalg.qr(a.double())
+    qb, rb = torch.linalg.qr(b.double())
+    u, s, vh = torch.linalg.svd(ra @ rb.T)
+    return qa @ u, s, vh @ qb.T
+
+
+# A head circuit's SVD comes from its factors (factor_svd) when the model is this wide and the
+# head at most 1/8 of it (paper-scale models); narrower models keep the full SVD of the d×d
+# circuit, so tiny and small numbers are those of the full SVD.
+FACTOR_SVD_MIN_WIDTH = 1024
+
+
+def head_circuits(layer, geo: dict, layer_idx: int, factors: bool = False):
+    """Yield (W_QK^h, W_OV^h) per attention head, GQA-aware (eq. 1); with ``factors``, yield
+    ((W_QK^h, (qᵀ, kᵀ)), (W_OV^h, (o, vᵀ))): each circuit with its rank-d_h factors."""
     wq = layer_weight(layer, "self_attn.q_proj", layer_idx)
     wk = layer_weight(layer, "self_attn.k_proj", layer_idx)
     wv = layer_weight(layer, "self_attn.v_proj", layer_idx)
@@ -241,7 +264,10 @@ def head_circuits(layer, geo: dict, layer_idx: int):
         k = wk[g * dh : (g + 1) * dh]
         v = wv[g * dh : (g + 1) * dh]
         o = wo[:, h * dh : (h + 1) * dh]
-        yield q.T @ k, o @ v
+        if factors:
+            yield (q.T @ k, (q.T, k.T)), (o @ v, (o, v.T))
+        else:
+            yield q.T @ k, o @ v
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,10 +390,14 @@ def raw_role_scores(
             raw[role]["nv"].append(float(excess_kurtosis(w)))
             raw[role]["se"].append(se_score(w, role, opts, p_u, notes) if need_se else 0.0)
         per_head = {"qk": {"nv": [], "se": []}, "ov": {"nv": [], "se": []}}
-        for w_qk, w_ov in head_circuits(layer, geo, i):
-            for role, w in (("qk", w_qk), ("ov", w_ov)):
+        d = model.config.hidden_size
+        wide = d >= FACTOR_SVD_MIN_WIDTH and 8 * geo["head_dim"] <= d
+        for qk, ov in head_circuits(layer, geo, i, factors=True):
+            for role, (w, ab) in (("qk", qk), ("ov", ov)):
                 per_head[role]["nv"].append(float(excess_kurtosis(w)))
-                per_head[role]["se"].append(se_score(w, role, opts, p_u) if need_se else 0.0)
+                per_head[role]["se"].append(
+                    se_score(w, role, opts, p_u, factors=ab if wide else None) if need_se else 0.0
+                )
         for role in ("qk", "ov"):  # circuit scores averaged over heads (code)
             for aspect in ("nv", "se"):
                 raw[role][aspect].append(float(np.mean(per_head[role][aspect])))

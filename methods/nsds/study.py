@@ -27,10 +27,15 @@ from methods.nsds.scores import PROJECTIONS, decoder_layers
 
 
 class FakeQuant:
-    """Swap decoder Linear weights between the original and cached RTN-quantized copies."""
+    """Swap decoder Linear weights between the original and cached RTN-quantized copies.
+
+    The model's own weight tensors are overwritten in place (``copy_``) and only where a
+    module's width changes; the original and quantized copies are kept on the CPU, in the
+    model's dtype, so the accelerator holds one model (paper scale: a 7B model in bf16 on the
+    GPU, the three copies in host memory). RTN runs on the weight's device."""
 
     def __init__(self, model, group_size: int):
-        from methods.quant.quantizer import rtn
+        from methods.quant.quantizer import check_group_size, rtn
 
         self._rtn = rtn
         self.model = model
@@ -40,11 +45,10 @@ class FakeQuant:
             for i, layer in enumerate(decoder_layers(model))
             for p in PROJECTIONS
         }
-        self.original = {k: m.weight.detach().clone() for k, m in self.modules.items()}
-        from methods.quant.quantizer import check_group_size
-
-        for (i, p), w in self.original.items():
-            check_group_size(w.shape[1], group_size, where=f"model.layers.{i}.{p}")
+        for (i, p), m in self.modules.items():
+            check_group_size(m.weight.shape[1], group_size, where=f"model.layers.{i}.{p}")
+        self.original = {k: m.weight.detach().to("cpu", copy=True) for k, m in self.modules.items()}
+        self.current = {k: 16 for k in self.modules}
         self.cache: dict[tuple, torch.Tensor] = {}
 
     def weight(self, key, bits: int) -> torch.Tensor:
@@ -52,14 +56,18 @@ class FakeQuant:
             return self.original[key]
         ck = (*key, bits)
         if ck not in self.cache:
-            w = self.original[key]
-            self.cache[ck] = self._rtn(w, bits, self.group_size).dequantize().to(w.dtype)
+            w = self.modules[key].weight
+            q = self._rtn(self.original[key].to(w.device), bits, self.group_size)
+            self.cache[ck] = q.dequantize().to(w.dtype).cpu()
         return self.cache[ck]
 
     @torch.no_grad()
     def apply(self, bits_per_layer: list[int]) -> None:
         for (i, p), m in self.modules.items():
-            m.weight.data = self.weight((i, p), bits_per_layer[i])
+            bits = min(bits_per_layer[i], 16)
+            if self.current[(i, p)] != bits:
+                m.weight.data.copy_(self.weight((i, p), bits))
+                self.current[(i, p)] = bits
 
     def restore(self) -> None:
         self.apply([16] * (max(i for i, _ in self.modules) + 1))

@@ -191,7 +191,12 @@ def _rule_answer(task: str, d: dict, feedback: str | None):
     if task == "mass_conserved":
         return "yes" if abs(d.get("mass_drift", 0.0)) < d.get("mass_tol", 1e-6) else "no"
     if task == "equation":
-        return d.get("equation_best", "unknown")
+        res = d.get("equation_residuals")
+        if not res:
+            return "unknown"
+        from methods.omniflow.constraints import pick_equation
+
+        return pick_equation({k: float(v) for k, v in res.items()})
     if task == "forecast":
         fits = [f for f in [d.get("fit")] + list(d.get("exemplar_fits") or []) if f]
         if not fits:  # nothing to fit (raw-number prompt): an inviscid, unforced program
@@ -210,8 +215,11 @@ def _rule_regime(task: str, d: dict) -> str:
         if max((abs(v) for v in fit.get("forcing", {}).values()), default=0.0) < 1e-2:
             return "ns2d_decaying"
         return "ns2d_forced"
-    eq = d.get("equation_best")
-    if eq:
+    res = d.get("equation_residuals")
+    if res:
+        from methods.omniflow.constraints import pick_equation
+
+        eq = pick_equation({k: float(v) for k, v in res.items()})
         return {"ns2d": "ns2d_forced"}.get(eq, eq)
     return "ns2d_forced"
 
@@ -264,22 +272,21 @@ class HFBackend(Backend):
         chat_template: bool = False,
         label: str | None = None,
     ):
-        folder = Path(path)
-        if not (folder / "config.json").is_file():
-            raise BackendError(f"hf backend: {folder} is not a local model folder (no config.json)")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from claimbench.errors import ModelNotAvailableError
+        from claimbench.models import loadable_source
+
+        try:  # an artifact whose meta.json names a cached hub id, or a saved model folder
+            src = Path(loadable_source(path))
+        except ModelNotAvailableError as e:
+            raise BackendError(f"hf backend: {path} is not a local model folder ({e})") from e
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.path, self.device, self.chat_template, self.label = (
-            folder,
-            device,
-            chat_template,
-            label,
-        )
-        self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.path, self.device, self.chat_template, self.label = src, device, chat_template, label
+        self.tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, dtype=getattr(torch, dtype), trust_remote_code=False
+            str(src), local_files_only=True, dtype=getattr(torch, dtype), trust_remote_code=False
         ).to(device)
         self.model.eval()
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -291,17 +298,34 @@ class HFBackend(Backend):
     def weights_hash(self) -> str:
         return _hash_folder(self.path)
 
-    def generate(self, prompt: str, max_new_tokens: int = 256) -> str:
-        torch = self._torch
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of the prompt, through the chat template when the backend uses one.
+
+        ``apply_chat_template`` returns a ``BatchEncoding`` in transformers 5 (iterating it
+        yields its keys), a list in 4.x: ask for the dict form and take ``input_ids``.
+        """
         if self.chat_template and getattr(self.tok, "chat_template", None):
-            ids = self.tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True
+            enc = self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
             )
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+            ids = enc["input_ids"]
         else:
             ids = self.tok(prompt)["input_ids"]
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        if ids and isinstance(ids[0], list):  # a batch of one
+            ids = ids[0]
+        if not all(isinstance(i, int) for i in ids):
+            raise BackendError(f"hf backend {self.path}: prompt encoded to non-ids {ids[:3]!r}")
+        return ids
+
+    def generate(self, prompt: str, max_new_tokens: int = 256) -> str:
+        torch = self._torch
+        ids = self.encode(prompt)
         max_new = max(1, min(max_new_tokens, self.max_len // 2))
-        ids = list(ids)[-(self.max_len - max_new) :]
+        ids = ids[-(self.max_len - max_new) :]
         x = torch.tensor([ids], device=self.device)
         with torch.no_grad():
             out = self.model.generate(
@@ -321,30 +345,70 @@ class HFBackend(Backend):
 
 @register("openai")
 class OpenAIBackend(Backend):
-    """POST {base_url}/chat/completions with temperature 0; the API key is read from an env var."""
+    """POST {base_url}/chat/completions with temperature 0; the API key is read from an env var.
+
+    ``base_url_file``: read the URL from the file a workflow-managed server writes once ready
+    (``methods.omniflow.serve``) and wait for the server first. ``images``: send the item's field
+    rendered as a PNG (``render.py``) as an image content part of the user message.
+    """
+
+    image_input = False
 
     def __init__(
         self,
-        base_url: str,
-        model: str,
+        base_url: str | None = None,
+        model: str = "",
         api_key_env: str = "OPENAI_API_KEY",
         timeout_s: float = 60.0,
+        base_url_file: str | None = None,
+        images: bool = False,
+        server_wait_s: float = 3600.0,
+        serve: dict | None = None,  # the server job's settings (methods.omniflow.serve)
     ):
+        if base_url_file:
+            from methods.omniflow.serve import ServerError, wait_for_url_file
+
+            try:
+                base_url = wait_for_url_file(base_url_file, server_wait_s, model=model)
+            except ServerError as e:
+                raise BackendError(f"openai backend: {e}") from e
+        if not base_url:
+            raise BackendError("openai backend: neither base_url nor a server URL file is given")
         self.base_url, self.model, self.timeout_s = base_url.rstrip("/"), model, float(timeout_s)
         self.api_key = os.environ.get(api_key_env, "")
+        self.image_input = bool(images)
+        self._images: list[bytes] = []
 
     def describe(self) -> dict:
-        return {"kind": "openai", "base_url": self.base_url, "model": self.model}
+        return {
+            "kind": "openai",
+            "base_url": self.base_url,
+            "model": self.model,
+            "images": self.image_input,
+        }
+
+    def set_images(self, images: list[bytes]) -> None:
+        """PNG images sent with every prompt until the next call (one item's fields)."""
+        self._images = list(images)
+
+    def request_body(self, prompt: str, max_new_tokens: int) -> dict:
+        """The chat-completions request: text, plus each image as an ``image_url`` data URL."""
+        content: str | list = prompt
+        if self.image_input and self._images:
+            from methods.omniflow.render import data_url
+
+            content = [{"type": "text", "text": prompt}] + [
+                {"type": "image_url", "image_url": {"url": data_url(png)}} for png in self._images
+            ]
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            "max_tokens": max_new_tokens,
+        }
 
     def generate(self, prompt: str, max_new_tokens: int = 256) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0,
-                "max_tokens": max_new_tokens,
-            }
-        ).encode()
+        body = json.dumps(self.request_body(prompt, max_new_tokens)).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"

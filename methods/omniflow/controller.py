@@ -98,13 +98,7 @@ def _equation_fit(q0: np.ndarray, q1: np.ndarray, dt: float, L: float, extra: di
     return out
 
 
-def _pick_equation(res: dict, margin: float = 0.5) -> str:
-    """Simplest model whose residual is within ``margin`` x of the best one plus 1e-3."""
-    best = min(res.values())
-    for name in ("heat", "advection_diffusion", "burgers", "ns2d", "beta_plane"):
-        if name in res and res[name] <= best * (1 + margin) + 1e-3:
-            return name
-    return min(res, key=res.get)
+_pick_equation = C.pick_equation
 
 
 def analyse(item: dict, cfg: PGCoTConfig) -> dict:
@@ -159,7 +153,8 @@ def analyse(item: dict, cfg: PGCoTConfig) -> dict:
             {k: np.asarray(fl[k], float) for k in ("u", "v") if k in fl},
         )
         extra["equation_residuals"] = {k: _fmt(v) for k, v in res.items()}
-        extra["equation_best"] = ctx["facts"]["equation"] = _pick_equation(res)
+        # the residuals are the tool's measurement; the pick (the answer) stays out of the prompt
+        ctx["facts"]["equation"] = _pick_equation(res)
         ctx["facts"]["equation_residuals"] = res
         raw_src = q1 if q1.ndim == 2 else np.tile(q1[:: max(1, q1.size // 8)][:8], (8, 1))
     else:
@@ -190,6 +185,7 @@ def analyse(item: dict, cfg: PGCoTConfig) -> dict:
         ctx["facts"]["saddle_count"] = sum(
             v for k, v in D["critical_points"].items() if k != "saddle"
         )
+    ctx["field2d"] = raw_src if raw_src.ndim == 2 else None  # rendered for image input
     ctx["text"] = Dm.verbalize(D, dcfg) if "incompressible" in D else f"{D['grid']} grid"
     ctx["data"] = {**(Dm.compact(D) if "incompressible" in D else {"grid": D["grid"]}), **extra}
     ctx["raw"] = (
@@ -369,6 +365,11 @@ def pg_cot(item: dict, backend: Backend, cfg: PGCoTConfig) -> dict:
     if item["kind"] == "forecast":
         ctx["_last_frame"] = np.asarray(item["fields"]["omega"])[-1]
     report["descriptors_text"] = ctx["text"]
+    if getattr(backend, "image_input", False):  # multimodal: the field as a PNG with each prompt
+        from methods.omniflow.render import render_png
+
+        field = ctx.get("field2d")
+        backend.set_images([] if field is None else [render_png(field)])
     regime = None
     if cfg.regime_step:
         prompt = build_prompt(item, ctx, cfg, "regime", [], None, None)

@@ -34,13 +34,26 @@ def wavenumbers(shape: tuple[int, int], L: float = 1.0) -> tuple[np.ndarray, np.
     return np.meshgrid(kx, ky, indexing="ij")
 
 
+def derivative_wavenumbers(shape: tuple[int, int], L: float = 1.0):
+    """kx, ky for FIRST derivatives: the Nyquist mode (index n/2 of an even axis) is zeroed in
+    both directions (README, (E1)); second derivatives (Laplacian, psi) keep it. With one
+    convention for u = psi_y, v = -psi_x and for div u, a derived velocity has div u = 0."""
+    kx, ky = (k.copy() for k in wavenumbers(shape, L))
+    nx, ny = shape
+    if nx % 2 == 0:
+        kx[nx // 2, :] = 0.0
+    if ny % 2 == 0:
+        ky[:, ny // 2] = 0.0
+    return kx, ky
+
+
 def ddx(f: np.ndarray, L: float = 1.0) -> np.ndarray:
-    kx, _ = wavenumbers(f.shape, L)
+    kx, _ = derivative_wavenumbers(f.shape, L)
     return np.real(np.fft.ifft2(1j * kx * np.fft.fft2(f)))
 
 
 def ddy(f: np.ndarray, L: float = 1.0) -> np.ndarray:
-    _, ky = wavenumbers(f.shape, L)
+    _, ky = derivative_wavenumbers(f.shape, L)
     return np.real(np.fft.ifft2(1j * ky * np.fft.fft2(f)))
 
 
@@ -78,9 +91,9 @@ def divergence_residual(u: np.ndarray, v: np.ndarray, L: float = 1.0) -> float:
 
 def leray_projection(u: np.ndarray, v: np.ndarray, L: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """u_hat <- u_hat - k (k . u_hat) / |k|^2: the divergence-free part (repair of 4.2)."""
-    kx, ky = wavenumbers(u.shape, L)
+    kx, ky = derivative_wavenumbers(u.shape, L)
     k2 = kx**2 + ky**2
-    k2[0, 0] = 1.0
+    k2[k2 == 0] = 1.0
     uh, vh = np.fft.fft2(u), np.fft.fft2(v)
     kdotu = (kx * uh + ky * vh) / k2
     return np.real(np.fft.ifft2(uh - kx * kdotu)), np.real(np.fft.ifft2(vh - ky * kdotu))

@@ -30,9 +30,10 @@ def forcing_field(name: str, n: int, L: float = 1.0) -> np.ndarray:
 def _spectral(n: int, L: float):
     kx, ky = F.wavenumbers((n, n), L)
     k2 = kx**2 + ky**2
-    k2i = np.where(k2 == 0, 0.0, 1.0 / np.where(k2 == 0, 1.0, k2))
     kmax = np.abs(kx).max()
     dealias = (np.abs(kx) < 2 / 3 * kmax) & (np.abs(ky) < 2 / 3 * kmax)
+    kx, ky = F.derivative_wavenumbers((n, n), L)  # first derivatives: Nyquist zeroed
+    k2i = np.where(k2 == 0, 0.0, 1.0 / np.where(k2 == 0, 1.0, k2))
     return kx, ky, k2, k2i, dealias
 
 
@@ -75,6 +76,10 @@ def simulate(
     kmax = 2 * np.pi * (n // 2) / L
     dealias = (np.abs(kx) < 2 / 3 * kmax) & (np.abs(ky) < 2 / 3 * kmax)
     lin = -(nu * k2 + alpha)
+    if n % 2 == 0:  # first derivatives below: Nyquist zeroed in both directions (fields.py)
+        kx, ky = kx.copy(), ky.copy()
+        kx[n // 2, 0] = 0.0
+        ky[0, n // 2] = 0.0
     fh = np.zeros(k2.shape, complex) if forcing is None else np.fft.rfft2(forcing) * (k2 > 0)
     irf = lambda a: np.fft.irfft2(a, s=(n, n))  # noqa: E731
 

@@ -238,6 +238,10 @@ def cmd_qa(job: Job) -> None:
     items = load_questions(data, limit)
     kinds = sorted({it["kind"] for it in items})
     spec = backend_spec(job, args.backend, args.model)
+    if args.server_url_file:
+        if spec["kind"] != "openai":
+            raise ValueError(f"--server-url-file: backend {args.backend} is not an openai backend")
+        spec["base_url_file"] = args.server_url_file
     _setup_torch(job)
     backend = make_backend(spec)
     h0 = backend.weights_hash()
@@ -559,6 +563,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--backend", required=True, help="a backend of papers.omniflow.qa.runs")
     q.add_argument("--ablation", required=True, help="an ablation of papers.omniflow.qa.ablations")
     q.add_argument("--model", default=None, help=model)
+    q.add_argument(
+        "--server-url-file",
+        default=None,
+        help="an openai backend's served URL (written by methods.omniflow.serve once ready)",
+    )
     q.add_argument("--record", required=True, help="the pgcot run record (.json)")
     q.set_defaults(run=cmd_qa)
     f = add_job_options(

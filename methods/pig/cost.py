@@ -31,7 +31,14 @@ from claimbench.errors import ClaimbenchError
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric
 from methods.pig.model import query_scores
-from methods.pig.train import encode_videos, load_model, read_split, set_determinism
+from methods.pig.train import (
+    autocast,
+    encode_videos,
+    load_model,
+    place,
+    read_split,
+    set_determinism,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -49,11 +56,12 @@ def measure(
     arms = {}
     for name, path in artifacts.items():
         model, vocab = load_model(path)
-        arms[name] = (job.to(model), vocab)
+        arms[name] = (place(model, job.device, job.dtype), vocab)
     device = job.torch_device
+    batch, workers = job.config["eval_batch"], job.config["workers"]
     index, offline = {}, {}
     for name, (model, _) in arms.items():
-        index[name] = encode_videos(model, split.frames)
+        index[name] = encode_videos(model, split.frames, batch, workers)
     shapes = {n: (tuple(i.shape), str(i.dtype)) for n, i in index.items()}
     if len(set(shapes.values())) != 1:
         raise ClaimbenchError(f"stored per-video vectors differ between arms: {shapes}")
@@ -69,7 +77,8 @@ def measure(
                 tokens, eot = tok[name][q]
                 _sync(device)
                 t0 = time.perf_counter()
-                query_scores(model, tokens, eot, index[name]).topk(10, dim=1)
+                with autocast(model):
+                    query_scores(model, tokens, eot, index[name]).topk(10, dim=1)
                 _sync(device)
                 if rep:
                     times[name].append(time.perf_counter() - t0)
@@ -78,7 +87,7 @@ def measure(
         for _ in range(3):
             _sync(device)
             t0 = time.perf_counter()
-            encode_videos(model, split.frames)
+            encode_videos(model, split.frames, batch, workers)
             _sync(device)
             runs.append((time.perf_counter() - t0) / len(split.frames))
         offline[name] = statistics.median(runs)

@@ -6,12 +6,18 @@ code (src/modeling/PIG.py, modeling_pig.py); methods/pig/README.md writes each o
 the headings cited below.
 
 Arms (``ARMS``): ``two_tower`` (video vector = projected video CLS), ``pig`` (v_hat from the
-pseudo-query of G), ``pig_nogen`` (PIG trained with lambda = 0), ``pig_static`` (a learned static
+pseudo-query of G, added to the Two-Tower vector through a zero-initialised gate),
+``pig_nogen`` (PIG trained with lambda = 0), ``pig_static`` (a learned static
 query instead of G: same inference cost, no pseudo-query). Every arm stores one D-dim vector
 per video and scores a query by the same function, :func:`query_scores`.
 
+Backbones: ``scratch`` (the towers below, tiny and small scales) or ``clip`` (paper scale:
+transformers' CLIP classes holding the ``openai/clip-vit-base-patch32`` weights,
+:mod:`methods.pig.clip`); ITS, G's inputs, the fusion, the losses and the query path are shared.
+
 Device and dtype: a model is created in float32 (so that its initialisation does not depend on
-where it runs) and then moved with ``job.to(model)``; inputs follow the model's parameters.
+where it runs) and moved to the job's device; a job dtype other than float32 is the autocast
+dtype (float32 master weights, :func:`methods.pig.train.place`); inputs follow the parameters.
 """
 
 from __future__ import annotations
@@ -48,7 +54,17 @@ class TowerConfig:
     its_top_k: int = 8
     fusion_dropout: float = 0.1
     attn_temp: float = 1.0
+    # v_hat = v_cls + g * fusion(q_hat, X_f) with g a learnable scalar starting at 0, so that
+    # every PIG arm scores exactly as Two-Tower before its first update (README "Pseudo
+    # interaction"); False: v_hat = fusion(q_hat, X_f), the released code's reading
+    video_residual: bool = True
     logit_scale_init: float = math.log(1 / 0.07)
+    # "scratch": the towers above (tiny, small); "clip": transformers' CLIP classes with the
+    # CLIPConfig ``clip`` (paper scale, methods/pig/clip.py); bos_id / eos_id: G's e_BOS / e_EOS
+    backbone: str = "scratch"
+    clip: dict | None = None
+    bos_id: int = BOS
+    eos_id: int = EOT
 
     @property
     def patches(self) -> int:
@@ -263,31 +279,55 @@ class PseudoInteraction(nn.Module):
 class RetrievalModel(nn.Module):
     """Both towers plus, for the PIG arms, G / static query and the pseudo interaction."""
 
-    def __init__(self, cfg: TowerConfig, arm: str = "two_tower"):
+    def __init__(self, cfg: TowerConfig, arm: str = "two_tower", clip_model=None):
+        """``clip_model``: a loaded ``transformers.CLIPModel`` whose modules become the towers
+        (``backbone: clip``; without it they are built from ``cfg.clip``, weights to load)."""
         super().__init__()
         if arm not in ARMS:
             raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
         self.cfg, self.arm = cfg, arm
-        self.video = VideoTower(cfg)
-        self.text = TextTower(cfg)
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        if cfg.backbone == "clip":
+            from transformers import CLIPConfig
+
+            from methods.pig.clip import ClipTextTower, ClipVideoTower, build_clip_modules
+
+            vision, vproj, text, tproj, scale = build_clip_modules(
+                CLIPConfig.from_dict(cfg.clip), clip_model
+            )
+            self.video = ClipVideoTower(cfg, vision, vproj)
+            self.text = ClipTextTower(text, tproj)
+            self.logit_scale = scale
+        elif cfg.backbone == "scratch":
+            self.video = VideoTower(cfg)
+            self.text = TextTower(cfg)
+            self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        else:
+            raise ValueError(f"unknown backbone {cfg.backbone!r} (known: scratch, clip)")
         self.add_pig_modules()
 
     def add_pig_modules(self) -> None:
         """(Re)build G / static query and fusion; G copies the *current* text tower (theta_0)."""
         cfg = self.cfg
-        for name in ("generator", "static_query", "fusion"):
+        for name in ("generator", "static_query", "fusion", "fusion_gate"):
             if hasattr(self, name):
                 delattr(self, name)
         if self.arm == "two_tower":
             return
-        if cfg.text_width != cfg.embed_dim:
+        if cfg.text_width != cfg.embed_dim and cfg.backbone != "clip":
             raise ValueError("PIG needs text_width == embed_dim (L_gen compares q_hat with t)")
         if self.arm == "pig_static":
             self.static_query = nn.Parameter(0.02 * torch.randn(cfg.embed_dim))
+        elif cfg.backbone == "clip":
+            from methods.pig.clip import ClipPseudoQueryGenerator
+
+            self.generator = ClipPseudoQueryGenerator(
+                self.text, cfg.embed_dim, cfg.bos_id, cfg.eos_id
+            )
         else:
             self.generator = PseudoQueryGenerator(self.text, cfg.embed_dim)
         self.fusion = PseudoInteraction(cfg.embed_dim, cfg.fusion_dropout, cfg.attn_temp)
+        if cfg.video_residual:
+            self.fusion_gate = nn.Parameter(torch.zeros(()))
 
     def encode_video(self, frames: torch.Tensor):
         """(video vector (B, D), q_hat or None). Depends on the video only, never on a query."""
@@ -303,7 +343,14 @@ class RetrievalModel(nn.Module):
             its = torch.gather(h_all, 1, sel[:, :, None].expand(-1, -1, h_all.shape[-1]))
             x_g = torch.cat([x_f, its], dim=1)  # README "Pseudo-query generator"
             q_hat = self.generator(x_g)
-        return self.fusion(q_hat, x_f), q_hat
+            if q_hat.shape[-1] != self.cfg.embed_dim:
+                # a CLIP whose text width is not D: q_hat goes through the text projection (as
+                # in the authors' earlier code drop); ViT-B/32 has 512 = 512, so never there
+                q_hat = self.text.proj(q_hat)
+        fused = self.fusion(q_hat, x_f)
+        if self.cfg.video_residual:  # v_cls + g * fusion: exactly Two-Tower's vector while g = 0
+            return h_all[:, 0] + self.fusion_gate * fused, q_hat
+        return fused, q_hat
 
     def encode_text(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
         return self.text(tokens, eot)

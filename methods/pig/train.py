@@ -1,19 +1,25 @@
 """Data reading, word-level tokenizer, the shared training loop, artifact save/load and export.
 
 Reads the canonical splits written by the retrieval suite's ``prepare`` step (files only:
-``<split>.jsonl`` rows ``{video_id, caption, video_index}``, ``<split>.videos.json``,
-``<split>.frames.npy``) and writes artifacts the suite reads back (``embeddings/<t>.*``).
+``<split>.jsonl`` rows ``{video_id, caption, video_index}``, ``<split>.videos.json``, and the
+frames, streamed one video at a time by ``benchmarks.retrieval.frames``) and writes artifacts
+the suite reads back (``embeddings/<t>.*``).
 
-Device: every batch goes to the device of the model's parameters (the job's ``--device``; the
-model is moved there with ``job.to``); the exported embeddings come back to the CPU as float32.
+Device and dtype: :func:`place` moves the float32 model to the job's ``--device``; a job
+``--dtype`` other than float32 runs forward passes under ``torch.autocast`` in that dtype (float32
+master weights and optimizer state; a gradient scaler for float16). Every batch goes to the
+model's device; the exported embeddings come back to the CPU as float32. At float32 (tiny, small)
+nothing is autocast and the runs are bit-for-bit those of a plain float32 model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from benchmarks.retrieval.frames import (
+    ClipPreprocess,
+    VideoFrames,
+    as_frames,
+    open_split_frames,
+    video_loader,
+)
 from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_json
 from methods.pig.model import (
@@ -64,12 +77,48 @@ class Vocab:
         return toks, eot
 
 
+class HFTextTokenizer:
+    """CLIP's BPE tokenizer (a ``transformers`` tokenizer folder) with :class:`Vocab`'s interface:
+    ``[BOS] tokens [EOS] [PAD]...`` truncated to ``length``, and the EOT (= EOS) positions."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.pad = self.eos if pad is None else pad
+        if self.bos is None or self.eos is None:
+            raise ClaimbenchError(
+                f"{tokenizer.name_or_path}: the tokenizer needs BOS and EOS tokens (CLIP's "
+                "<|startoftext|> / <|endoftext|>)"
+            )
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> HFTextTokenizer:
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+
+    def save(self, folder: Path) -> None:
+        self.tok.save_pretrained(str(folder))
+
+    def encode(self, captions: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        toks = torch.full((len(captions), length), self.pad, dtype=torch.long)
+        eot = torch.empty(len(captions), dtype=torch.long)
+        body = self.tok(list(captions), add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(body):
+            ids = [self.bos, *ids[: length - 2], self.eos]
+            toks[i, : len(ids)] = torch.tensor(ids)
+            eot[i] = len(ids) - 1
+        return toks, eot
+
+
 @dataclass
 class SplitData:
     captions: list[str]
     caption_video: np.ndarray  # video index of each caption
     videos: list[str]
-    frames: np.ndarray  # uint8 (videos, T, H, W, C)
+    frames: VideoFrames | np.ndarray  # streamed per video (or uint8 (videos, T, H, W, C))
 
 
 def read_split(data_dir: str | Path, name: str) -> SplitData:
@@ -79,11 +128,7 @@ def read_split(data_dir: str | Path, name: str) -> SplitData:
         raise ClaimbenchError(f"{path}: canonical split not found")
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     videos = json.loads((d / f"{name}.videos.json").read_text(encoding="utf-8"))
-    frames = np.load(d / f"{name}.frames.npy", allow_pickle=False)
-    if frames.shape[0] != len(videos):
-        raise ClaimbenchError(
-            f"{d / (name + '.frames.npy')}: {frames.shape[0]} videos, expected {len(videos)}"
-        )
+    frames = open_split_frames(d, name, videos)
     return SplitData(
         [r["caption"] for r in rows],
         np.array([r["video_index"] for r in rows], dtype=np.int64),
@@ -107,6 +152,35 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def place(model: RetrievalModel, device, dtype: str | torch.dtype = "float32") -> RetrievalModel:
+    """The float32 model on ``device``; ``dtype`` (the job's) other than float32 becomes the
+    autocast dtype of its forward passes (mixed precision, float32 master weights)."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = model.to(device=device, dtype=torch.float32)
+    model.amp_dtype = None if dtype == torch.float32 else dtype
+    return model
+
+
+def autocast(model: torch.nn.Module):
+    """``torch.autocast`` in the model's mixed-precision dtype, or nothing (float32)."""
+    amp = getattr(model, "amp_dtype", None)
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(model_device(model).type, dtype=amp)
+
+
+def model_frames(model: RetrievalModel, frames) -> VideoFrames:
+    """The dataset of ``frames`` as the model's video tower takes them: stored uint8 frames
+    (scratch towers) or ``cfg.frames`` per video through CLIP's preprocessing (CLIP towers)."""
+    ds = as_frames(frames)
+    transform = getattr(model, "image_transform", None)
+    if model.cfg.backbone == "clip":
+        if transform is None:
+            raise ClaimbenchError("a CLIP-backbone model needs its image preprocessing")
+        return ds.prepared(model.cfg.frames, transform)
+    return ds
+
+
 def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -128,14 +202,21 @@ def train(
     warmup_ratio: float,
     grad_clip: float,
     log_every: int,
+    workers: int = 0,
+    eval_every: int = 0,
+    val: SplitData | None = None,
 ) -> list[dict]:
     """Joint training L = L_nce + lambda L_gen (README "Losses"); one random caption per video
     per step. The settings are the ``train`` section of the scale file (defaults in
     ``config/schema/papers/pig.schema.yaml``).
 
     Batches hold distinct videos (epochs of a seeded permutation), so the contrastive
-    targets are the diagonal; they are drawn on the CPU (same order on every device) and moved
-    to the model's device. Returns the loss log.
+    targets are the diagonal; they are drawn on the CPU (same order on every device), their
+    frames read by a DataLoader (``workers`` processes) one video at a time, and moved to the
+    model's device. Returns the loss log; with ``val`` and ``eval_every``, rows ``{"step",
+    "val_R1"}`` join it: text-to-video R@1 on ``val`` before the first update (step 0, the
+    starting point every arm shares), every ``eval_every`` updates and after the last (the
+    learning curves; the draws of the training batches are unchanged).
     """
     rng = np.random.default_rng(seed)
     device = model_device(model)
@@ -156,82 +237,166 @@ def train(
     )
     warmup = max(1, int(round(warmup_ratio * steps)))
     order, pos, log = rng.permutation(n_vid), 0, []
-    model.train()
-    uses_gen = model.arm in ("pig", "pig_nogen") and gen_lambda > 0
-    for step in tqdm(range(steps), desc=model.arm, mininterval=2.0, dynamic_ncols=True):
+    plan = []  # (videos, captions) of every step, drawn first: the same draws as step by step
+    for _ in range(steps):
         if pos + batch_size > n_vid:
             order, pos = rng.permutation(n_vid), 0
         vids = order[pos : pos + batch_size]
         pos += batch_size
-        cap_idx = [caps_of[v][int(rng.integers(len(caps_of[v])))] for v in vids]
+        plan.append((vids, [caps_of[v][int(rng.integers(len(caps_of[v])))] for v in vids]))
+    loader = video_loader(
+        model_frames(model, data.frames),
+        batches=[[int(v) for v in vids] for vids, _ in plan],
+        workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=getattr(model, "amp_dtype", None) == torch.float16
+    )
+    model.train()
+    uses_gen = model.arm in ("pig", "pig_nogen") and gen_lambda > 0
+    batches = zip(range(steps), plan, loader, strict=True)
+    evals = val is not None and eval_every > 0
+    if evals:
+        log.append({"step": 0, "val_R1": val_r1(model, vocab, val, workers=workers)})
+        model.train()
+    for step, (_, cap_idx), frames in tqdm(
+        batches, total=steps, desc=model.arm, mininterval=2.0, dynamic_ncols=True
+    ):
         tokens, eot = vocab.encode([data.captions[i] for i in cap_idx], model.cfg.context_length)
         tokens, eot = tokens.to(device), eot.to(device)
-        frames = torch.from_numpy(np.ascontiguousarray(data.frames[vids])).to(device)
+        frames = frames.to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, warmup, lr)
-        v, q_hat = model.encode_video(frames)
-        t = model.encode_text(tokens, eot)
-        l_nce = nce_loss(v, t, model.logit_scale)
-        l_gen = generation_loss(q_hat, t) if uses_gen else torch.zeros((), device=device)
-        loss = l_nce + gen_lambda * l_gen
+        with autocast(model):
+            v, q_hat = model.encode_video(frames)
+            t = model.encode_text(tokens, eot)
+            l_nce = nce_loss(v.float(), t.float(), model.logit_scale)
+            l_gen = (
+                generation_loss(q_hat.float(), t.float())
+                if uses_gen
+                else torch.zeros((), device=device)
+            )
+            loss = l_nce + gen_lambda * l_gen
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % log_every == 0 or step == steps - 1:
             log.append(
                 {"step": step, "loss": loss.item(), "nce": l_nce.item(), "gen": l_gen.item()}
             )
+        if evals and ((step + 1) % eval_every == 0 or step == steps - 1):
+            log.append({"step": step + 1, "val_R1": val_r1(model, vocab, val, workers=workers)})
+            model.train()
     model.eval()
     return log
 
 
 @torch.no_grad()
-def encode_videos(model: RetrievalModel, frames: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """The offline index: one L2-normalised float32 vector per video (on the model's device)."""
+def val_r1(model: RetrievalModel, vocab, data: SplitData, workers: int = 0) -> float:
+    """Text-to-video R@1 (points) of ``data`` through the online path (stored vectors, dot
+    products), as the retrieval suite scores it."""
+    from benchmarks.retrieval.metrics import summarize, t2v_ranks
+
+    video = encode_videos(model, data.frames, workers=workers)
+    text = encode_texts(model, vocab, data.captions)
+    sim = (text @ video.T).cpu().double().numpy()
+    return float(summarize(t2v_ranks(sim, data.caption_video))["R1"])
+
+
+def curves(log: list[dict]) -> list[dict]:
+    """The learning curves of a :func:`train` log as run-record series: ``train_loss`` (and
+    ``train_nce``, ``train_gen`` where L_gen is on) per logged step, ``val_R1`` per evaluation."""
+    from claimbench.records import series
+
+    out = []
+    rows = [r for r in log if "loss" in r]
+    for key, name, label in (
+        ("loss", "train_loss", "training loss L"),
+        ("nce", "train_nce", "L_nce"),
+        ("gen", "train_gen", "L_gen"),
+    ):
+        if rows and (key != "gen" or any(r["gen"] for r in rows)):
+            out.append(
+                series(name, [r["step"] for r in rows], [r[key] for r in rows], "step", label)
+            )
+    ev = [r for r in log if "val_R1" in r]
+    if ev:
+        out.append(
+            series(
+                "val_R1", [r["step"] for r in ev], [r["val_R1"] for r in ev], "step", "val t2v R@1"
+            )
+        )
+    return out
+
+
+@torch.no_grad()
+def encode_videos(model: RetrievalModel, frames, batch: int = 64, workers: int = 0) -> torch.Tensor:
+    """The offline index: one L2-normalised float32 vector per video (on the model's device),
+    frames streamed in order (``batch`` videos at a time, ``workers`` loader processes)."""
     model.eval()
     device = model_device(model)
-    out = [
-        model.encode_video(
-            torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).to(device)
-        )[0]
-        for i in range(0, len(frames), batch)
-    ]
+    loader = video_loader(
+        model_frames(model, frames),
+        batch_size=batch,
+        workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    out = []
+    for x in loader:
+        with autocast(model):
+            out.append(model.encode_video(x.to(device, non_blocking=True))[0].float())
     return F.normalize(torch.cat(out), dim=-1).float()
 
 
 @torch.no_grad()
-def encode_texts(model: RetrievalModel, vocab: Vocab, captions: list[str], batch: int = 256):
+def encode_texts(model: RetrievalModel, vocab, captions: list[str], batch: int = 256):
     """One L2-normalised float32 vector per caption (on the model's device)."""
     model.eval()
     device = model_device(model)
     out = []
     for i in range(0, len(captions), batch):
         tokens, eot = vocab.encode(captions[i : i + batch], model.cfg.context_length)
-        out.append(model.encode_text(tokens.to(device), eot.to(device)))
+        with autocast(model):
+            out.append(model.encode_text(tokens.to(device), eot.to(device)).float())
     return F.normalize(torch.cat(out), dim=-1).float()
 
 
-def export_embeddings(model, vocab, data: SplitData, name: str, out: Path) -> None:
+def export_embeddings(
+    model, vocab, data: SplitData, name: str, out: Path, batch: int = 64, workers: int = 0
+) -> None:
     """What the retrieval suite reads: embeddings/<name>.{text,video}.npy + ids.json."""
     emb = out / "embeddings"
     emb.mkdir(parents=True, exist_ok=True)
     np.save(emb / f"{name}.text.npy", encode_texts(model, vocab, data.captions).cpu().numpy())
-    np.save(emb / f"{name}.video.npy", encode_videos(model, data.frames).cpu().numpy())
+    video = encode_videos(model, data.frames, batch, workers)
+    np.save(emb / f"{name}.video.npy", video.cpu().numpy())
     atomic_write_json(
         emb / f"{name}.ids.json",
         {"captions": [data.videos[i] for i in data.caption_video], "videos": data.videos},
     )
 
 
-def save_model(model: RetrievalModel, vocab: Vocab, out: Path) -> None:
+def save_model(model: RetrievalModel, vocab, out: Path) -> None:
+    """Weights (float32), config, and the text side: ``vocab.json`` (word vocabulary) or, for a
+    CLIP backbone, ``tokenizer/`` and ``preprocessor_config.json`` (so later jobs need only this
+    folder)."""
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     atomic_write_json(out / "config.json", {"arm": model.arm, "tower": model.cfg.to_dict()})
-    atomic_write_json(out / "vocab.json", vocab.itos)
+    if isinstance(vocab, HFTextTokenizer):
+        if (out / "tokenizer").exists():
+            shutil.rmtree(out / "tokenizer")
+        vocab.save(out / "tokenizer")
+        model.image_transform.save(out)
+    else:
+        atomic_write_json(out / "vocab.json", vocab.itos)
 
 
 def load_model(folder: str | Path, arm: str | None = None) -> tuple[RetrievalModel, Vocab]:
@@ -244,10 +409,16 @@ def load_model(folder: str | Path, arm: str | None = None) -> tuple[RetrievalMod
     if not (folder / "config.json").is_file():
         raise ClaimbenchError(f"{folder}: not a pig artifact (no config.json)")
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    vocab = Vocab(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
     saved_arm = cfg["arm"]
-    model = RetrievalModel(TowerConfig(**cfg["tower"]), saved_arm)
+    tower = TowerConfig(**cfg["tower"])
+    if tower.backbone == "clip":
+        vocab = HFTextTokenizer.from_folder(folder / "tokenizer")
+    else:
+        vocab = Vocab(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+    model = RetrievalModel(tower, saved_arm)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    if tower.backbone == "clip":
+        model.image_transform = ClipPreprocess.from_folder(folder)
     if arm is not None and arm != saved_arm:
         if saved_arm != "two_tower":
             raise ClaimbenchError(f"{folder}: can start a new arm only from a two-tower model")

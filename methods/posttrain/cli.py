@@ -24,7 +24,14 @@ from claimbench.config import SCHEMA_DIR, read_yaml, validate_with_defaults
 from claimbench.io import atomic_write_jsonl, sha256_file
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric, series
-from methods.posttrain.loops import SFTObjective, greedy_accuracy, train_demos, train_grpo
+from methods.posttrain.loops import (
+    SFTObjective,
+    greedy_scores,
+    problem_lines,
+    train_demos,
+    train_grpo,
+    valid_rows,
+)
 from methods.posttrain.models import load_model, read_meta
 from methods.posttrain.rewards import demonstration, load_problems
 
@@ -140,10 +147,14 @@ def run(job: Job) -> None:
             metric("train", "reward_final", sum(r["reward"] for r in rows[-5:]) / len(rows[-5:])),
         ]
     save_artifact(model, tok, job.out, rows)
+    samples = None
     if args.valid:
-        acc = greedy_accuracy(
+        acc, per_doc = greedy_scores(
             model, tok, load_problems(args.valid, st.get("families")), st["max_new_tokens"]
         )
+        if args.record:  # per-document exact match, doc id = the problem's line in the file
+            samples = Path(args.record).with_suffix(".samples.jsonl")
+            atomic_write_jsonl(samples, valid_rows("valid", per_doc, problem_lines(args.valid)))
         metrics += [
             metric(
                 "valid", "greedy_exact_match", acc["accuracy"], n=acc["n"], higher_is_better=True
@@ -172,6 +183,7 @@ def run(job: Job) -> None:
                 "train": sha256_file(args.train),
                 **({"valid": sha256_file(args.valid)} if args.valid else {}),
             },
+            samples=samples.name if samples else None,
         )
         job.write_record(rec, args.record)
     job.write_meta(

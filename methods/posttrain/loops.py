@@ -16,12 +16,15 @@ bfloat16 model's loss is computed at float32 precision.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from claimbench.records import sample_row
 from methods.posttrain.rewards import RewardStats, correctness_reward
 from methods.posttrain.sampling import sample, stop_token_ids
 from methods.posttrain.tokens import (
@@ -260,8 +263,27 @@ def greedy_accuracy(
 ) -> dict:
     """Greedy exact match with the format-failure count (a quick in-loop check; the reported
     numbers come from the lm-eval suite)."""
+    return greedy_scores(model, tok, problems, max_new_tokens, batch)[0]
+
+
+def problem_lines(path: str | Path) -> dict[str, int]:
+    """Problem id -> its line (from 0) in a problems file: the documents' ids in the samples,
+    the same in every arm whatever subset of the file it evaluated."""
+    ids: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                ids.setdefault(json.loads(line)["id"], i)
+    return ids
+
+
+def greedy_scores(
+    model, tok, problems: list[dict], max_new_tokens: int, batch: int = 64
+) -> tuple[dict, list[tuple[dict, str, float]]]:
+    """Greedy exact match with the format-failure count, and each problem's (problem,
+    completion, exact match): the per-document rows of a validation metric."""
     stats = RewardStats()
-    correct = 0.0
+    correct, per_doc = 0.0, []
     for i in range(0, len(problems), batch):
         chunk = problems[i : i + batch]
         ro = sample(
@@ -269,8 +291,24 @@ def greedy_accuracy(
         )
         rw, _ = correctness_reward(ro.texts, [p["answer"] for p in chunk], stats)
         correct += sum(rw)
-    return {
-        "accuracy": correct / len(problems),
-        "format_failures": stats.format_failures,
-        "n": len(problems),
-    }
+        per_doc += list(zip(chunk, ro.texts, rw, strict=True))
+    acc = {"accuracy": correct / len(problems), "format_failures": stats.format_failures}
+    return {**acc, "n": len(problems)}, per_doc
+
+
+def valid_rows(task: str, per_doc: list, lines: dict[str, int]) -> list[dict]:
+    """The per-document rows of a validation metric: doc id = the problem's line in the
+    validation file (same ids across arms), so two arms' checks pair document by document."""
+    return [
+        sample_row(
+            task,
+            lines[p["id"]],
+            metrics={"greedy_exact_match": float(r)},
+            prompt=p["prompt"],
+            target=str(p["answer"]),
+            response=text,
+            doc_hash=p["id"],
+            family=p["family"],
+        )
+        for p, text, r in per_doc
+    ]

@@ -45,18 +45,12 @@ def load_model(
 
 
 def model_source(p: Path) -> str:
-    """What ``from_pretrained`` loads for an artifact: the folder itself, or the hub id / local
-    path its meta.json names (base artifacts of kind hub / local hold no weights)."""
-    if (p / "config.json").is_file():
-        return str(p)
-    load = json.loads((p / "meta.json").read_text()).get("load") or {}
-    if load.get("hub_id"):
-        return load["hub_id"]
-    if load.get("path"):
-        return load["path"]
-    raise FileNotFoundError(
-        f"{p}: meta.json names no weights (no config.json, no load.hub_id/path)"
-    )
+    """What ``from_pretrained`` loads for an artifact: the folder itself, or the cached hub id /
+    local path its meta.json names (base artifacts of kind hub / local hold no weights); one
+    shared resolver (``claimbench.models.loadable_source``) with its one-line offline error."""
+    from claimbench.models import loadable_source
+
+    return loadable_source(p)
 
 
 def read_meta(path: str | Path) -> dict:

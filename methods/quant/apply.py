@@ -22,7 +22,9 @@ from claimbench.records import metric
 from methods.quant.artifact import load_artifact, write_quantized_artifact
 from methods.quant.model import (
     SequentialQuantizer,
+    calib_source,
     calibration_ids,
+    layerwise,
     plan_average_bits,
     read_plan,
     uniform_plan,
@@ -85,18 +87,25 @@ def quantize_artifact(
     """Quantize ``model_path`` with ``plan_raw`` (or the uniform plan at ``bits``) by ``method``
     and write the artifact to ``job.out``; returns its meta. ``meta_fields`` / ``extra_files``
     are a calling method's own additions (written before meta.json, which comes last)."""
-    model, tok, base_meta = load_artifact(model_path, job.device, job.torch_dtype)
+    # Loaded on the CPU in the job's dtype; SequentialQuantizer moves one decoder layer at a time
+    # to the job's device (calibration in micro-batches of calib.batch_size sequences).
+    model, tok, base_meta = load_artifact(model_path, "cpu", job.torch_dtype)
     if bits is not None:
         plan_raw = uniform_plan(model, bits)
     plan = validate_plan(model, plan_raw, group_size, where=plan_where)
     calib = None
+    cfg = job.config or {}
+    source = calib_source(cfg, calib_path)
     if method == "gptq":
-        if not calib_path:
+        if not source:
             raise QuantConfigError("--method gptq needs --calib <text file>")
-        calib = calibration_ids(tok, calib_path, n_calib, seq_len, job.seed).to(job.device)
-    # RTN and GPTQ compute each layer's quantization in float32 / float64 on the job's device
-    # (methods.quant.quantizer, methods.quant.gptq); the model itself stays in the job's dtype.
-    quantized = SequentialQuantizer(model, plan, group_size, method, calib, clip, damp).run()
+        calib = calibration_ids(tok, source, n_calib, seq_len, job.seed)
+    # RTN fits each group in float32; GPTQ accumulates each stage's Hessian and runs its
+    # Cholesky and updates in float64 for a float32 model, float32 for a 16-bit one
+    # (methods.quant.gptq); the model itself stays in the job's dtype.
+    quantized = SequentialQuantizer(
+        model, plan, group_size, method, calib, clip, damp, **layerwise(job, cfg)
+    ).run()
     config = {
         "method": method,
         "group_size": group_size,
@@ -112,7 +121,10 @@ def quantize_artifact(
         "source": model_path,
         "config": config,
         "plan": plan,
-        "inputs": {"plan": plan_where if bits is None else f"uniform {bits}", "calib": calib_path},
+        "inputs": {
+            "plan": plan_where if bits is None else f"uniform {bits}",
+            "calib": source if calib is not None else calib_path,
+        },
     }
     fields.update(meta_fields or {})
     return write_quantized_artifact(

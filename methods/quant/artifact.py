@@ -1,6 +1,12 @@
 """Write a quantized artifact: the packed checkpoint, a plain folder decoded from it in the job's
 dtype (what the generic ``eval_lm`` rule loads with ``from_pretrained``) and ``meta.json``
-(last, through the job layer)."""
+(last, through the job layer).
+
+With ``decoded_copy: false`` in the paper's scale section (paper scale), a checkpoint that
+transformers' ``from_pretrained`` decodes itself (one bit width: ``pack.mark_dequantize``) gets
+no decoded copy: ``meta.json``'s ``load.path`` points at ``packed/``, which is decoded on load in
+the evaluating job's dtype (bf16). A mixed-bit checkpoint still gets a copy in the job's dtype
+(bf16 at paper scale), since ``from_pretrained`` cannot read it (``pack.load_packed`` can)."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import torch
 from claimbench.io import atomic_write_json
 from claimbench.job import Job
 from claimbench.models import read_meta, resolve_pretrained
-from methods.quant.pack import load_packed, save_packed, size_stats
+from methods.quant.pack import load_packed, save_packed, serving, size_stats
 from methods.quant.quantizer import QuantizedWeight
 
 PACKED = "packed"
@@ -35,26 +41,26 @@ def to_cpu(q: QuantizedWeight) -> QuantizedWeight:
     return replace(q, codes=q.codes.cpu(), scale=q.scale.cpu(), zero=q.zero.cpu())
 
 
-def storage_reference(model, quantized) -> dict[str, torch.Tensor]:
-    """What the checkpoint should hold, decoded: quantized weights exactly as in memory
-    (``(q - z) * s``, in the model's dtype), every other tensor through float16."""
+def _storage_reference(model, quantized):
+    """What the checkpoint should hold, decoded, as (name, tensor) one at a time (no float32
+    copy of the whole model): quantized weights exactly as in memory (``(q - z) * s``, in the
+    model's dtype), every other tensor through float16."""
     exact = {f"{name}.weight" for name in quantized}
-    return {
-        k: v.detach().float() if k in exact else v.detach().half().float()
-        for k, v in model.state_dict().items()
-    }
+    for k, v in model.state_dict().items():
+        yield k, v.detach().float() if k in exact else v.detach().half().float()
 
 
 def reload_difference(model, reloaded, quantized) -> float:
     """Largest absolute difference, over every tensor, between the reloaded model and the
     in-memory quantized model (stored precision, compared in the reloaded model's dtype)."""
-    ref = storage_reference(model, quantized)
     got = reloaded.state_dict()
-    if set(ref) != set(got):
-        raise RuntimeError(f"reloaded tensors differ: {sorted(set(ref) ^ set(got))[:5]}")
-    if not ref:
-        return 0.0
-    return max(float((ref[k].to(got[k].dtype).float() - got[k].float()).abs().max()) for k in ref)
+    names = set(model.state_dict())
+    if names != set(got):
+        raise RuntimeError(f"reloaded tensors differ: {sorted(names ^ set(got))[:5]}")
+    diff = 0.0
+    for k, ref in _storage_reference(model, quantized):
+        diff = max(diff, float((ref.to(got[k].dtype).float() - got[k].float()).abs().max()))
+    return diff
 
 
 def write_quantized_artifact(
@@ -78,8 +84,15 @@ def write_quantized_artifact(
     diff = reload_difference(model, reloaded, quantized)
     if diff != 0.0:
         raise RuntimeError(f"{packed}: reloaded weights differ from memory by {diff}")
-    reloaded.save_pretrained(out)  # the plain folder evaluated by eval_lm
-    tokenizer.save_pretrained(out)
+    serve = serving(packed)
+    load, eval_copy = {}, f"{job.dtype} weights decoded from packed/ (for from_pretrained)"
+    if serve["from_pretrained"] and not (job.config or {}).get("decoded_copy", True):
+        load = {"path": str(out / PACKED)}
+        eval_copy = "none: from_pretrained decodes packed/ on load (dequantize), in the eval dtype"
+    else:
+        reloaded.save_pretrained(out)  # the plain folder evaluated by eval_lm
+        tokenizer.save_pretrained(out)
+    del reloaded
     for name, obj in (extra_files or {}).items():
         atomic_write_json(out / name, obj)
     stats = size_stats(packed, quantized)
@@ -90,9 +103,9 @@ def write_quantized_artifact(
     fields.update(
         {
             "kind": "quantized",
-            "load": {},
-            "packed": {"path": PACKED, "format": "compressed-tensors pack-quantized"},
-            "eval_copy": f"{job.dtype} weights decoded from packed/ (for from_pretrained)",
+            "load": load,
+            "packed": {"path": PACKED, "format": "compressed-tensors pack-quantized", **serve},
+            "eval_copy": eval_copy,
             "reload_max_abs_diff": diff,
             "size": stats,
         }

@@ -22,14 +22,17 @@ def gptq(
     damp: float = 0.01,
     block: int = 128,
     clip: bool = False,
+    dtype: torch.dtype = torch.float64,
 ) -> QuantizedWeight:
-    """Quantize ``w`` ([out, in]) against the input second moment ``H`` ([in, in])."""
+    """Quantize ``w`` ([out, in]) against the input second moment ``H`` ([in, in]), on ``w``'s
+    device, in ``dtype`` (float64: the tiny scale; float32: 16-bit models at paper scale, as in
+    the reference code)."""
     check_bits(bits)
     out, n = w.shape
     check_group_size(n, group_size)
     maxq = 2**bits - 1
-    W = w.detach().clone().double()
-    H = H.detach().clone().double().to(W.device)
+    W = w.detach().clone().to(dtype)
+    H = H.detach().clone().to(W.device, dtype)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -52,7 +55,7 @@ def gptq(
                 g = col // group_size
                 s, z = qparams(W1[:, i : i + group_size].float(), bits, clip)
                 scale[:, g], zero[:, g] = s, z
-            s, z = scale[:, col // group_size].double(), zero[:, col // group_size].double()
+            s, z = scale[:, col // group_size].to(dtype), zero[:, col // group_size].to(dtype)
             q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, maxq)
             codes[:, col] = q.to(torch.int16)
             deq = (q - z) * s

@@ -8,6 +8,7 @@ embeddings, norms and ``lm_head``.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -97,10 +98,19 @@ def plan_average_bits(model, plan: dict[str, int]) -> float:
     return sum(plan[k] * n[k] for k in plan) / sum(n.values())
 
 
-def calibration_ids(tokenizer, path: str | Path, n_samples: int, seq_len: int, seed: int):
-    """``n_samples`` random windows of ``seq_len`` tokens from a text file (``.txt``, or
-    ``.jsonl`` with a ``text`` field); the first 400k characters are tokenized."""
-    path = Path(path)
+def calibration_ids(tokenizer, source, n_samples: int, seq_len: int, seed: int):
+    """``n_samples`` windows of ``seq_len`` tokens, seeded.
+
+    ``source`` a path: a text file (``.txt``, or ``.jsonl`` with a ``text`` field), of which the
+    first 400k characters are tokenized and windows start at random offsets (the tiny scale).
+    ``source`` a dict ``{name, config, split[, data_files, shuffle, text_field, max_chars]}``: a data set
+    loaded through ``datasets`` (WikiText-2 train for D²Quant, a C4 ``en`` shard for GPTQ in
+    NSDS; a folder written by ``Dataset.save_to_disk`` or a local ``.parquet`` / ``.jsonl`` file
+    is read the same way, for tests), its rows joined with blank lines, and the windows drawn
+    without replacement from the non-overlapping ``seq_len`` chunks of the token stream."""
+    if isinstance(source, dict):
+        return dataset_windows(tokenizer, source, n_samples, seq_len, seed)
+    path = Path(source)
     raw = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
@@ -112,8 +122,86 @@ def calibration_ids(tokenizer, path: str | Path, n_samples: int, seq_len: int, s
     return torch.tensor([ids[s : s + seq_len] for s in starts], dtype=torch.long)
 
 
+def load_text_dataset(spec: dict):
+    """The rows of a data set spec (see :func:`calibration_ids`) as a ``datasets.Dataset``."""
+    import datasets
+
+    name, split = spec["name"], spec.get("split", "train")
+    where = f"calib.dataset: {name}"
+    try:
+        local = Path(name)
+        if local.is_dir():
+            ds = datasets.load_from_disk(str(local))
+            return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        if local.suffix in (".parquet", ".jsonl", ".json", ".csv") and local.is_file():
+            kind = {".jsonl": "json"}.get(local.suffix, local.suffix[1:])
+            return datasets.load_dataset(kind, data_files=str(local), split="train")
+        kw = {"data_files": spec["data_files"]} if spec.get("data_files") else {}
+        return datasets.load_dataset(name, spec.get("config"), split=split, **kw)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        raise QuantConfigError(
+            f"{where}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "run `claimbench prefetch` where the hub is reachable"
+        ) from None
+
+
+def dataset_windows(tokenizer, spec: dict, n_samples: int, seq_len: int, seed: int):
+    ds = load_text_dataset(spec)
+    field = spec.get("text_field", "text")
+    if field not in ds.column_names:
+        raise QuantConfigError(f"calib.dataset: {spec['name']}: no column {field!r}")
+    # ``shuffle`` (C4): rows in a seeded order, read until about 16 characters per window token
+    # (``max_chars``); otherwise (WikiText-2) the whole split in its own order.
+    order = list(range(len(ds)))
+    budget = spec.get("max_chars")
+    if spec.get("shuffle"):
+        random.Random(seed).shuffle(order)
+        budget = budget or 16 * n_samples * seq_len
+    texts, size = [], 0
+    for i in order:
+        t = ds[i][field]
+        texts.append(t)
+        size += len(t)
+        if budget and size >= budget:
+            break
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    n_chunks = len(ids) // seq_len
+    if n_chunks < n_samples:
+        raise QuantConfigError(
+            f"calib.dataset: {spec['name']}: {len(ids)} tokens give {n_chunks} windows of "
+            f"{seq_len}, fewer than calib.n = {n_samples}"
+        )
+    picks = random.Random(seed).sample(range(n_chunks), n_samples)
+    return torch.tensor([ids[c * seq_len : (c + 1) * seq_len] for c in picks], dtype=torch.long)
+
+
+def calib_source(cfg: dict, path: str | None):
+    """The calibration source of a paper section: ``calib.dataset`` when the scale names one
+    (paper scale), else the text file the rule passes (tiny keeps its own file)."""
+    ds = (cfg or {}).get("calib", {}).get("dataset")
+    return dict(ds) if ds else path
+
+
+def layerwise(job, cfg: dict) -> dict:
+    """SequentialQuantizer options of a job: its device, and ``calib.batch_size`` sequences per
+    forward (all at once when the scale sets none)."""
+    return {"device": job.device, "batch_size": (cfg or {}).get("calib", {}).get("batch_size")}
+
+
 class _Stop(Exception):
     pass
+
+
+def to_device(obj, device):
+    """``obj`` (a tensor, or a tuple / list / dict of them, as in a layer's keyword arguments)
+    on ``device``; anything else unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 def layer_inputs(model, ids: torch.Tensor):
@@ -136,24 +224,74 @@ def layer_inputs(model, ids: torch.Tensor):
     return captured["x"], captured["kw"]
 
 
+class Stream:
+    """Calibration activations entering a decoder layer, as micro-batches ``(x, kw)`` of at most
+    ``batch_size`` sequences (all in one batch when ``batch_size`` is None). The chunks live on
+    ``store`` (the CPU when layers are offloaded) and go to ``device`` one at a time."""
+
+    def __init__(self, chunks, device, store):
+        self.chunks, self.device, self.store = chunks, device, store
+
+    @classmethod
+    def embed(cls, model, ids: torch.Tensor, batch_size=None, device=None, store=None):
+        """The inputs of layer 0 for ``ids``, computed where the embeddings are."""
+        emb = model.get_input_embeddings().weight.device
+        device = device or emb
+        store = store or device
+        step = batch_size or len(ids)
+        chunks = []
+        for b in range(0, len(ids), step):
+            x, kw = layer_inputs(model, ids[b : b + step].to(emb))
+            chunks.append((x.to(store), to_device(kw, store)))
+        return cls(chunks, device, store)
+
+    def __iter__(self):
+        for x, kw in self.chunks:
+            yield to_device(x, self.device), to_device(kw, self.device)
+
+    def map(self, fn) -> Stream:
+        """A new stream of ``fn(x, kw)`` per chunk (same ``kw``)."""
+        out = [
+            (fn(x, kw).to(self.store), kw0)
+            for (x, kw), (_, kw0) in zip(self, self.chunks, strict=True)
+        ]
+        return Stream(out, self.device, self.store)
+
+    def clone(self) -> Stream:
+        return Stream([(x.clone(), kw) for x, kw in self.chunks], self.device, self.store)
+
+
 def run_layer(layer, x, kw):
     with torch.no_grad():
         out = layer(x, **kw)
     return out[0] if isinstance(out, tuple) else out
 
 
-def second_moments(layer, x, kw, roles) -> dict[str, torch.Tensor]:
-    """``H = X^T X`` (float64, summed over tokens) of each named sub-module's input."""
+def advance(layer, stream: Stream) -> Stream:
+    """The stream leaving ``layer``."""
+    return stream.map(lambda x, kw: run_layer(layer, x, kw))
+
+
+def hessian_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """float64 for a float32 model (the tiny scale, exact to the reference loop); float32 for a
+    16-bit model, as the reference GPTQ code accumulates and factorises H in float32."""
+    return torch.float64 if model_dtype == torch.float32 else torch.float32
+
+
+def second_moments(layer, x, kw, roles, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """``H = X^T X`` (in ``dtype``, summed over tokens) of each named sub-module's input; ``x``
+    is one tensor or a :class:`Stream` of micro-batches (H summed over them)."""
     H, hooks = {}, []
     for role in roles:
 
         def hook(_mod, args, role=role):
-            a = args[0].reshape(-1, args[0].shape[-1]).double()
+            a = args[0].reshape(-1, args[0].shape[-1]).to(dtype)
             H[role] = H.get(role, 0) + a.T @ a
 
         hooks.append(layer.get_submodule(role).register_forward_pre_hook(hook))
     try:
-        run_layer(layer, x, kw)
+        for xb, kwb in x if isinstance(x, Stream) else ((x, kw),):
+            run_layer(layer, xb, kwb)
     finally:
         for h in hooks:
             h.remove()
@@ -161,14 +299,29 @@ def second_moments(layer, x, kw, roles) -> dict[str, torch.Tensor]:
 
 
 def set_weight(module: nn.Linear, qw: QuantizedWeight) -> None:
-    module.weight.data.copy_(qw.dequantize().to(module.weight.dtype))
+    module.weight.data.copy_(qw.dequantize().to(module.weight.device, module.weight.dtype))
+
+
+def _cpu(qw: QuantizedWeight) -> QuantizedWeight:
+    return QuantizedWeight(qw.codes.cpu(), qw.scale.cpu(), qw.zero.cpu(), qw.bits, qw.group_size)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class SequentialQuantizer:
     """Quantize a model layer by layer. ``method='rtn'`` needs no data; ``method='gptq'``
     fits each stage of a layer (q/k/v, o, gate/up, down) on the inputs produced by the
     already-quantized model (the GPTQ paper's sequential protocol). Subclasses override the
-    hooks (``after_attention``, ``quantize_stage``, ``after_layer``) to add method steps."""
+    hooks (``after_attention``, ``quantize_stage``, ``after_layer``) to add method steps.
+
+    Memory at paper scale: with ``device`` set and the model on the CPU, one decoder layer at a
+    time is moved to ``device``, quantized and moved back (``offload``); the calibration
+    activations pass through it in micro-batches of ``batch_size`` sequences, kept on the CPU
+    between layers; codes go to the CPU as soon as they are made. ``fp_stream=True`` keeps the
+    float model's activations too (D²Quant's DAC), from a copy of the *current layer only*,
+    taken before it is quantized (``self.fp_layer``): the whole model is never copied."""
 
     def __init__(
         self,
@@ -179,7 +332,9 @@ class SequentialQuantizer:
         calib=None,
         clip=False,
         damp=0.01,
-        fp_model=None,
+        fp_stream=False,
+        batch_size=None,
+        device=None,
     ):
         if method not in ("rtn", "gptq"):
             raise QuantConfigError(f"method {method!r} is not one of ['rtn', 'gptq']")
@@ -187,25 +342,35 @@ class SequentialQuantizer:
             raise QuantConfigError("method 'gptq' needs calibration tokens (--calib)")
         self.model, self.plan, self.group_size = model, plan, group_size
         self.method, self.calib, self.clip, self.damp = method, calib, clip, damp
-        self.fp_model = fp_model  # a float copy, for methods that compare two streams
+        self.fp_stream, self.batch_size = fp_stream, batch_size
+        home = model.get_input_embeddings().weight.device
+        self.device = torch.device(device) if device is not None else home
+        self.offload = not _same_device(self.device, home)
+        self.h_dtype = hessian_dtype(model.dtype)
         self.quantized: dict[str, QuantizedWeight] = {}
 
     def quantize_weight(self, w, bits, H=None) -> QuantizedWeight:
         if self.method == "rtn":
             return rtn(w, bits, self.group_size, self.clip)
-        return gptq(w, H, bits, self.group_size, damp=self.damp, clip=self.clip)
+        return gptq(w, H, bits, self.group_size, damp=self.damp, clip=self.clip, dtype=self.h_dtype)
+
+    def keep(self, name: str, qw: QuantizedWeight) -> None:
+        self.quantized[name] = _cpu(qw) if self.offload else qw
 
     def run(self) -> dict[str, QuantizedWeight]:
         self.model.eval()
         if self.method == "rtn":
             for name, bits in self.plan.items():
                 mod = self.model.get_submodule(name)
-                self.quantized[name] = qw = self.quantize_weight(mod.weight.data, bits)
+                w = mod.weight.data.to(self.device)
+                qw = self.quantize_weight(w, bits)
                 set_weight(mod, qw)
+                self.keep(name, qw)
             return self.quantized
-        x, kw = layer_inputs(self.model, self.calib)
-        x_fp = x.clone() if self.fp_model is not None else None
-        fp_layers = decoder_layers(self.fp_model) if self.fp_model is not None else None
+        store = torch.device("cpu") if self.offload else self.device
+        x = Stream.embed(self.model, self.calib, self.batch_size, self.device, store)
+        x_fp = x.clone() if self.fp_stream else None
+        self.start(x)
         layers = decoder_layers(self.model)
         bar = tqdm(
             enumerate(layers),
@@ -215,31 +380,40 @@ class SequentialQuantizer:
             dynamic_ncols=True,
         )
         for i, layer in bar:
-            fp_layer = fp_layers[i] if fp_layers is not None else None
+            if self.offload:
+                layer.to(self.device)
+            fp_layer = copy.deepcopy(layer) if self.fp_stream else None
             for s, stage in enumerate(STAGES):
                 roles = [r for r in stage if f"model.layers.{i}.{r}" in self.plan]
                 if s == 2:
-                    self.after_attention(i, layer, fp_layer, x, x_fp, kw)
+                    self.after_attention(i, layer, fp_layer, x, x_fp)
                 if roles:
-                    H = second_moments(layer, x, kw, roles)
-                    self.quantize_stage(i, layer, roles, H, x, kw)
-            self.after_layer(i, layer, fp_layer, x, x_fp, kw)
-            x = run_layer(layer, x, kw)
+                    H = second_moments(layer, x, None, roles, self.h_dtype)
+                    self.quantize_stage(i, layer, roles, H, x)
+                    del H
+            self.after_layer(i, layer, fp_layer, x, x_fp)
+            x = advance(layer, x)
             if fp_layer is not None:
-                x_fp = run_layer(fp_layer, x_fp, kw)
+                x_fp = advance(fp_layer, x_fp)
+            del fp_layer
+            if self.offload:
+                layer.to(self.model.get_input_embeddings().weight.device)
         return self.quantized
 
-    def quantize_stage(self, i, layer, roles, H, x, kw) -> None:
+    def quantize_stage(self, i, layer, roles, H, x) -> None:
         for role in roles:
             name = f"model.layers.{i}.{role}"
             mod = layer.get_submodule(role)
-            self.quantized[name] = qw = self.quantize_weight(
-                mod.weight.data, self.plan[name], H[role]
-            )
+            qw = self.quantize_weight(mod.weight.data, self.plan[name], H[role])
             set_weight(mod, qw)
+            self.keep(name, qw)
 
-    def after_attention(self, i, layer, fp_layer, x, x_fp, kw) -> None:
-        """Hook: the layer's attention is quantized, its MLP not yet."""
+    def start(self, x: Stream) -> None:
+        """Hook: the calibration stream entering layer 0 is ready."""
 
-    def after_layer(self, i, layer, fp_layer, x, x_fp, kw) -> None:
+    def after_attention(self, i, layer, fp_layer, x, x_fp) -> None:
+        """Hook: the layer's attention is quantized, its MLP not yet (``x``, ``x_fp``: the
+        quantized and float streams entering the layer, :class:`Stream`)."""
+
+    def after_layer(self, i, layer, fp_layer, x, x_fp) -> None:
         """Hook: every planned module of the layer is quantized."""

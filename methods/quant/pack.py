@@ -9,6 +9,13 @@ Codes and zero points are stored signed: ``q = u - 2^(b-1)``, so ``W = (q - zp) 
 The loader decodes every module with its *own* bit width (transformers 5.23/5.24 decode
 mixed-bit asymmetric checkpoints wrongly or fail; see methods/quant/README.md), in float32
 or the dtype asked for.
+
+Serving: a checkpoint with one bit width and group size (one config group) also gets
+``"dequantize": true`` in its ``quantization_config``, so that the pinned transformers'
+``from_pretrained(path)`` decodes it on load (its default compressed path fails on our
+asymmetric zero points); a mixed-bit checkpoint does not (transformers would decode every
+module with the first group's width, silently) and loads with :func:`load_packed`.
+:func:`vllm_wna16_problems` says whether vLLM's compressed-tensors W4A16/W8A16 scheme takes it.
 """
 
 from __future__ import annotations
@@ -69,10 +76,70 @@ def save_packed(model, quantized: dict[str, QuantizedWeight], out: str | Path, t
     comp.compress_model(m)
     m.save_pretrained(out)
     comp.update_config(out)
+    mark_dequantize(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     check_packed_codes(out, quantized)
     return out
+
+
+def mark_dequantize(path: str | Path) -> bool:
+    """Set ``quantization_config.dequantize = true`` in ``config.json`` when the checkpoint has a
+    single config group (transformers then decodes it correctly on load); returns whether set."""
+    cfg_path = Path(path) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    qc = cfg["quantization_config"]
+    uniform = len(qc["config_groups"]) == 1
+    if uniform:
+        qc["dequantize"] = True
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return uniform
+
+
+# vLLM's compressed-tensors weight-only scheme (vllm/model_executor/layers/quantization/
+# compressed_tensors/schemes/compressed_tensors_wNa16.py): WNA16_SUPPORTED_TYPES_MAP and, with
+# zero points (asymmetric), WNA16_ZP_SUPPORTED_TYPES_MAP hold 4 and 8 bits only; group strategy
+# through the Marlin kernels, whose MARLIN_SUPPORTED_GROUP_SIZES are -1 (channel), 32, 64, 128
+# (quantization/utils/marlin_utils.py).
+VLLM_WNA16_BITS = (4, 8)
+VLLM_WNA16_GROUP_SIZES = (32, 64, 128)
+
+
+def vllm_wna16_problems(quantization_config: dict) -> list[str]:
+    """Why vLLM's compressed-tensors WNA16 scheme would refuse this ``quantization_config``
+    (empty: it accepts every config group)."""
+    problems = []
+    if quantization_config.get("format") != CT_FORMAT:
+        problems.append(f"format {quantization_config.get('format')!r} is not {CT_FORMAT!r}")
+    for name, group in sorted(quantization_config.get("config_groups", {}).items()):
+        w = group.get("weights") or {}
+        if group.get("input_activations") is not None:
+            problems.append(f"{name}: activations are quantized (not weight-only)")
+        if w.get("type") != "int" or w.get("dynamic"):
+            problems.append(f"{name}: weights are not static int")
+        if w.get("num_bits") not in VLLM_WNA16_BITS:
+            problems.append(f"{name}: {w.get('num_bits')} bits (vLLM WNA16: 4 or 8)")
+        if w.get("strategy") == "group":
+            if w.get("group_size") not in VLLM_WNA16_GROUP_SIZES:
+                problems.append(f"{name}: group size {w.get('group_size')} (Marlin: 32, 64 or 128)")
+        elif w.get("strategy") != "channel":
+            problems.append(f"{name}: strategy {w.get('strategy')!r} (group or channel)")
+        if w.get("actorder") not in (None, "static", "weight"):
+            problems.append(f"{name}: actorder {w.get('actorder')!r}")
+    return problems
+
+
+def serving(path: str | Path) -> dict:
+    """How a user loads the checkpoint at ``path``: recorded in the artifact's meta.json."""
+    qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+    problems = vllm_wna16_problems(qc)
+    exact = "methods.quant.pack.load_packed(path, dtype=torch.bfloat16)"
+    return {
+        "from_pretrained": bool(qc.get("dequantize")),
+        "loader": exact,
+        "vllm_wna16": not problems,
+        "vllm_problems": problems,
+    }
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -128,9 +195,11 @@ def check_packed_codes(path, quantized: dict[str, QuantizedWeight]) -> None:
             raise RuntimeError(f"{path}: {name}: packed codes/scales/zeros differ from memory")
 
 
-def load_packed(path: str | Path, dtype=torch.float32):
+def load_packed(path: str | Path, dtype=torch.float32, device: str = "cpu"):
     """The exact loader: a plain transformers model whose quantized Linears hold
-    ``(q - zp) * scale`` decoded with each module's own bit width."""
+    ``(q - zp) * scale`` decoded with each module's own bit width (in float32, then cast to
+    ``dtype``), on ``device``. Each module is decoded in float32 and cast at once, so a 16-bit
+    load never holds a float32 copy of the model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -140,7 +209,7 @@ def load_packed(path: str | Path, dtype=torch.float32):
     for name, qw in read_codes(path).items():
         for suffix in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape"):
             sd.pop(f"{name}.{suffix}", None)
-        sd[f"{name}.weight"] = qw.dequantize()
+        sd[f"{name}.weight"] = qw.dequantize().to(dtype)
     cfg = AutoConfig.from_pretrained(path)
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
@@ -152,7 +221,7 @@ def load_packed(path: str | Path, dtype=torch.float32):
         raise RuntimeError(f"{path}: missing {missing[:5]} unexpected {unexpected[:5]}")
     if cfg.tie_word_embeddings:
         model.tie_weights()
-    return model.eval()
+    return model.to(device).eval()
 
 
 def size_stats(path: str | Path, quantized: dict[str, QuantizedWeight]) -> dict:

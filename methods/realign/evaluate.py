@@ -1,7 +1,10 @@
 """The ``realign_decode`` suite: greedy decoding on the arithmetic test set, scored per family
 (exact match, mean output tokens, truncation and format-failure rates) and, against the
 reference's record, the paper's token reduction. One run record per (artifact or decoding
-setting, suite) plus per-sample rows (``metrics``: exact_match, output_tokens) for paired checks.
+setting, suite) plus per-sample rows (``metrics``: exact_match, mean_output_tokens, the
+metrics of task ``all`` they average to) for paired checks:
+task ``all`` (the task of the claims' metrics and of the record's task hash), doc id = the
+problem's line in the test file, the family kept in each row.
 
     python -m methods.realign.evaluate single --scale S --paper realign --variant ref \\
         --model DIR --test test_id.jsonl --out results/runs/S/realign/ref/realign_decode.json
@@ -15,6 +18,7 @@ dual-path records are written by ``methods.realign.train inra`` (same contract).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from claimbench.io import atomic_write_jsonl, sha256_file
@@ -29,8 +33,16 @@ from methods.realign.metrics import mean_se, token_reduction
 SUITE = "realign_decode"
 
 
-def score(problems: list[dict], dec: Decoded) -> tuple[list[dict], dict[str, float], list[dict]]:
-    """(metric rows, mean output tokens per family, sample rows)."""
+def score(
+    problems: list[dict], dec: Decoded, doc_ids: dict[str, int] | None = None
+) -> tuple[list[dict], dict[str, float], list[dict]]:
+    """(metric rows, mean output tokens per family, sample rows).
+
+    The sample rows are per-document scores of task ``all`` (the task whose metrics the claims
+    compare and whose hash the record holds), keyed by the problem's line in the test file
+    (``doc_ids``: problem id -> line; default the position in ``problems``), so two runs on the
+    same test file pair document by document whatever families or limit they decoded; each row
+    keeps its ``family``."""
     fams = sorted({p["family"] for p in problems})
     metrics, lengths, rows = [], {}, []
     per = {f: {"em": [], "len": [], "trunc": [], "fail": []} for f in fams}
@@ -46,13 +58,15 @@ def score(problems: list[dict], dec: Decoded) -> tuple[list[dict], dict[str, flo
         d["fail"].append(float(got is None))
         rows.append(
             {
-                "task": p["family"],
-                "doc_id": i,  # position in the (filtered) test list; the problem id is doc_hash
+                "task": "all",
+                "doc_id": i if doc_ids is None else doc_ids[p["id"]],
                 "doc_hash": p["id"],
+                "family": p["family"],
                 "prompt": p["prompt"],
                 "target": str(p["answer"]),
                 "response": text,
-                "metrics": {"exact_match": em, "output_tokens": float(n)},
+                # named as the metrics they average to, so a check on either pairs
+                "metrics": {"exact_match": em, "mean_output_tokens": float(n)},
             }
         )
     all_em, all_len = [], []
@@ -117,7 +131,7 @@ def write_decode_record(
     wall_s: float | None = None,
 ) -> dict:
     """Score ``dec`` and write its record (``variant``: default the job's) and samples."""
-    metrics, lengths, rows = score(problems, dec)
+    metrics, lengths, rows = score(problems, dec, problem_lines(test_path))
     if ref_record:
         red = token_reduction(lengths, ref_lengths(ref_record))
         metrics.append(metric("all", "token_reduction", red, n=len(problems)))
@@ -140,6 +154,19 @@ def write_decode_record(
     )
     job.write_record(rec, out)
     return rec
+
+
+def problem_lines(path: str | Path) -> dict[str, int]:
+    """Problem id -> its line (from 0) in the test file: the documents' ids in the samples."""
+    ids: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                pid = json.loads(line)["id"]
+                if pid in ids:
+                    raise ValueError(f"{path}: line {i + 1}: id: {pid!r}: repeats a problem id")
+                ids[pid] = i
+    return ids
 
 
 def test_problems(path: str, families: list[str] | None, limit: int | None) -> list[dict]:
