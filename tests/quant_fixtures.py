@@ -49,3 +49,11 @@ def job_args(paper: str, variant: str, out, scale_file_path=None) -> list[str]:
     if scale_file_path is not None:
         args += ["--scale-file", str(scale_file_path)]
     return args
+
+
+def effective_levels_per_group(weight, group_size: int):
+    """Distinct values of the weight a model computes with, per (row, group of input columns):
+    at most 2**bits for a b-bit layer whatever its codes say (a second scale, a bias folded into
+    the weight or a decoding slip would show here, and never in the clamped integer codes)."""
+    g = weight.detach().float().reshape(-1, group_size).sort(-1).values
+    return 1 + (g.diff(dim=-1) != 0).sum(-1)

@@ -15,7 +15,12 @@ from methods.d2quant.quantize import D2QuantQuantizer, check_model, main
 from methods.quant.gptq import gptq
 from methods.quant.pack import read_codes
 from methods.quant.quantizer import QuantConfigError, levels_per_group, rtn
-from tests.quant_fixtures import job_args, save_quant_micro, scale_file
+from tests.quant_fixtures import (
+    effective_levels_per_group,
+    job_args,
+    save_quant_micro,
+    scale_file,
+)
 
 
 def problem(seed=0, d=16, d_ff=48, n=400):
@@ -168,8 +173,18 @@ def test_pipeline_micro(tmp_path, dac_input):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["method"] == "d2quant" and meta["reload_max_abs_diff"] == 0.0
     assert meta["config"]["dac_input"] == dac_input
-    for q in read_codes(out / "packed").values():
+    codes = read_codes(out / "packed")
+    for q in codes.values():
         assert q.bits == 2 and levels_per_group(q.codes, 16).max() <= 4
+    # the weights the saved model computes with (DSQ's second scale folded into up_proj): at
+    # most 4 values per (row, group) in every quantized layer, down_proj included
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    for name in codes:
+        assert effective_levels_per_group(saved.get_submodule(name).weight, 16).max() <= 4, name
+        assert effective_levels_per_group(base.get_submodule(name).weight, 16).min() > 4, name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["mlp_bias"] is True  # DAC stored as gate/up biases
     rec = json.loads((tmp_path / "r.json").read_text())

@@ -19,7 +19,7 @@ from methods.quant.quantizer import (
     levels_per_group,
     rtn,
 )
-from tests.quant_fixtures import job_args, save_quant_micro
+from tests.quant_fixtures import effective_levels_per_group, job_args, save_quant_micro
 
 
 def test_rtn_hand_made_group():
@@ -133,6 +133,12 @@ def test_packed_roundtrip_levels_and_reload(micro, method, tmp_path):
     reloaded = load_packed(out)
     for name in plan:  # exact: what is in memory is what comes back
         assert torch.equal(reloaded.get_submodule(name).weight, model.get_submodule(name).weight)
+        # the weight the reloaded model computes with holds at most 2**b values per group,
+        # where the float weight it came from holds one per column (16 > 2**b for b <= 3)
+        eff = effective_levels_per_group(reloaded.get_submodule(name).weight, 16)
+        assert eff.max() <= 2 ** plan[name]
+        assert effective_levels_per_group(base.get_submodule(name).weight, 16).min() == 16
+    assert min(plan.values()) <= 3  # so the count above can fail for some layer
     k = "model.layers.0.self_attn.k_proj.weight"
     assert torch.equal(reloaded.state_dict()[k], base.state_dict()[k].half().float())
     # the compressed-tensors dequantizer (library decoder) agrees with ours
