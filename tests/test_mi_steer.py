@@ -532,7 +532,7 @@ def test_steer_file_is_what_lm_eval_steered_model_applies(micro_archs, arch, tmp
     v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1))
     f = tmp_path / "steer.pt"
     S.save_steering_file(f, 1, v, 1.5)
-    loaded = torch.load(f, weights_only=False)
+    loaded = torch.load(f, weights_only=True)
     assert list(loaded) == ["layers.1"]
     entry = loaded["layers.1"]
     assert entry["action"] == "add" and entry["steering_coefficient"] == 1.5
@@ -591,7 +591,7 @@ def test_contrast_loads_a_hub_id_and_exports_the_selected_direction(micro_archs,
         contrast.main([*opts, *args])
     capsys.readouterr()
     vals = {m["metric"]: m["value"] for m in load_run_record(rec)["metrics"]}
-    loaded = torch.load(steer, weights_only=False)
+    loaded = torch.load(steer, weights_only=True)
     assert list(loaded) == [f"layers.{int(vals['layer'])}"]
     assert loaded[f"layers.{int(vals['layer'])}"]["steering_coefficient"] == 2.0
     # without the cache the hub id does not resolve: one line, exit 2

@@ -29,27 +29,8 @@ from methods.pig.model import RetrievalModel, TowerConfig, query_scores
 from methods.pig.train import Vocab
 from methods.quant.gptq import gptq
 from methods.quant.quantizer import rtn
-
-PIG_MICRO = dict(
-    frames=2,
-    image_size=16,
-    patch=8,
-    vision_width=16,
-    vision_heads=2,
-    vision_layers=2,
-    text_width=16,
-    text_heads=2,
-    text_layers=1,
-    context_length=24,
-    vocab_size=40,
-    embed_dim=16,
-    its_top_k=3,
-)
-
-
-def _frames(b=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (b, 2, 16, 16, 3), generator=g, dtype=torch.uint8)
+from tests.test_pig import MICRO as PIG_MICRO
+from tests.test_pig import _frames
 
 
 def _module_calls(model: torch.nn.Module, fn) -> Counter:

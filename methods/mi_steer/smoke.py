@@ -108,7 +108,7 @@ def gpu_smoke(device: str, dtype: str, workdir: Path) -> list[str]:
             for k in ("kl_neutral", "score_positive", "score_positive_ablated"):
                 assert torch.isfinite(torch.tensor(vals[k])), (arch, k, vals[k])
             layer = int(vals["layer"])
-            cfg = torch.load(steer, weights_only=False)
+            cfg = torch.load(steer, weights_only=True)
             v = cfg[f"layers.{layer}"]["steering_vector"]
             assert torch.isfinite(v).all() and v.norm() > 0
             # the file through lm-eval's steered model == our S1 edit, on device in dtype
