@@ -355,10 +355,22 @@ def build_lm(job: Job, config: dict, pretrained: str):
         dtype=config["dtype"],
         max_length=config["context"],
     )
+    if several_gpus(job.device):
+        # a model too big for one GPU (a 70B in bf16): weights spread over the job's GPUs
+        kwargs["parallelize"] = True
     if config["steer"]:
         check_steer_file(config["steer"])
         return get_model("steered")(steer_path=config["steer"], **kwargs)
     return get_model("hf")(**kwargs)
+
+
+def several_gpus(device: str) -> bool:
+    """Whether the job runs on CUDA and sees more than one GPU (its allocation's)."""
+    if not str(device).startswith("cuda"):
+        return False
+    import torch
+
+    return torch.cuda.device_count() > 1
 
 
 def cache_prefix(job: Job, config: dict) -> str:

@@ -156,11 +156,14 @@ def load_model(pretrained: str, dtype: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pretrained)
-    # Straight onto the GPU (no whole-model copy in host memory first).
+    # Straight onto the GPU (no whole-model copy in host memory first); a job that sees several
+    # GPUs (a 70B model's bf16 weights) spreads the layers over them.
+    several = device != "cpu" and str(device).startswith("cuda") and torch.cuda.device_count() > 1
+    device_map = None if device == "cpu" else ("auto" if several else device)
     model = AutoModelForCausalLM.from_pretrained(
-        pretrained, dtype=getattr(torch, dtype), device_map=None if device == "cpu" else device
+        pretrained, dtype=getattr(torch, dtype), device_map=device_map
     )
-    return tok, model.to(device).eval()
+    return tok, (model if several else model.to(device)).eval()
 
 
 def perplexity(

@@ -127,6 +127,27 @@ class Missing(Exception):
 
 
 def _find(ref: dict, paper: str, scale: str, lookup: list[dict]) -> dict:
+    """The stored metric a reference names, or, for ``{mean: [ref, ...]}``, the mean of the
+    referenced metrics (value = their mean, stderr = sqrt(sum se^2) / k when every part has
+    one, n = the smallest n). A mean has no task hash, so a comparison with it is unpaired."""
+    if "mean" in ref:
+        parts = [_find(r, paper, scale, lookup) for r in ref["mean"]]
+        k = len(parts)
+        ses = [p["stderr"] for p in parts]
+        ns = [p["n"] for p in parts if p.get("n") is not None]
+        return {
+            "scale": scale,
+            "task": _ref_name(ref, paper),
+            "metric": "mean",
+            "value": sum(p["value"] for p in parts) / k,
+            "stderr": None
+            if any(s is None for s in ses)
+            else math.sqrt(sum(s * s for s in ses)) / k,
+            "n": min(ns) if ns else None,
+            "task_hash": None,
+            "run_id": None,
+            "parts": parts,
+        }
     want = {"paper": ref.get("paper", paper), "task": ref["task"], "metric": ref["metric"]}
     for key in ("method", "variant", "base_model", "suite", "seed"):
         if key in ref:
@@ -145,6 +166,8 @@ def _find(ref: dict, paper: str, scale: str, lookup: list[dict]) -> dict:
 
 
 def _ref_name(ref: dict, paper: str) -> str:
+    if "mean" in ref:
+        return "mean(" + ", ".join(_ref_name(r, paper) for r in ref["mean"]) + ")"
     parts = [ref.get("paper", paper)]
     parts += [ref[k] for k in ("method", "variant", "suite") if k in ref]
     seed = f"@seed{ref['seed']}" if "seed" in ref else ""
@@ -200,6 +223,8 @@ def _paired(lhs: dict, rhs: dict, scores, legacy_margin: float) -> dict:
     impossible (said in the detail: never a silent fallback), else the paired difference
     ``{"paired": True, "diff", "se", "n", "log", "binary": (b, c) | None}``.
     """
+    if "parts" in lhs or "parts" in rhs:
+        return {"paired": False, "why": "a mean of several metrics is compared as a whole"}
     if not lhs.get("task_hash") or lhs.get("task_hash") != rhs.get("task_hash"):
         return {"paired": False}
     if (lhs["task"], lhs["metric"]) != (rhs["task"], rhs["metric"]):
@@ -493,6 +518,8 @@ def _seed_ref(ref: dict, seed: int, sfx: str) -> dict:
     ``psft-s1``, ``psft-s2-rl``), which alone picks the run; a ``shared`` reference (one run
     serving every seed, e.g. the teacher) is used as written; otherwise the run is picked by
     its ``seed``."""
+    if "mean" in ref:
+        return {"mean": [_seed_ref(r, seed, sfx) for r in ref["mean"]]}
     ref = dict(ref)
     if ref.pop("shared", False):
         return ref
@@ -606,6 +633,32 @@ def _check_seeds(spec: dict, paper: str, scale: str, lookup, z: float, scores) -
     )
 
 
+def setup_gate(claim: dict, scale: str, lookup, z: float, scores=None) -> dict | None:
+    """A claim's ``requires`` (a setup condition, e.g. "the teacher beats the student by at
+    least 3 standard errors"): its check evaluated at the condition's own ``z``. ``None`` when
+    it holds (the claim is checked); otherwise the claim's verdict: ``inconclusive`` with the
+    condition's reason and numbers (``missing`` when the setup's metrics are absent). Decided
+    from the setup's runs only, never from the claim's result."""
+    req = claim.get("requires")
+    if not req:
+        return None
+    try:
+        r = evaluate(req["check"], claim["paper"], scale, lookup, req["z"], scores)
+    except Missing as m:
+        return _result("missing", {}, f"setup condition ({req['reason']}): no stored metric {m}")
+    if r["status"] == "held":
+        return None
+    return _result(
+        "inconclusive",
+        r["observed"],
+        f"setup condition not met ({req['reason']}; z = {req['z']:g}): {r['detail']}",
+        test=f"setup condition: {r['test']}",
+        estimate=r.get("estimate"),
+        stderr=r.get("stderr"),
+        n=r.get("n"),
+    )
+
+
 def claim_kind(claim: dict) -> str:
     """``paper`` (a statement the paper makes; the default) or ``pipeline`` (a property of this
     implementation, never counted in a paper's totals)."""
@@ -635,7 +688,9 @@ def check_all(
             if scale not in c.get("scales", []) or "check" not in c:
                 continue
             try:
-                r = evaluate(c["check"], c["paper"], scale, lookup, z, scores)
+                r = setup_gate(c, scale, lookup, z, scores) or evaluate(
+                    c["check"], c["paper"], scale, lookup, z, scores
+                )
             except Missing as m:
                 r = _result("missing", {}, f"no stored metric {m} at scale {scale}")
             except ConfigError as e:  # name the file and the claim the error comes from

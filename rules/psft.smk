@@ -37,6 +37,8 @@ rule psft_train:
         start=lambda w: f"{ART}/base/{PSFT['start_model']}/meta.json",
         train=f"{DATA}/arith/train.jsonl",
         valid=f"{DATA}/arith/valid.jsonl",
+        # the held-out families, scored in-process on the saved model (papers.psft.ood)
+        ood=[f"{DATA}/arith/test_ood.jsonl"] if PSFT and PSFT.get("ood") else [],
     output:
         meta=f"{ART}/psft/{{variant}}/meta.json",
         record=f"{RUNS}/psft/{{variant}}/train.json",
@@ -50,14 +52,16 @@ rule psft_train:
     resources:
         mem_mb=PSFT["mem_mb"] if PSFT else 4000,
         runtime=PSFT["runtime"] if PSFT else 30,
-        gpu=GPU,
+        gpu=train_gpus("psft"),
     params:
+        launch=launch(),
         job=PSFT_JOB(lambda v: v),
         arm=lambda w: PSFT_VARIANTS[w.variant][0],
+        ood=lambda w, input: f"--ood {input.ood}" if input.ood else "",
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.psft.train {params.job} --arm {params.arm} "
-        "--start {params.start} --train {input.train} --valid {input.valid} "
+        "{params.launch} -m methods.psft.train {params.job} --arm {params.arm} "
+        "--start {params.start} --train {input.train} --valid {input.valid} {params.ood} "
         "--record {output.record} > {log} 2>&1"
 
 
@@ -79,12 +83,13 @@ rule psft_rl:
     resources:
         mem_mb=PSFT["mem_mb"] if PSFT else 4000,
         runtime=PSFT["runtime"] if PSFT else 30,
-        gpu=GPU,
+        gpu=train_gpus("psft"),
     params:
+        launch=launch(),
         job=PSFT_JOB(lambda v: PSFT_RL[v]),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli grpo {params.job} --settings rl.grpo "
+        "{params.launch} -m methods.posttrain.cli grpo {params.job} --settings rl.grpo "
         "--start {params.start} --train {input.train} --valid {input.valid} "
         "--record {output.record} > {log} 2>&1"
 

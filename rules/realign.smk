@@ -5,6 +5,15 @@
 REALIGN = SCALE.get("papers", {}).get("realign")
 RA_ART = f"{ART}/realign"
 RA_RUNS = f"{RUNS}/realign"
+# Training traces: the world's own (check sentence before the answer, which it states) or, with
+# check_sentence: after, the same traces with the check behind the answer
+# (methods/realign/world.py).
+RA_CHECK_AFTER = bool(REALIGN) and REALIGN.get("check_sentence", "before") == "after"
+RA_TRAIN = (
+    f"{RA_ART}/world/train_check_after.jsonl"
+    if RA_CHECK_AFTER
+    else f"{DATA}/arith/train.jsonl"
+)
 
 
 include: "realign_helpers.smk"
@@ -75,13 +84,37 @@ if REALIGN and "aligned_sft" not in REALIGN:
     RA_LINKED["aligned"] = REALIGN["aligned_model"]
 RA_BUILT = [v for v in ("ref", "aligned") if v not in RA_LINKED]
 
+# Paper scale: response lengths and token reduction (Table 1) from the lm-eval samples of the
+# realign_* tasks (8 samples per problem), for every lm-eval variant but the reference.
+RA_PAPER_TASKS = ["realign_aime24", "realign_aime25", "realign_math500"]
+RA_TOKENS = (
+    [v for v in REALIGN["lm_eval"]["variants"] if v != "ref"]
+    if REALIGN
+    and set(RA_PAPER_TASKS) <= set(REALIGN["lm_eval"].get("tasks", []))
+    and "ref" in REALIGN["lm_eval"]["variants"]
+    else []
+)
+
 if REALIGN and "realign" in PAPERS:
     RUN_RECORDS["realign"] = (
         [f"{RA_RUNS}/{v}/realign_decode.json" for v in RA_DECODES]
         + [f"{RA_RUNS}/{v}/train.json" for v in [*RA_BUILT, *sorted(RA_TRRA), "inra"]]
         + [f"{RA_RUNS}/{v}/lm_eval.json" for v in REALIGN["lm_eval"]["variants"]]
         + [f"{RA_RUNS}/sweep/realign_sweep.json"]
+        + [f"{RA_RUNS}/{v}/realign_tokens.json" for v in RA_TOKENS]
     )
+
+
+rule realign_world:
+    input:
+        src=f"{DATA}/arith/train.jsonl",
+    output:
+        f"{RA_ART}/world/train_check_after.jsonl",
+    log:
+        f"{LOGS}/realign/world.log",
+    localrule: True
+    shell:
+        "python -m methods.realign.world --src {input.src} --dest {output} > {log} 2>&1"
 
 
 ruleorder: realign_link > realign_ref
@@ -91,7 +124,7 @@ ruleorder: realign_link > realign_aligned
 rule realign_ref:
     input:
         start=lambda w: f"{ART}/base/{REALIGN['start_model']}/meta.json",
-        train=f"{DATA}/arith/train.jsonl",
+        train=RA_TRAIN,
     output:
         meta=f"{RA_ART}/ref/meta.json",
         record=f"{RA_RUNS}/ref/train.json",
@@ -103,12 +136,13 @@ rule realign_ref:
     resources:
         mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
         runtime=REALIGN["runtime"] if REALIGN else 30,
-        gpu=GPU,
+        gpu=train_gpus("realign"),
     params:
+        launch=launch(),
         job=job("realign", "ref"),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.posttrain.cli sft {params.job} --settings reference_sft "
+        "{params.launch} -m methods.posttrain.cli sft {params.job} --settings reference_sft "
         "--families-key families --start {params.start} --train {input.train} "
         "--record {output.record} > {log} 2>&1"
 
@@ -116,7 +150,7 @@ rule realign_ref:
 rule realign_aligned:
     input:
         start=f"{RA_ART}/ref/meta.json",
-        train=f"{DATA}/arith/train.jsonl",
+        train=RA_TRAIN,
     output:
         meta=f"{RA_ART}/aligned/meta.json",
         record=f"{RA_RUNS}/aligned/train.json",
@@ -128,12 +162,13 @@ rule realign_aligned:
     resources:
         mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
         runtime=REALIGN["runtime"] if REALIGN else 30,
-        gpu=GPU,
+        gpu=GPU,  # one process: a 1.5B model on one GPU (its loop has no engine path)
     params:
+        launch=launch(),
         job=job("realign", "aligned"),
         start=lambda w, input: os.path.dirname(input.start),
     shell:
-        "python -m methods.realign.train sft {params.job} --ref {params.start} "
+        "{params.launch} -m methods.realign.train sft {params.job} --ref {params.start} "
         "--train {input.train} --record {output.record} > {log} 2>&1"
 
 
@@ -201,7 +236,7 @@ rule realign_trra:
     input:
         ref=f"{RA_ART}/ref/meta.json",
         aligned=lambda w: f"{RA_ART}/{RA_TRRA[w.variant][3]}/meta.json",
-        train=f"{DATA}/arith/train.jsonl",
+        train=RA_TRAIN,
         test=f"{DATA}/arith/test_id.jsonl",
         ref_record=f"{RA_RUNS}/ref/realign_decode.json",
     output:
@@ -218,8 +253,9 @@ rule realign_trra:
     resources:
         mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
         runtime=REALIGN["runtime"] if REALIGN else 30,
-        gpu=GPU,
+        gpu=train_gpus("realign"),
     params:
+        launch=launch(),
         job=ra_trra_job,
         lam=lambda w: RA_TRRA[w.variant][0],
         direction=lambda w: RA_TRRA[w.variant][1],
@@ -227,7 +263,7 @@ rule realign_trra:
         ref=lambda w, input: os.path.dirname(input.ref),
         aligned=lambda w, input: os.path.dirname(input.aligned),
     shell:
-        "python -m methods.realign.train trra {params.job} --ref {params.ref} "
+        "{params.launch} -m methods.realign.train trra {params.job} --ref {params.ref} "
         "--aligned {params.aligned} --lam={params.lam} --direction {params.direction} "
         "--mode {params.mode} --train {input.train} --test {input.test} "
         "--record {output.record} --decode-out {output.decode} "
@@ -264,7 +300,7 @@ rule realign_dera:
 rule realign_inra:
     input:
         ref=f"{RA_ART}/ref/meta.json",
-        train=f"{DATA}/arith/train.jsonl",
+        train=RA_TRAIN,
         test=f"{DATA}/arith/test_id.jsonl",
         ref_record=f"{RA_RUNS}/ref/realign_decode.json",
     output:
@@ -279,13 +315,14 @@ rule realign_inra:
     resources:
         mem_mb=REALIGN["mem_mb"] if REALIGN else 4000,
         runtime=REALIGN["runtime"] if REALIGN else 30,
-        gpu=GPU,
+        gpu=GPU,  # one process: a 1.5B model on one GPU (its loop has no engine path)
     params:
+        launch=launch(),
         job=job("realign", "inra"),
         ref=lambda w, input: os.path.dirname(input.ref),
         runs=lambda w: RA_RUNS,
     shell:
-        "python -m methods.realign.train inra {params.job} --ref {params.ref} "
+        "{params.launch} -m methods.realign.train inra {params.job} --ref {params.ref} "
         "--train {input.train} --test {input.test} --record {output.record} "
         "--runs {params.runs} --ref-record {input.ref_record} > {log} 2>&1"
 
@@ -306,6 +343,32 @@ rule realign_sweep:
         records=lambda w, input: ",".join(input.records),
     shell:
         "python -m methods.realign.sweep {params.job} --records {params.records} > {log} 2>&1"
+
+
+rule realign_paper_tokens:
+    input:
+        model=f"{RA_ART}/{{variant}}/meta.json",
+        samples=f"{RA_RUNS}/{{variant}}/lm_eval.samples.jsonl",
+        ref_model=f"{RA_ART}/ref/meta.json",
+        ref_samples=f"{RA_RUNS}/ref/lm_eval.samples.jsonl",
+    output:
+        record=f"{RA_RUNS}/{{variant}}/realign_tokens.json",
+    log:
+        f"{LOGS}/realign/{{variant}}.tokens.log",
+    wildcard_constraints:
+        variant=one_of(RA_TOKENS),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        job=job("realign", "{variant}", out="record"),
+        model=lambda w, input: os.path.dirname(input.model),
+        ref_model=lambda w, input: os.path.dirname(input.ref_model),
+    shell:
+        "python -m methods.realign.paper_tokens {params.job} --model {params.model} "
+        "--samples {input.samples} --ref-model {params.ref_model} "
+        "--ref-samples {input.ref_samples} > {log} 2>&1"
 
 
 rule realign_all:

@@ -177,3 +177,44 @@ def test_detail_says_the_difference_includes_the_margin():
     assert v["status"] == "failed"
     assert "R1 - 5 over seeds" in v["detail"] and "(diff = lhs - rhs + 5)" in v["detail"]
     assert "seed 0: -3 failed" in v["detail"]
+
+
+def test_nsds_random_draws_claim_reads_five_draws_and_needs_three():
+    """NSDS's SmolLM2 random control: five packed draws (<src>-random-b3, -s1..-s4), NSDS
+    compared with each; held only below the mean and below at least 3 draws (the median)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    _, claims = load_claims_file(root / "methods/nsds/claims.yaml")
+    (claim,) = [c for c in claims if c["id"] == "smollm2_nsds_below_random_reversed"]
+
+    def rows(nsds, draws, rev=9.0):
+        names = ["smollm2-random-b3"] + [f"smollm2-random-b3-s{k}" for k in range(1, 5)]
+        vals = [
+            ("smollm2-nsds-b3", nsds),
+            ("smollm2-reversed-b3", rev),
+            *zip(names, draws, strict=False),
+        ]
+        return [
+            dict(
+                row(v, 0, x),
+                scale="small",
+                paper="nsds",
+                method="m",
+                suite="lm_eval",
+                task="text_ppl",
+                metric="bits_per_byte",
+                higher_is_better=False,
+            )
+            for v, x in vals
+        ]
+
+    def status(lookup):
+        return check_all([claim], lookup, ["small"])[0]
+
+    held = status(rows(2.0, [2.5, 1.9, 2.6, 2.4, 2.2]))  # below 4 of 5 and their mean
+    assert held["status"] == "held" and "held in 4/5" in held["detail"], held["detail"]
+    # below the mean but only below 2 of the 5 draws: not below the median draw
+    assert status(rows(2.0, [1.9, 1.95, 3.5, 3.5, 1.99]))["status"] == "failed"
+    assert status(rows(2.0, [2.5, 2.5, 2.5, 2.5, 2.5], rev=1.0))["status"] == "failed"
+    assert status(rows(2.0, [2.5, 2.5, 2.5, 2.5]))["status"] == "missing"  # a draw not run

@@ -100,8 +100,9 @@ def test_dac_norm_bias_equals_gate_up_biases(tmp_path):
 
 
 def test_dac_input_float_corrects_only_the_layers_own_deviation(tmp_path):
-    """--dac-input float: μ_l from the float stream's input through layer l's quantized
-    attention; the same as the default at layer 0 (both streams start equal), not after it."""
+    """--dac-input float (the default, the figure's reading): μ_l from the float stream's input
+    through layer l's quantized attention; the same as the sequential reading at layer 0 (both
+    streams start equal), not after it."""
     import copy
 
     from methods.d2quant.quantize import norm_outputs
@@ -145,7 +146,7 @@ def test_model_without_down_proj_is_refused(tmp_path):
         check_model(model)
 
 
-@pytest.mark.parametrize("dac_input", ["quantized", "float"])
+@pytest.mark.parametrize("dac_input", ["quantized", "float", "quantized_both"])
 def test_pipeline_micro(tmp_path, dac_input):
     save_quant_micro(tmp_path / "base")
     out = tmp_path / "d2q"

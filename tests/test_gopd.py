@@ -251,7 +251,9 @@ def test_micro_baselines_multi_teacher_and_reward_correction(tmp_path):
     cfg = {"steps": 2, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4}
     g = {"steps": 2, "prompts_per_step": 2, "n": 4, "lr": 1e-3, "max_new_tokens": 4}
     scale = _scale(
-        tmp_path, train=cfg, multi_teacher={"domains": doms, "teacher_grpo": g, "lambdas": [1.25]}
+        tmp_path,
+        train=cfg,
+        multi_teacher={"domains": doms, "teacher_grpo": g, "lambdas": [1.0, 1.25]},
     )
     routes = {"add": "a", "sub": "s"}
     # routing: each prompt's completion comes from its own family's teacher

@@ -42,5 +42,5 @@ def test_gpu_smoke_runs_on_cpu(root):
     proc = _smoke(root, "--device", "cpu", "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[FAIL]" not in proc.stdout
-    for area in ("core", "quant", "eval", "pig", "mi_steer", "omniflow"):
+    for area in ("core", "quant", "eval", "pig", "mi_steer", "omniflow", "engine", "mtp_d"):
         assert f"[ok]   {area}" in proc.stdout, area

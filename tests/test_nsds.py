@@ -20,6 +20,7 @@ from methods.nsds.allocate import (
     plan_from_bits,
     uniform_bits,
 )
+from methods.nsds.cli import draws_summary
 from methods.nsds.scores import (
     NSDSInputError,
     NSDSOptions,
@@ -368,6 +369,9 @@ def test_pipeline_micro(tmp_path):
     got = {(m["task"], m["metric"]): m["value"] for m in r["metrics"]}
     assert ("nsds", "ppl_b3") in got and ("random_median", "ppl_b2.5") in got
     assert ("uniform", "ppl_b3") in got and ("uniform", "ppl_b2.5") not in got
+    # r/d of the unembedding subspace, recorded from the NSDS scores (writing density's reach)
+    assert got[("unembed", "rank_ratio")] == got[("unembed", "rank")] / got[("unembed", "dim")]
+    assert 0.0 < got[("unembed", "wd_beta_min")] <= got[("unembed", "wd_beta_max")] <= 1 + 1e-9
     details = json.loads((tmp_path / "study.json").read_text())
     assert len(details["oracle_damage"]) == 4
     assert details["alloc"]["3"]["nsds"]["avg_bits"] == 3.0
@@ -613,3 +617,94 @@ def test_factor_svd_gives_the_full_svds_scores():
         full = se_score(w, role, opts, p_u)
         fast = se_score(w, role, opts, p_u, factors=(a, b))
         assert fast == pytest.approx(full, rel=1e-8), role
+
+
+# ---- writing density's reach: r/d of the unembedding subspace -----------------------------------
+
+
+def test_unembed_rank_ratio_and_writing_density_spread():
+    """Full-rank W_U at energy 1: r/d = 1 and ‖Pᵀu‖ = 1 for every writer direction (β_WD ≡ 1
+    carries nothing); a rank-3 W_U: r/d = 4/32 and the β_WD spread below 1."""
+    m = micro_llama(n_layers=3)
+    full = nsds_scores(m, NSDSOptions(energy=1.0))["unembed"]
+    assert (full["rank"], full["dim"], full["rank_ratio"], full["tied"]) == (32, 32, 1.0, False)
+    assert full["wd_beta_min"] == pytest.approx(1.0, abs=1e-9)
+    assert full["wd_beta_max"] == pytest.approx(1.0, abs=1e-9)
+    # OV circuits (3 layers x 4 heads) and down_proj (3) each contribute their kept directions
+    assert full["wd_beta_n"] > 3 * 4 * 2
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        m.lm_head.weight.copy_(torch.randn(96, 3, generator=g) @ torch.randn(3, 32, generator=g))
+    low = nsds_scores(m, NSDSOptions(energy=1.0))["unembed"]
+    # energy_rank keeps one direction past the energy threshold: 3 + 1 of 32
+    assert (low["rank"], low["rank_ratio"]) == (4, 4 / 32)
+    assert low["wd_beta_max"] < 1.0 and low["wd_beta_min"] < low["wd_beta_mean"]
+    # beta == 1 (no role reweighting): r/d is still recorded, no writing-density weights
+    plain = nsds_scores(m, NSDSOptions(role_reweighting=False))["unembed"]
+    assert plain["wd_beta_n"] == 0 and plain["wd_beta_mean"] is None
+
+
+# ---- the random control's packed draws ------------------------------------------------------------
+
+
+def test_random_draws_rank_with_their_own_seed_and_summarise(tmp_path):
+    """Draw 0 is the scores folder's random ranking; draw k ranks with seed + k (same GPTQ
+    calibration); ``draws`` summarises the draws' records (median, min, max, spread)."""
+    import json
+
+    import tests.quant_fixtures as qf
+    from claimbench.records import load_run_record
+    from methods.nsds.cli import main
+    from tests.quant_fixtures import SPEC, job_args, save_quant_micro, scale_file
+
+    qf.SPEC = dict(SPEC, num_layers=6)  # 6 layers, 3 at 4 bits: 20 possible plans
+    try:
+        save_quant_micro(tmp_path / "src")
+    finally:
+        qf.SPEC = SPEC
+    src, scores = str(tmp_path / "src"), str(tmp_path / "scores")
+    sf = scale_file(tmp_path / "tiny.yaml", nsds={"group_size": 16, "backend": "rtn"})
+    main(["scores", "--model", src, "--methods", "random", *job_args("nsds", "m", scores, sf)])
+    bits, recs = [], []
+    for k in range(3):
+        out, rec = tmp_path / f"d{k}", tmp_path / f"d{k}.json"
+        main(["quantize", "--model", src, "--scores", scores, "--method", "random",
+              "--budget", "3.0", "--source", "m", "--record", str(rec),
+              *(["--draw", str(k)] if k else []), *job_args("nsds", f"m-r{k}", out, sf)])  # fmt: skip
+        bits.append(json.loads((out / "layer_scores.json").read_text())["bits"])
+        recs.append(str(rec))
+    seed = load_run_record(recs[0])["seed"]
+    want0 = layer_bits(json.loads((tmp_path / "scores" / "random.json").read_text())["scores"], 3.0)
+    assert bits[0] == want0
+    for k in (1, 2):
+        assert bits[k] == layer_bits(baselines.random_scores(len(bits[0]), seed + k), 3.0)
+        assert load_run_record(recs[k])["config"]["random_seed"] == seed + k
+    assert len({tuple(b) for b in bits}) > 1  # the draws are different plans
+    with pytest.raises(SystemExit) as e:  # a draw of a method that is not random: user error
+        main(["quantize", "--model", src, "--scores", scores, "--method", "nsds", "--budget",
+              "3.0", "--source", "m", "--record", str(tmp_path / "bad.json"), "--draw", "1",
+              *job_args("nsds", "bad", tmp_path / "bad", sf)])  # fmt: skip
+    assert e.value.code == 2 and not (tmp_path / "bad").exists()
+    summary = tmp_path / "draws.json"
+    main(["draws", "--records", ",".join(recs), *job_args("nsds", "m-draws", summary, sf)])
+    r = load_run_record(summary)
+    got = {(m["task"], m["metric"]): m for m in r["metrics"]}
+    sizes = [load_run_record(p) for p in recs]
+    fb = sorted(
+        next(m["value"] for m in x["metrics"] if m["metric"] == "file_bytes") for x in sizes
+    )
+    assert got[("size", "file_bytes_median")]["value"] == fb[1]
+    assert got[("size", "file_bytes_spread")]["value"] == fb[2] - fb[0]
+    assert got[("size", "file_bytes_min")]["n"] == 3 and r["suite"] == "random_draws"
+
+
+def test_draws_summary_hand_values():
+    def rec(v, extra=None):
+        ms = [{"task": "t", "metric": "bpb", "value": v, "higher_is_better": False}]
+        return {"metrics": ms + ([extra] if extra else [])}
+
+    only_one = {"task": "t", "metric": "acc", "value": 1.0, "higher_is_better": True}
+    rows = draws_summary([rec(3.0, only_one), rec(1.0), rec(2.5), rec(10.0), rec(2.0)])
+    got = {r["metric"]: r["value"] for r in rows}
+    assert got == {"bpb_median": 2.5, "bpb_min": 1.0, "bpb_max": 10.0, "bpb_spread": 9.0}
+    assert all(r["n"] == 5 for r in rows)

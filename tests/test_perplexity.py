@@ -165,7 +165,11 @@ def test_paper_scale_dry_run_lists_the_ppl_records():
     ]
     papers = {Path(p).parts[3] for p in outputs}
     assert papers == {"nsds", "d2quant", "base"}, papers
-    for variant in ("nsds/llama-3.1-8b-nsds-b3", "d2quant/d2quant-w2", "base/llama-3.1-8b"):
+    for variant in (
+        "nsds/llama-3.1-8b-nsds-b3",
+        "d2quant/llama-3.1-8b.d2quant-w2",
+        "base/llama-3.1-8b",
+    ):
         assert f"results/runs/paper/{variant}/ppl.json" in outputs
     claims = yaml.safe_load((ROOT / "methods/nsds/claims.yaml").read_text())["claims"]
     refs = [

@@ -296,3 +296,18 @@ def test_settings_errors_name_the_key(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_task_hash_of_a_family_subset_names_the_subset(tmp_path):
+    """Two runs on different family subsets of one file are not the same documents: their
+    task hashes differ; without a filter the hash is the file's sha256 (pairing reads it)."""
+    from claimbench.io import sha256_file
+    from methods.posttrain.cli import file_task_hash
+
+    f = tmp_path / "valid.jsonl"
+    f.write_text('{"family": "add"}\n{"family": "sub"}\n')
+    whole = file_task_hash(str(f), None)
+    assert whole == sha256_file(f) == file_task_hash(str(f), [])
+    add, sub = file_task_hash(str(f), ["add"]), file_task_hash(str(f), ["sub"])
+    assert len({whole, add, sub}) == 3
+    assert file_task_hash(str(f), ["sub", "add"]) == file_task_hash(str(f), ["add", "sub"])

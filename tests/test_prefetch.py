@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from claimbench.cli import main
+from claimbench.errors import ClaimbenchError
 
 # A hub repository id: owner/name, one slash, no file suffix (local paths are absolute or have
 # more parts: /data/msrvtt/frames, benchmarks/data/mi_prompts/harmful.jsonl).
@@ -157,3 +158,40 @@ def test_unknown_scale_or_paper_is_one_line(argv, named, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and named in err
+
+
+def test_paper_data_sets_are_listed_for_their_papers(root, tmp_path, monkeypatch):
+    """The ``datasets:`` block's entries are listed for the papers that load them (and their
+    lm-eval tasks resolved); a job's ``data_sets`` param names entries; a wrong name is one line.
+    The workflow's jobs are replaced by two stand-ins here (the real DAG: the tests above)."""
+    from claimbench import prefetch
+
+    scale = yaml.safe_load((root / "config/scales/paper.yaml").read_text())
+    block = scale["datasets"]
+    jobs = [("eval_math", {"data_sets": ["gsm8k"]}), ("train_x", {"hub_dataset": "org/other"})]
+    monkeypatch.setattr(prefetch, "workflow_jobs", lambda *a, **k: jobs)
+    # lm-eval's task files (resolution tested above) stand in: one data set per task
+    resolved = {"gsm8k": [("openai/gsm8k", {"name": "main"})]}
+    monkeypatch.setattr(prefetch, "task_datasets", lambda ts: {t: resolved.get(t, []) for t in ts})
+    assets = prefetch.plan("paper", ["gopd"])
+    listed = {(a.kind, a.id): a for a in assets}
+    gopd = {n for n, e in block.items() if "gopd" in e["papers"]}
+    assert gopd and {("dataset", block[n]["path"]) for n in gopd} <= set(listed)
+    assert ("dataset", block["openr1_math_46k"]["path"]) not in listed  # psft's only
+    assert listed[("dataset", "zwhe99/DeepMath-103K")].needed_by == {
+        "gopd: datasets.deepmath_103k_d6"
+    }
+    assert listed[("dataset", "openai/gsm8k")].needed_by >= {"eval_math", "task gsm8k"}
+    assert listed[("task", "gsm8k")].needed_by == {"eval_math"}
+    assert listed[("task", "aime24")].needed_by == {"gopd: datasets.aime24"}
+    assert ("dataset", "org/other") in listed
+
+    jobs[0] = ("eval_math", {"data_sets": ["no_such_set"]})
+    with pytest.raises(ClaimbenchError, match=r"datasets\.no_such_set: named by eval_math"):
+        prefetch.plan("paper", ["gopd"])
+
+    scale["datasets"]["gsm8k"]["papers"].append("no_paper")
+    path = tmp_path / "paper-bad.yaml"
+    path.write_text(yaml.safe_dump(scale))
+    with pytest.raises(ClaimbenchError, match=r"datasets\.gsm8k\.papers: 'no_paper' is not"):
+        prefetch.plan("paper", ["gopd"], str(path))

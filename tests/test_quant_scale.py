@@ -267,5 +267,8 @@ def test_gpu_smoke_cpu(tmp_path):
     from methods.quant.smoke import gpu_smoke
 
     lines = gpu_smoke("cpu", "bfloat16", tmp_path)
-    assert len(lines) == 3 and lines[0].startswith("quant: GPTQ w4 g32 on cpu bfloat16")
-    assert "vLLM WNA16 yes" in lines[0] and "vLLM WNA16 no" in lines[1]
+    assert len(lines) == 6 and lines[0].startswith("quant: GPTQ w4 g32 on cpu bfloat16")
+    assert lines[1].startswith("quant: GPTAQ w4 g32") and lines[2].startswith("quant: GPTQ-rot w2")
+    assert lines[3].startswith("quant: GPTAQ-rot w2") and lines[4].startswith("quant: D2Quant w2")
+    assert all("vLLM WNA16 yes" in line for line in lines[:2])
+    assert all("vLLM WNA16 no" in line for line in lines[2:5])

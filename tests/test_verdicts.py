@@ -128,6 +128,34 @@ def test_within_is_three_way_on_the_z_interval():
     assert verdict(win, [m("a", 0.75, 0.02)])["status"] == "failed"  # [0.71, 0.79] outside
 
 
+def test_a_mean_of_metrics_is_checked_against_a_papers_average():
+    """A paper's k-task average: value = mean, se = sqrt(sum se^2) / k, n = the smallest n,
+    compared unpaired (a mean has no task hash); a missing part makes it missing."""
+    parts = [{"variant": "a", "task": t, "metric": "acc"} for t in ("x", "y", "z")]
+    win = {"within": {"ref": {"mean": parts}, "value": 0.6, "tol_abs": 0.05}}
+    rows = [m("a", 0.5, 0.03, task="x", n=300), m("a", 0.6, 0.04, task="y"), m("a", 0.7, 0.0)]
+    rows[2]["task"] = "z"
+    r = verdict(win, rows)
+    assert r["estimate"] == pytest.approx(0.6)
+    assert r["stderr"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 3)  # 0.01667
+    assert (r["status"], r["n"]) == ("held", 100)  # [0.567, 0.633] inside [0.55, 0.65]
+    assert "mean(p/a:x.acc, p/a:y.acc, p/a:z.acc)" in r["detail"]
+    assert verdict(win, [dict(rows[0], value=0.2)] + rows[1:])["status"] == "failed"  # 0.5
+    assert verdict(win, rows[:2])["status"] == "missing"
+    # a mean on one side of a compare: unpaired, even when each part shares a task hash
+    c = {
+        "compare": {
+            "lhs": {"mean": parts},
+            "op": ">",
+            "rhs": {"mean": [dict(p, variant="b") for p in parts]},
+        }
+    }
+    b_rows = [dict(r, variant="b", run_id="b", value=r["value"] - 0.2) for r in rows]
+    r = verdict(c, rows + b_rows)
+    assert r["status"] == "held" and r["test"] == "unpaired z"
+    assert "unpaired: a mean of several metrics is compared as a whole" in r["detail"]
+
+
 def test_all_fails_on_any_failure_and_is_missing_on_any_missing():
     held = cmp()
     absent = {"threshold": {"ref": {"variant": "zz", "task": "t", "metric": "acc"}}}
@@ -168,6 +196,10 @@ def test_schema_of_the_new_keys(tmp_path):
     assert load(kind="paper", check=ni)[1][0]["check"] == ni
     load(kind="pipeline", check=cmp(), source="x")
     load(not_attempted="needs a 70B model")
+    mean = {"mean": [{"task": "x", "metric": "acc"}, {"task": "y", "metric": "acc"}]}
+    load(kind="paper", check={"within": {"ref": mean, "value": 0.5, "tol_abs": 0.1}})
+    with pytest.raises(ConfigError):  # a mean of one metric is not an average
+        load(check={"within": {"ref": {"mean": mean["mean"][:1]}, "value": 0.5}})
     for bad, why in (
         ({"check": cmp(), "not_attempted": "x"}, "should not be valid"),
         ({"check": cmp(">=", noninferiority=True)}, "'margin_rel' is a required property"),

@@ -33,6 +33,8 @@ AREAS = {
     "pig": "methods.pig.smoke",
     "mi_steer": "methods.mi_steer.smoke",
     "omniflow": "methods.omniflow.smoke",
+    "engine": "methods.posttrain.smoke",
+    "mtp_d": "methods.mtp_d.smoke",
 }
 BUDGET_S = 8 * 60
 

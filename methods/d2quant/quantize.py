@@ -3,21 +3,28 @@ q/k/v/o; DAC at the post-attention norm (float stream vs quantized stream); GPTQ
 on down_proj with its channel scales folded into up_proj's scales.
 
 ``python -m methods.d2quant.quantize <job options> --model A --bits 2 --calib text
-[--heldout text] [--no-dsq] [--no-dac] [--dac-input quantized|float] [--record stats.json]``
+[--heldout text] [--no-dsq] [--no-dac] [--dac-input float|quantized|quantized_both]
+[--record stats.json]``
 
 Job options (``claimbench.job``): ``--scale --paper d2quant --variant --out`` and optionally
 ``--seed --threads --device --dtype --scale-file``. Group size, calibration (``calib.n`` windows
 of ``calib.seq_len`` tokens), DSQ iterations, damping and range clipping come from the scale's
 ``papers.d2quant`` section (defaults in config/schema/papers/d2quant.schema.yaml).
 
-``--dac-input`` picks one of the two readings of H̃ that the paper leaves open (README, "DAC"):
-``quantized`` (default) runs the quantized model's own stream up to the norm, so μ also corrects
-the drift of earlier layers; ``float`` runs the float stream's input through the quantized
-attention (Fig. 3's literal drawing), so μ corrects this layer's own deviation only.
+``--dac-input`` picks the calibration input of the two attentions whose post-attention norm
+outputs give μ (README, "DAC readings"): ``float`` (default, the overview figure's reading): the
+float stream's input goes through the float and the quantized attention, so μ corrects this
+layer's own deviation; ``quantized`` (sequential ablation): each model runs on its own stream, so
+μ also corrects the drift of earlier layers; ``quantized_both``: the quantized stream's input goes
+through both attentions (this layer's deviation, on the inputs the quantized model sees).
+Every run also records the mean drift of the whole quantized stream against the float one at
+each post-attention norm before DAC's bias (tasks ``drift_calib``, ``drift_heldout``); with
+``--no-dsq --no-dac`` that is plain GPTQ's own drift.
 
 Writes the same artifact as ``methods.quant.apply`` (packed checkpoint, decoded copy in the
 job's dtype, meta.json last) and a run record (suite ``d2quant``) with DSQ's per-layer output
-error against plain GPTQ and DAC's mean shift before/after on calibration and held-out text.
+error against plain GPTQ, DAC's mean shift before/after on calibration and held-out text, and
+the stream drift.
 """
 
 from __future__ import annotations
@@ -105,14 +112,25 @@ def ratio(v: torch.Tensor, scale: torch.Tensor) -> float:
     return float(v.norm() / scale)
 
 
-DAC_INPUTS = ("quantized", "float")
+# DAC readings: which stream's input goes through (float attention, quantized attention).
+DAC_INPUTS = ("float", "quantized", "quantized_both")
+
+
+def reading_inputs(dac_input: str, x_fp, x_q):
+    """The inputs of the float and the quantized layer whose norm outputs give μ."""
+    return {"float": (x_fp, x_fp), "quantized": (x_fp, x_q), "quantized_both": (x_q, x_q)}[
+        dac_input
+    ]
 
 
 class D2QuantQuantizer(SequentialQuantizer):
     """D²Quant on top of sequential GPTQ. DAC needs the float model's stream beside the
     quantized one (Fig. 3): it is computed layer by layer from a float copy of the current layer
     only (``fp_stream``). ``heldout`` ids, when given, are carried through both streams the same
-    way, to measure DAC's mean shift on held-out text without a second model."""
+    way, to measure DAC's mean shift and the stream drift on held-out text without a second
+    model. ``drift`` (default on) records the whole quantized stream's mean deviation from the
+    float one at every post-attention norm, before this layer's DAC bias; without DAC that is
+    the base quantizer's own drift."""
 
     def __init__(
         self,
@@ -123,20 +141,24 @@ class D2QuantQuantizer(SequentialQuantizer):
         dsq=True,
         dac=True,
         iters=15,
-        dac_input="quantized",
+        dac_input="float",
         heldout=None,
+        drift=True,
         **kw,
     ):
         if dac_input not in DAC_INPUTS:
             raise QuantConfigError(f"dac_input: {dac_input!r} is not one of {DAC_INPUTS}")
-        super().__init__(model, plan, group_size, "gptq", calib, fp_stream=dac, **kw)
+        super().__init__(model, plan, group_size, "gptq", calib, fp_stream=dac or drift, **kw)
         self.dsq, self.dac, self.iters, self.dac_input = dsq, dac, iters, dac_input
-        self.heldout = heldout if dac else None
+        self.drift = drift
+        self.heldout = heldout if (dac or drift) else None
         self.mu: dict[int, torch.Tensor] = {}
         self.dsq_errors: dict[int, list[float]] = {}
         self.c: dict[int, torch.Tensor] = {}
         self.dac_calib: dict[int, dict] = {}
         self.dac_heldout: dict[int, dict] = {}
+        self.drift_calib: dict[int, float] = {}
+        self.drift_heldout: dict[int, float] = {}
 
     def start(self, x: Stream) -> None:
         if self.heldout is not None:
@@ -144,14 +166,23 @@ class D2QuantQuantizer(SequentialQuantizer):
             self.h_fp = self.h_q.clone()
 
     def after_attention(self, i, layer, fp_layer, x, x_fp) -> None:
+        stream = None
+        if self.drift:
+            # the quantized model so far (this layer's attention quantized, no bias yet) on its
+            # own stream against the float model on the float stream
+            stream = deviation(fp_layer, x_fp, layer, x)
+            self.drift_calib[i] = ratio(*stream)
         if not self.dac:
             return
-        # H̃: the quantized layer (attention already quantized) on its own stream, or on the
-        # float stream's input (--dac-input float: this layer's deviation only).
-        src = x if self.dac_input == "quantized" else x_fp
-        mu, scale = deviation(fp_layer, x_fp, layer, src)  # DAC: μ = mean_t (H_t − H̃_t)
+        # DAC: μ = mean_t (H_t − H̃_t) at the post-attention norm, the float layer and the
+        # quantized layer (attention already quantized) on the reading's inputs
+        a, b = reading_inputs(self.dac_input, x_fp, x)
+        if stream is not None and self.dac_input == "quantized":
+            mu, scale = stream
+        else:
+            mu, scale = deviation(fp_layer, a, layer, b)
         layer.post_attention_layernorm = NormWithBias(layer.post_attention_layernorm, mu)
-        after, _ = deviation(fp_layer, x_fp, layer, src)
+        after, _ = deviation(fp_layer, a, layer, b)
         self.mu[i] = mu
         self.dac_calib[i] = {"before": ratio(mu, scale), "after": ratio(after, scale)}
 
@@ -182,18 +213,25 @@ class D2QuantQuantizer(SequentialQuantizer):
         self.c[i] = res.c.cpu()
 
     def after_layer(self, i, layer, fp_layer, x, x_fp) -> None:
-        if not self.dac:
+        if self.dac:
+            bias_into_mlp(layer, self.mu[i])
+        if self.heldout is None:
             return
-        bias_into_mlp(layer, self.mu[i])
-        if self.heldout is not None:
-            # Held-out text through the finished quantized layer and the float one: the mean
-            # deviation at the norm without this layer's bias (before) and with it (after).
-            d, scale = deviation(fp_layer, self.h_fp, layer, self.h_q)
+        # Held-out text through the finished quantized layer and the float one (the layer's
+        # bias now sits in gate/up, so the norm outputs are without it): the stream drift, and
+        # under the DAC reading the mean deviation without this layer's bias (before) and with
+        # it (after).
+        stream = deviation(fp_layer, self.h_fp, layer, self.h_q)
+        if self.drift:
+            self.drift_heldout[i] = ratio(*stream)
+        if self.dac:
+            a, b = reading_inputs(self.dac_input, self.h_fp, self.h_q)
+            d, scale = stream if self.dac_input == "quantized" else deviation(fp_layer, a, layer, b)
             self.dac_heldout[i] = {
                 "before": ratio(d, scale),
                 "after": ratio(d - self.mu[i], scale),
             }
-            self.h_q, self.h_fp = advance(layer, self.h_q), advance(fp_layer, self.h_fp)
+        self.h_q, self.h_fp = advance(layer, self.h_q), advance(fp_layer, self.h_fp)
 
     def run(self):
         out = super().run()
@@ -247,6 +285,18 @@ def stats_record(job: Job, q: D2QuantQuantizer, meta: dict) -> dict:
                 series(f"{tag} mean shift before DAC", ls, before, "layer", "|mu| / rms"),
                 series(f"{tag} mean shift after DAC", ls, after, "layer", "|mu| / rms"),
             ]
+    for tag, src in (("drift_calib", q.drift_calib), ("drift_heldout", q.drift_heldout)):
+        if not src:
+            continue
+        ls = sorted(src)
+        vals = [src[i] for i in ls]
+        metrics += [
+            metric(tag, "drift_mean", sum(vals) / len(vals), higher_is_better=False),
+            metric(tag, "drift_max", max(vals), higher_is_better=False),
+        ]
+        curves.append(
+            series(f"{tag}: stream mean drift before DAC", ls, vals, "layer", "|mu| / rms")
+        )
     s = meta["size"]
     metrics += [
         metric("size", "avg_bits", s["avg_bits"], higher_is_better=False),
@@ -277,7 +327,7 @@ def run(job: Job) -> None:
     source = calib_source(cfg, args.calib)
     calib = calibration_ids(tok, source, n_calib, seq_len, job.seed)
     heldout = None
-    if args.dac and args.heldout:
+    if args.heldout:
         heldout = calibration_ids(tok, args.heldout, n_calib, seq_len, job.seed + 1)
     # DAC compares the float model's stream with the quantized one at every layer (Fig. 3): the
     # float stream is computed from a float copy of the current layer only (SequentialQuantizer,
@@ -350,9 +400,10 @@ def main(argv=None) -> None:
     ap.add_argument("--no-dac", dest="dac", action="store_false")
     ap.add_argument(
         "--dac-input",
-        default="quantized",
+        default="float",
         choices=DAC_INPUTS,
-        help="H̃'s input: 'quantized' (own stream, default) or 'float' (float stream's input)",
+        help="the attentions' input for μ: 'float' (the figure's reading, default), 'quantized' "
+        "(each model on its own stream: sequential) or 'quantized_both'",
     )
     ap.add_argument("--record", help="run record (suite d2quant)")
     run_job(ap, run, argv, errors=(QuantConfigError, FileNotFoundError))

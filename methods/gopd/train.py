@@ -19,6 +19,7 @@ validation file, the same in every arm), so the checks between arms pair documen
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -31,9 +32,15 @@ from claimbench.records import metric, series
 from methods.gopd.baselines import train_teacher_sft
 from methods.gopd.objective import check_lambda, gopd_advantage, gopd_loss, route_teacher
 from methods.posttrain.cli import save_artifact
+from methods.posttrain.engine import (
+    drop_checkpoints,
+    is_main_process,
+    job_engine_kwargs,
+    save_pretrained,
+)
 from methods.posttrain.loops import greedy_scores, problem_lines, valid_rows
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
-from methods.posttrain.rewards import RewardStats, correctness_reward, load_problems
+from methods.posttrain.rewards import RewardStats, load_problems, reward_function
 from methods.posttrain.sampling import sample, stop_token_ids
 from methods.posttrain.tokens import (
     entropy_from_logits,
@@ -54,8 +61,16 @@ def train_gopd(
     cfg: dict,
     seed: int,
     routes: dict | None = None,
+    engine=None,
+    ckpt_dir=None,
+    meta: dict | None = None,
 ):
-    """Returns one log row per optimiser step."""
+    """Returns one log row per optimiser step.
+
+    ``engine`` (methods/posttrain/engine.py, the paper scale) runs each step through
+    ``gopd_step`` (the same advantage and loss, micro-batched, distributed) and checkpoints
+    every ``checkpoint_every`` steps in ``ckpt_dir``; a rerun resumes there (segments in
+    ``meta``). Without it this plain loop runs (tiny, small)."""
     lam = check_lambda(lam)
     if lam != 1.0 and ref is None:
         raise ValueError(f"G-OPD with lambda={lam} needs a reference model (pi_ref)")
@@ -64,10 +79,23 @@ def train_gopd(
     opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
     stats = RewardStats()
     rows = []
+    policy, start = student, 0
+    if engine is not None:
+        from methods.posttrain.engine import LoopState, _finish, _maybe_save, _start, gopd_step
+
+        student, opt = engine.prepare(student, opt)
+        teachers = {k: engine.prepare_frozen(m) for k, m in teachers.items()}
+        ref = engine.prepare_frozen(ref)
+        policy = engine.accelerator.unwrap_model(student)  # rollouts: every rank, same seed
+        state = LoopState(rng)
+        start = last_saved = _start(engine, state, ckpt_dir)
+        rows = state.rows
     for step in tqdm(range(cfg["steps"]), desc="g-opd", mininterval=2.0, dynamic_ncols=True):
+        if step < start:
+            continue  # resumed: the checkpoint restored the rng as it was after these steps
         chosen = [problems[rng.randrange(len(problems))] for _ in range(cfg["prompts_per_step"])]
         ro = sample(
-            student,
+            policy,
             tok,
             [p["prompt"] for p in chosen],
             n=cfg["n"],
@@ -81,6 +109,30 @@ def train_gopd(
             (routes or {}).get(chosen[i]["family"], "teacher") if routes else next(iter(teachers))
             for i in ro.prompt_index
         ]
+        if engine is not None:
+            row = gopd_step(
+                engine,
+                student,
+                opt,
+                b,
+                teachers,
+                names,
+                ref,
+                lam,
+                grad_clip=cfg.get("grad_clip", 1.0),
+            )
+            rewards, fails = reward_function(cfg.get("reward", "arith"))(
+                ro.texts, [chosen[i]["answer"] for i in ro.prompt_index], stats
+            )
+            row = {
+                "step": step + 1,
+                "reward": sum(rewards) / len(rewards),
+                "format_failures": int(sum(fails)),
+                **{k: v for k, v in row.items() if k != "step"},
+            }
+            state.rows.append(row)
+            last_saved = _maybe_save(engine, state, ckpt_dir, start, step + 1, last_saved)
+            continue
         with torch.no_grad():
             old = token_logprobs(student, b)
             t_lp = route_teacher(
@@ -96,7 +148,8 @@ def train_gopd(
         # not a schema default: the key would enter every run's record config (its run id)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.get("grad_clip", 1.0))
         opt.step()
-        rewards, fails = correctness_reward(
+        # logged only; the paper scale's \boxed{} answers are checked by math-verify
+        rewards, fails = reward_function(cfg.get("reward", "arith"))(
             ro.texts, [chosen[i]["answer"] for i in ro.prompt_index], stats
         )
         with torch.no_grad():
@@ -113,6 +166,9 @@ def train_gopd(
             if r_lp is not None:
                 row["implicit_reward"] = float((((t_lp - r_lp) * mask).sum(1)).mean())
         rows.append(row)
+    if engine is not None:
+        _finish(state, meta, start, cfg["steps"])
+        rows = state.rows
     student.eval()
     return rows, stats
 
@@ -145,6 +201,24 @@ def domain_metrics(model, tok, valid: str, cfg: dict) -> tuple[list[dict], list[
         out.append(valid_metric(f"valid_{name}", acc))
         rows += valid_rows(f"valid_{name}", per_doc, lines)
     return out, rows
+
+
+def dataset_problems(scale_config: dict, cfg: dict, tok) -> list[dict]:
+    """Paper scale: the prompts of the scale's data set ``train.dataset`` (DeepMath-103K,
+    difficulty >= 6; methods/posttrain/DATA.md) in ``train.prompt_format`` (Qwen3 non-thinking,
+    the boxed instruction after the question). G-OPD trains on the teacher's log-probs only; the
+    answers feed the logged (never trained on) correctness curve."""
+    from methods.posttrain.data import format_prompt, load_named
+
+    return [
+        {
+            "id": r["id"],
+            "prompt": format_prompt(tok, r["prompt"], cfg["prompt_format"]),
+            "answer": r["answer"],
+            "family": cfg["dataset"],
+        }
+        for r in load_named(scale_config, cfg["dataset"])
+    ]
 
 
 def run_config(job: Job) -> dict:
@@ -183,16 +257,35 @@ def run(job: Job) -> None:
             raise ValueError(f"G-OPD with lambda={lam} needs --ref (pi_ref)")
         ref, rtok = load_model(args.ref, **load)
         check_same_tokenizer(tok, rtok, "reference")
-    problems = load_problems(args.train)
+    problems = (
+        dataset_problems(job.scale_config, cfg, tok)
+        if cfg.get("dataset")
+        else load_problems(args.train)
+    )
+    # the paper scale's engine (accelerate; checkpoints and resume); {} at tiny and small
+    run_meta: dict = {}
+    ek = job_engine_kwargs(job, run_meta) if args.method == "gopd" else {}
+    if args.method != "gopd" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"--method {args.method}: SFT on teacher samples runs in one process "
+            f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); give the job one GPU"
+        )
     if args.method == "gopd":
         rows, stats = train_gopd(
-            student, tok, teachers, ref, problems, lam, cfg, job.seed, cfg.get("routes")
+            student, tok, teachers, ref, problems, lam, cfg, job.seed, cfg.get("routes"), **ek
         )
     else:
         rows, stats = train_teacher_sft(
             student, tok, teachers, problems, cfg, job.seed, cfg.get("routes")
         )
-    save_artifact(student, tok, job.out, rows)
+    if ek:
+        save_pretrained(ek, student, tok, job.out)
+        if not is_main_process(ek):
+            return  # rank 0 evaluates and writes the record and meta.json
+        student = ek["engine"].accelerator.unwrap_model(student)
+        atomic_write_jsonl(Path(job.out) / "train_log.jsonl", rows)
+    else:
+        save_artifact(student, tok, job.out, rows)
     acc, per_doc = greedy_scores(student, tok, load_problems(args.valid), cfg["max_new_tokens"])
     per_domain, domain_rows = domain_metrics(student, tok, args.valid, cfg)
     samples = Path(args.record).with_suffix(".samples.jsonl")
@@ -283,7 +376,9 @@ def run(job: Job) -> None:
         },
         config=cfg_rec,
         provenance=prov,
+        **run_meta,
     )
+    drop_checkpoints(ek)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -136,9 +136,17 @@ def train_rl(
     *,
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
+    engine=None,
+    ckpt_dir=None,
+    meta: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """PPO (``cfg['algo'] == 'ppo'``) or GRPO on the arithmetic world. Returns the per-step
-    training rows and the greedy evaluation rows (step 0 = the start model)."""
+    training rows and the greedy evaluation rows (step 0 = the start model).
+
+    ``engine`` (methods/posttrain/engine.py, the paper scale; PPO only) runs each step through
+    ``ppo_step`` (the same GAE, whitening, value and surrogate losses of this module,
+    micro-batched and distributed) and checkpoints every ``checkpoint_every`` steps in
+    ``ckpt_dir``; a rerun resumes there (segments in ``meta``)."""
     algo = cfg["algo"]
     if algo not in ("ppo", "grpo"):
         raise ValueError(f"algo must be ppo or grpo, got {algo!r}")
@@ -150,7 +158,6 @@ def train_rl(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     stop = stop_token_ids(tok)
-    clip, ent_coef = cfg["clip_ratio"], cfg["entropy_coef"]
     max_new = int(cfg["max_new_tokens"])
     actor_opt = torch.optim.AdamW(model.parameters(), lr=cfg["actor_lr"], weight_decay=0.0)
     critic = critic_opt = None
@@ -158,13 +165,35 @@ def train_rl(
         critic = Critic(model).to(model.device)
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg["critic_lr"], weight_decay=0.0)
     every = int(cfg["eval_every"])
-    evals = [{"step": 0, **greedy_eval(model, tok, valid, max_new)}]
+    policy, start = model, 0
+    if engine is not None:
+        from methods.posttrain.engine import LoopState, _finish, _maybe_save, _start, ppo_step
+
+        if algo != "ppo" or int(cfg.get("ppo_epochs", 1)) != 1:
+            raise ValueError(
+                f"engine: runs PPO with one epoch per batch only (algo={algo!r}, "
+                f"ppo_epochs={cfg.get('ppo_epochs', 1)})"
+            )
+        model, actor_opt, critic, critic_opt = engine.prepare(model, actor_opt, critic, critic_opt)
+        policy = engine.accelerator.unwrap_model(model)  # rollouts and evaluations
+        state = LoopState(rng)
+        start = last_saved = _start(engine, state, ckpt_dir)
+    evals = [{"step": 0, **greedy_eval(policy, tok, valid, max_new)}]
     rows = []
+    if start:
+        rows = list(state.rows)
+        evals += [
+            {"step": r["step"], **{k[5:]: v for k, v in r.items() if k.startswith("eval_")}}
+            for r in rows
+            if any(k.startswith("eval_") for k in r)
+        ]
     bar = tqdm(range(steps), desc=algo, mininterval=2.0, dynamic_ncols=True)
     for step in bar:
+        if step < start:
+            continue  # resumed: the checkpoint restored the rng as it was after these steps
         chosen = [problems[rng.randrange(len(problems))] for _ in range(cfg["prompts_per_step"])]
         ro = sample(
-            model,
+            policy,
             tok,
             [p["prompt"] for p in chosen],
             n=n,
@@ -176,44 +205,22 @@ def train_rl(
         out = reward(ro.texts, [chosen[i]["answer"] for i in ro.prompt_index], n, step)
         r = torch.tensor(out["rewards"], dtype=torch.float32, device=model.device)
         mask = ro.batch.loss_mask
-        with torch.no_grad():
-            old_logp = gather_logp(shifted_logits(model, ro.batch), ro.batch.input_ids)
-            if algo == "ppo":
-                v_old = critic(ro.batch) * mask
-                adv, returns = gae(
-                    terminal_rewards(r, mask),
-                    v_old,
-                    mask,
-                    cfg["gamma"],
-                    cfg["lam"],
-                )
-                adv = masked_whiten(adv, mask)
-            else:
-                adv = group_advantages(r, n)[:, None] * mask
-        model.train()
-        stats = {}
-        # ppo_epochs has no schema default: the key would enter every run's record config
-        for _ in range(int(cfg.get("ppo_epochs", 1))):
-            if algo == "ppo":
-                critic.train()
-                v = critic(ro.batch)
-                vloss = clipped_value_loss(v, v_old, returns, mask, cfg["value_clip"])
-                critic_opt.zero_grad(set_to_none=True)
-                vloss.backward()
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg["grad_clip"])
-                critic_opt.step()
-                stats["value_loss"] = float(vloss.detach())
-            if algo == "grpo" or step >= int(cfg["critic_warmup"]):
-                logits = shifted_logits(model, ro.batch)
-                logp = gather_logp(logits, ro.batch.input_ids)
-                pg, clipfrac = clipped_surrogate(logp, old_logp, adv, mask, clip)
-                ent = masked_mean(entropy_from_logits(logits), mask)
-                loss = pg - ent_coef * ent
-                actor_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                actor_opt.step()
-                stats.update(pg_loss=float(pg.detach()), clip_frac=clipfrac)
+        if engine is not None:
+            stats = ppo_step(
+                engine,
+                model,
+                actor_opt,
+                critic,
+                critic_opt,
+                ro.batch,
+                r,
+                cfg,
+                update_actor=step >= int(cfg["critic_warmup"]),
+            )
+        else:
+            stats = _plain_update(
+                model, critic, actor_opt, critic_opt, ro, r, mask, cfg, algo, n, step
+            )
         model.eval()
         row = {
             "step": step + 1,
@@ -227,9 +234,58 @@ def train_rl(
         }
         rows.append(row)
         if (step + 1) % every == 0 or step + 1 == steps:
-            evals.append({"step": step + 1, **greedy_eval(model, tok, valid, max_new)})
+            evals.append({"step": step + 1, **greedy_eval(policy, tok, valid, max_new)})
             row.update({f"eval_{k}": v for k, v in evals[-1].items() if k != "step"})
         bar.set_postfix(reward=f"{row['reward']:.2f}", refresh=False)
         if log:
             log(row)
+        if engine is not None:
+            state.rows = rows
+            last_saved = _maybe_save(engine, state, ckpt_dir, start, step + 1, last_saved)
+    if engine is not None:
+        _finish(state, meta, start, steps)
     return rows, evals
+
+
+def _plain_update(model, critic, actor_opt, critic_opt, ro, r, mask, cfg, algo, n, step) -> dict:
+    """One PPO (or GRPO) update of the plain loop (tiny, small) on the step's rollouts."""
+    clip, ent_coef = cfg["clip_ratio"], cfg["entropy_coef"]
+    with torch.no_grad():
+        old_logp = gather_logp(shifted_logits(model, ro.batch), ro.batch.input_ids)
+        if algo == "ppo":
+            v_old = critic(ro.batch) * mask
+            adv, returns = gae(
+                terminal_rewards(r, mask),
+                v_old,
+                mask,
+                cfg["gamma"],
+                cfg["lam"],
+            )
+            adv = masked_whiten(adv, mask)
+        else:
+            adv = group_advantages(r, n)[:, None] * mask
+    model.train()
+    stats = {}
+    # ppo_epochs has no schema default: the key would enter every run's record config
+    for _ in range(int(cfg.get("ppo_epochs", 1))):
+        if algo == "ppo":
+            critic.train()
+            v = critic(ro.batch)
+            vloss = clipped_value_loss(v, v_old, returns, mask, cfg["value_clip"])
+            critic_opt.zero_grad(set_to_none=True)
+            vloss.backward()
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg["grad_clip"])
+            critic_opt.step()
+            stats["value_loss"] = float(vloss.detach())
+        if algo == "grpo" or step >= int(cfg["critic_warmup"]):
+            logits = shifted_logits(model, ro.batch)
+            logp = gather_logp(logits, ro.batch.input_ids)
+            pg, clipfrac = clipped_surrogate(logp, old_logp, adv, mask, clip)
+            ent = masked_mean(entropy_from_logits(logits), mask)
+            loss = pg - ent_coef * ent
+            actor_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            actor_opt.step()
+            stats.update(pg_loss=float(pg.detach()), clip_frac=clipfrac)
+    return stats

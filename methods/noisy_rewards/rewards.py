@@ -6,8 +6,13 @@
   once per group of n consecutive rollouts, never applied to format failures.
 * ``ReasoningPatternReward`` (RPR): min(cap, weight x #distinct phrases present)
   minus the n-gram repetition penalty, floored at 0; 0 without an extractable answer.
-* ``SimulatedRM`` (README: simulated RM): a score in [0, 1] whose side of 0.5 agrees with
-  correctness with probability ``accuracy``; ``calibrate``: s < tau -> min(1, s + alpha RPR).
+* ``SimulatedRM`` (README: simulated RM): with ``variance`` (the paper's RMs, Section 5), a
+  continuous score in [0, 1] whose *pairwise* accuracy (a correct output scores above a wrong
+  one) is ``accuracy`` and whose variance is the paper's; without it, the two-point score whose
+  side of 0.5 agrees with correctness with probability ``accuracy``; ``calibrate``: s < tau ->
+  min(1, s + alpha RPR).
+* ``shuffle_rewards``: the null reward: the batch's rewards permuted over its rollouts (the
+  reward rate kept, its link to the output cut).
 """
 
 from __future__ import annotations
@@ -124,45 +129,155 @@ def calibrate(score: float, rpr: float, tau: float = 0.5, alpha: float = 0.1) ->
     return score if score >= tau else min(1.0, score + alpha * rpr)
 
 
+def rm_score_law(accuracy: float, variance: float) -> tuple[float, float]:
+    """(d, sigma) of the continuous simulated RM: scores clip(N(0.5 + d, sigma^2), 0, 1) for
+    correct and clip(N(0.5 - d, sigma^2), 0, 1) for wrong outputs, solved so that on the
+    *clipped* scores the pairwise accuracy P(correct above wrong) + P(tie) / 2 is ``accuracy``
+    (the paper's RM accuracy is pairwise, Section 5) and the variance over a balanced mix is
+    ``variance`` (the paper's RMs: 0.0672 / 0.1161 / 0.1937 at 65 / 75 / 85%)."""
+    if not 0.5 < accuracy < 1.0:
+        raise ValueError(f"RM accuracy must be in (0.5, 1) for a score law, got {accuracy}")
+    if not (0 < variance < 0.25):
+        raise ValueError(
+            f"RM score variance must be in (0, 0.25) for scores in [0, 1], got {variance!r}"
+        )
+
+    def d_for(sigma: float) -> float:
+        lo, hi = 0.0, 0.5 + 6 * sigma
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _clipped_pairwise(mid, sigma) < accuracy else (lo, mid)
+        return (lo + hi) / 2
+
+    lo, hi = 1e-3, 20.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if _clipped_mix_variance(d_for(mid), mid) < variance:
+            lo = mid
+        else:
+            hi = mid
+    sigma = (lo + hi) / 2
+    d = d_for(sigma)
+    if abs(_clipped_mix_variance(d, sigma) - variance) > 1e-3:
+        raise ValueError(
+            f"no RM score law in [0, 1] has pairwise accuracy {accuracy} and variance {variance}"
+        )
+    return d, sigma
+
+
+def _cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _clipped_pairwise(d: float, sigma: float, grid: int = 200) -> float:
+    """P(Y_good > Y_bad) + P(Y_good = Y_bad) / 2 for Y = clip(N(0.5 +- d, sigma^2), 0, 1)."""
+    mg, mb = 0.5 + d, 0.5 - d
+    g0, g1 = _cdf(-mg / sigma), 1.0 - _cdf((1.0 - mg) / sigma)
+    b0, b1 = _cdf(-mb / sigma), 1.0 - _cdf((1.0 - mb) / sigma)
+    inner, h = 0.0, 1.0 / grid
+    for i in range(grid):  # the good score inside (0, 1): above the bad one's mass below it
+        x0, x1 = i * h, (i + 1) * h
+        mass = _cdf((x1 - mg) / sigma) - _cdf((x0 - mg) / sigma)
+        inner += mass * _cdf(((x0 + x1) / 2 - mb) / sigma)
+    return inner + g1 * (1.0 - b1) + 0.5 * (g0 * b0 + g1 * b1)
+
+
+def _clipped_moments(mu: float, sigma: float) -> tuple[float, float]:
+    """(E[Y], E[Y^2]) of Y = clip(X, 0, 1), X ~ N(mu, sigma^2)."""
+    a, b = -mu / sigma, (1.0 - mu) / sigma
+    cdf = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    pdf = lambda x: math.exp(-x * x / 2.0) / math.sqrt(2.0 * math.pi)  # noqa: E731
+    inside = cdf(b) - cdf(a)
+    m1 = mu * inside + sigma * (pdf(a) - pdf(b)) + (1.0 - cdf(b))
+    m2 = (
+        (mu * mu + sigma * sigma) * inside
+        + 2.0 * mu * sigma * (pdf(a) - pdf(b))
+        + sigma * sigma * (a * pdf(a) - b * pdf(b))
+        + (1.0 - cdf(b))
+    )
+    return m1, m2
+
+
+def _clipped_mix_variance(d: float, sigma: float) -> float:
+    (m1a, m2a), (m1b, m2b) = _clipped_moments(0.5 + d, sigma), _clipped_moments(0.5 - d, sigma)
+    mean = (m1a + m1b) / 2.0
+    return (m2a + m2b) / 2.0 - mean * mean
+
+
+def _probit(p: float) -> float:
+    """Inverse standard normal CDF (bisection on erf; exact to ~1e-12)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 class SimulatedRM:
     """A reward model of controlled accuracy on the arithmetic world (README: simulated RM).
 
-    The RM's verdict agrees with correctness with probability ``accuracy``; its score is
-    0.5 + kappa (+1 if it judges the output correct, -1 otherwise) with kappa = accuracy - 0.5,
-    so the score variance shrinks toward 0.5 as accuracy drops (as the paper's RMs' variances do).
+    With ``variance`` (the paper's reading, Section 5: an RM trained by MSE on binary labels
+    gives a continuous score; its accuracy is pairwise): correct outputs score
+    N(0.5 + d, sigma^2), wrong ones N(0.5 - d, sigma^2), clipped to [0, 1] (``rm_score_law``).
+    Without it (the earlier two-point RM): the verdict agrees with correctness with probability
+    ``accuracy`` and the score is 0.5 +- (accuracy - 0.5), so no score lies within
+    accuracy - 0.5 of tau = 0.5 and a calibration of at most alpha can move none across it.
     Malformed outputs (no final answer) score 0 (the paper multiplies their RM score by 0)."""
 
-    def __init__(self, accuracy: float):
+    def __init__(self, accuracy: float, variance: float | None = None):
         check_probability(accuracy, "RM accuracy")
         if accuracy < 0.5:
             raise ValueError(f"RM accuracy must be >= 0.5 (better than chance), got {accuracy}")
         self.accuracy, self.kappa = float(accuracy), float(accuracy) - 0.5
+        self.variance = None if variance is None else float(variance)
+        self.law = None if variance is None else rm_score_law(self.accuracy, self.variance)
 
     def score(
         self, correct: Sequence[float], fails: Sequence[bool], rng: random.Random
     ) -> list[float]:
         out = []
         for c, f in zip(correct, fails, strict=True):
+            if self.law is not None:
+                d, sigma = self.law
+                s = rng.gauss(0.5 + (d if c > 0.5 else -d), sigma)
+                out.append(0.0 if f else min(1.0, max(0.0, s)))
+                continue
             agree = rng.random() < self.accuracy
             verdict = (c > 0.5) if agree else (c <= 0.5)
             out.append(0.0 if f else 0.5 + self.kappa * (1.0 if verdict else -1.0))
         return out
 
 
+def shuffle_rewards(rewards: Sequence[float], rng: random.Random) -> list[float]:
+    """The null reward: the same rewards in a random order over the batch's rollouts."""
+    out = list(map(float, rewards))
+    rng.shuffle(out)
+    return out
+
+
+KINDS = ("correct", "rpr", "rm", "shuffled")
+
+
 class RewardFunction:
-    """The training reward of one run: ``kind`` correct | rpr | rm, optional group flips with
+    """The training reward of one run: ``kind`` correct | rpr | rm | shuffled (the null: the
+    batch's correctness rewards permuted over its rollouts), optional group flips with
     probability ``flip_p``, optional RPR calibration of the RM. Seeded per step."""
 
     def __init__(self, cfg: dict, seed: int = 0):
         self.kind = cfg.get("kind", "correct")
-        if self.kind not in ("correct", "rpr", "rm"):
-            raise ValueError(f"reward kind must be correct, rpr or rm, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"reward kind must be one of {KINDS}, got {self.kind!r}")
         self.p = check_probability(cfg.get("flip_p", 0.0))
         r = cfg.get("rpr", {})
         self.rpr = ReasoningPatternReward(
             r.get("phrases", WORLD_PHRASES), r.get("weight"), r.get("cap", 1.0), r.get("ngram", 5)
         )
-        self.rm = SimulatedRM(cfg["rm_accuracy"]) if self.kind == "rm" else None
+        self.rm = (
+            SimulatedRM(cfg["rm_accuracy"], cfg.get("rm_variance")) if self.kind == "rm" else None
+        )
         self.calibrated = bool(cfg.get("calibrate", False))
         self.tau, self.alpha = float(cfg.get("tau", 0.5)), float(cfg.get("alpha", 0.1))
         self.seed = seed
@@ -172,6 +287,8 @@ class RewardFunction:
         correct, fails = correctness(texts, answers)
         if self.kind == "correct":
             rewards = list(correct)
+        elif self.kind == "shuffled":  # null: correctness rewards, permuted over the batch
+            rewards = shuffle_rewards(correct, rng)
         elif self.kind == "rpr":  # correctness never checked (RPR-only)
             rewards = [self.rpr(t) for t in texts]
         else:

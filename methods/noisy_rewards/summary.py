@@ -13,8 +13,12 @@ Reads the ``train`` records of the RL runs (variant names ``p<p>``, ``rpr``, ``w
   (censored); ``n3_monotone_violations``: adjacent decreases of that curve over increasing p;
 * ``n4_rpr_gain_fraction`` = (RPR peak - start) / (clean peak - start) (only when the clean run
   gained);
-* ``robustness_gap@base`` / ``@weak`` = peak(p=0) - peak(p=0.4) and ``n5_gap_difference`` =
-  weak gap - base gap.
+* ``robustness_gap@base`` / ``@weak`` = peak(p=0) - peak(p=0.4); N5's premise (the paper's
+  weaker base is the less accurate one, App. A): ``start_accuracy@base`` / ``@weak`` (the p = 0
+  runs' step-0 greedy accuracy, mean over seeds) and ``n5_premise_gap`` = start(B) -
+  start(B_weak); ``n5_gap_difference`` = weak gap - base gap only when the premise holds
+  (``n5_premise_gap`` > 0): with a B_weak at least as accurate as B the comparison does not
+  test the paper's claim and is left out (the claim cannot be decided).
 """
 
 from __future__ import annotations
@@ -108,6 +112,13 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[dict]]:
         if 0.0 not in arms:
             continue
         clean = runs[arms[0.0]]
+        metrics.append(
+            metric(
+                group,
+                "start_accuracy",
+                mean([_metric(r, "start_accuracy") for r in clean.values()]),
+            )
+        )
         steps = {}
         for p, arm in arms.items():
             per_seed = []
@@ -160,8 +171,12 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[dict]]:
                 if cg > 0:
                     metrics.append(metric("base", "n4_rpr_gain_fraction", rg / cg))
     gaps = {m["task"]: m["value"] for m in metrics if m["metric"] == "robustness_gap"}
-    if {"base", "weak"} <= set(gaps):
-        metrics.append(metric("weak", "n5_gap_difference", gaps["weak"] - gaps["base"]))
+    starts = {m["task"]: m["value"] for m in metrics if m["metric"] == "start_accuracy"}
+    if {"base", "weak"} <= set(starts):
+        premise = starts["base"] - starts["weak"]
+        metrics.append(metric("weak", "n5_premise_gap", premise))
+        if {"base", "weak"} <= set(gaps) and premise > 0:
+            metrics.append(metric("weak", "n5_gap_difference", gaps["weak"] - gaps["base"]))
     return metrics, curves
 
 

@@ -4,6 +4,7 @@
     python -m methods.nsds.cli study    <job> --model A --scores D --text valid.jsonl --details F
     python -m methods.nsds.cli quantize <job> --model A --scores D --method nsds --budget 3 ...
     python -m methods.nsds.cli import-scores <job> --model A --method mi --sensitivity S
+    python -m methods.nsds.cli draws    <job> --records d0/lm_eval.json,d1/lm_eval.json,...
 
 ``<job>`` is ``--scale --paper nsds --variant --out`` (and optionally ``--seed --threads
 --device --dtype --scale-file``). Settings come from the scale's ``papers.nsds`` section
@@ -37,8 +38,9 @@ from methods.nsds.allocate import (
     plan_from_bits,
     uniform_bits,
 )
+from methods.nsds.baselines import random_scores
 from methods.nsds.methods import IMPORTED, check_methods, score_all
-from methods.nsds.scores import NSDSInputError
+from methods.nsds.scores import NSDSInputError, options_from
 from methods.quant.quantizer import QuantConfigError
 
 USER_ERRORS = (NSDSInputError, BudgetError, QuantConfigError, FileNotFoundError)
@@ -175,6 +177,35 @@ def _read_scores(folder: str, names) -> dict[str, list[float]]:
     return out
 
 
+def _unembed_stats(folder: str, model, energy: float) -> dict:
+    """r/d of the unembedding subspace and the spread of the writing-density weights, from the
+    NSDS scores (``<folder>/nsds.json``); scores written before these were kept give r/d from
+    the model's lm_head alone (no β_WD)."""
+    from methods.nsds.scores import unembedding_stats, unembedding_subspace
+
+    p = Path(folder) / "nsds.json"
+    stats = (json.loads(p.read_text()).get("nsds") or {}).get("unembed") if p.exists() else None
+    if stats:
+        return stats
+    head = model.get_output_embeddings()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return unembedding_stats(unembedding_subspace(head.weight.detach(), energy), [], tied)
+
+
+def _unembed_metrics(u: dict) -> list[dict]:
+    """Metrics of task ``unembed``: is writing density informative on this source?"""
+    rows = [
+        metric("unembed", "rank_ratio", u["rank_ratio"], n=u["dim"], higher_is_better=None),
+        metric("unembed", "rank", u["rank"], higher_is_better=None),
+        metric("unembed", "dim", u["dim"], higher_is_better=None),
+        metric("unembed", "tied", float(u["tied"]), higher_is_better=None),
+    ]
+    for k in ("wd_beta_mean", "wd_beta_min", "wd_beta_max"):
+        if u.get(k) is not None:
+            rows.append(metric("unembed", k, u[k], n=u["wd_beta_n"], higher_is_better=None))
+    return rows
+
+
 def _minmax(s) -> list[float]:
     s = np.asarray(s, dtype=np.float64)
     span = s.max() - s.min()
@@ -207,6 +238,9 @@ def cmd_study(job: Job) -> None:
     ]
     for m, rho in res["spearman"].items():
         metrics.append(metric(m, "spearman_damage", rho, n=res["n_layers"], higher_is_better=True))
+    if "nsds" in names:
+        energy = options_from(cfg.get("nsds")).energy
+        metrics.extend(_unembed_metrics(_unembed_stats(args.scores, model, energy)))
     data_free = [
         res["spearman"][m] for m in ("zd", "mse", "ewq", "kurtboost") if m in res["spearman"]
     ]
@@ -312,17 +346,25 @@ def cmd_quantize(job: Job) -> None:
     args, cfg = job.args, job.config
     b, backend, group_size = args.budget, cfg["backend"], cfg["group_size"]
     src_meta = read_meta(args.model)
+    draw = args.draw
+    if draw < 0 or (draw and args.method != "random"):
+        raise NSDSInputError(f"--draw {draw}: only method random takes a draw >= 1")
+    n_layers = int(
+        json.loads((Path(resolve_pretrained(args.model)) / "config.json").read_text())[
+            "num_hidden_layers"
+        ]
+    )
     if args.method == "uniform":
-        n_layers = int(
-            json.loads((Path(resolve_pretrained(args.model)) / "config.json").read_text())[
-                "num_hidden_layers"
-            ]
-        )
         bits = uniform_bits(n_layers, b)
         scores = None
     else:
         check_methods([args.method], "--method")
-        scores = _read_scores(args.scores, [args.method])[args.method]
+        if draw:
+            # draw k of the random control: its own ranking (seed + k); the GPTQ calibration
+            # windows stay those of the job's seed, so the draws differ only in their plans
+            scores = random_scores(n_layers, job.seed + draw)
+        else:
+            scores = _read_scores(args.scores, [args.method])[args.method]
         bits = layer_bits(scores, b)
     plan = plan_from_bits(bits)
     layer_scores = {
@@ -350,7 +392,13 @@ def cmd_quantize(job: Job) -> None:
         **calib,
         meta_fields={
             "method": args.method,
-            "allocation": {"method": args.method, "budget": b, "backend": backend, "bits": bits},
+            "allocation": {
+                "method": args.method,
+                "budget": b,
+                "backend": backend,
+                "bits": bits,
+                **({"draw": draw, "random_seed": job.seed + draw} if draw else {}),
+            },
             "nsds_source_meta": {k: src_meta.get(k) for k in ("name", "base_model", "kind")},
         },
         extra_files={"layer_scores.json": layer_scores},
@@ -380,7 +428,12 @@ def cmd_quantize(job: Job) -> None:
         method=args.method,
         base_model=meta.get("base_model", ""),
         tasks=["plan", "size"],
-        config={"budget": b, "backend": backend, "group_size": group_size},
+        config={
+            "budget": b,
+            "backend": backend,
+            "group_size": group_size,
+            **({"draw": draw, "random_seed": job.seed + draw} if draw else {}),
+        },
         metrics=[
             metric("plan", "avg_bits_nominal", average_bits(bits), higher_is_better=False),
             metric("plan", "n_high_layers", layer_scores["n_high"], higher_is_better=None),
@@ -395,6 +448,57 @@ def cmd_quantize(job: Job) -> None:
         series=sers,
     )
     job.write_record(record, args.record)
+
+
+def draws_summary(records: list[dict]) -> list[dict]:
+    """Median, min, max and spread (max - min) over the draws of the random control of every
+    (task, metric) that each draw's record holds; n = the number of draws."""
+    keys = [(m["task"], m["metric"]) for m in records[0]["metrics"]]
+    values = {k: [] for k in keys}
+    for r in records:
+        got = {(m["task"], m["metric"]): m for m in r["metrics"]}
+        for k in keys:
+            if k in got:
+                values[k].append(got[k])
+    out = []
+    for (task, name), rows in values.items():
+        if len(rows) != len(records):
+            continue
+        v = np.asarray([row["value"] for row in rows], dtype=np.float64)
+        hib = rows[0]["higher_is_better"]
+        for stat, x, h in (
+            ("median", np.median(v), hib),
+            ("min", v.min(), hib),
+            ("max", v.max(), hib),
+            ("spread", v.max() - v.min(), None),
+        ):
+            out.append(metric(task, f"{name}_{stat}", float(x), n=len(v), higher_is_better=h))
+    return out
+
+
+def cmd_draws(job: Job) -> None:
+    """One record (suite ``random_draws``) summarising the random control's packed draws."""
+    from claimbench.records import load_run_record
+
+    args = job.args
+    paths = args.records.split(",")
+    if len(paths) < 2:
+        raise NSDSInputError(f"--records {args.records!r}: expected two draws or more")
+    records = [load_run_record(p) for p in paths]
+    metrics = draws_summary(records)
+    if not metrics:
+        raise NSDSInputError(f"--records {args.records!r}: no metric common to every draw")
+    record = job.record(
+        suite="random_draws",
+        method="random",
+        base_model=records[0].get("base_model", ""),
+        config={
+            "draws": [r["variant"] for r in records],
+            "suite": sorted({r["suite"] for r in records}),
+        },
+        metrics=metrics,
+    )
+    job.write_record(record)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,7 +539,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="calibration text (backend gptq)")
     p.add_argument("--source", required=True, help="source name (labels)")
     p.add_argument("--record", required=True, help="run record of the plan (suite plan)")
+    p.add_argument(
+        "--draw",
+        type=int,
+        default=0,
+        help="method random: draw k >= 1 ranks layers with seed + k (0: the scores folder's)",
+    )
     p.set_defaults(run=cmd_quantize)
+
+    p = job_sub("draws", "median and spread over the random control's draws", "run record")
+    p.add_argument("--records", required=True, help="comma-separated records, one per draw")
+    p.set_defaults(run=cmd_draws)
     return ap
 
 

@@ -152,6 +152,25 @@ def unembedding_subspace(w_u: torch.Tensor, energy: float = 0.99) -> torch.Tenso
     return vh.T[:, : energy_rank(s, energy)]
 
 
+def unembedding_stats(p_unembed: torch.Tensor, wd_betas, tied: bool) -> dict:
+    """How much writing density (eq. 5) can tell writers apart: r/d of the unembedding subspace
+    P (r/d = 1 when W_U needs every direction of the residual stream for ``energy``: then
+    ``‖Pᵀu‖ = 1`` for every unit u and β_WD ≡ 1 carries nothing) and the spread of the β_WD
+    actually used over every kept writer direction (OV circuits and down_proj)."""
+    d, r = p_unembed.shape
+    b = np.asarray(list(wd_betas), dtype=np.float64)
+    return {
+        "rank": int(r),
+        "dim": int(d),
+        "rank_ratio": r / d,
+        "tied": bool(tied),
+        "wd_beta_mean": float(b.mean()) if b.size else None,
+        "wd_beta_min": float(b.min()) if b.size else None,
+        "wd_beta_max": float(b.max()) if b.size else None,
+        "wd_beta_n": int(b.size),
+    }
+
+
 def se_score(
     w: torch.Tensor,
     role: str,
@@ -159,9 +178,11 @@ def se_score(
     p_unembed: torch.Tensor | None = None,
     notes: list | None = None,
     factors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    wd_betas: list | None = None,
 ) -> float:
     """Role-aware structural expressiveness of one matrix (eqs. 3-6). ``factors`` = (A, B) with
-    ``w = A Bᵀ`` of rank r: the SVD is taken from the factors (:func:`factor_svd`)."""
+    ``w = A Bᵀ`` of rank r: the SVD is taken from the factors (:func:`factor_svd`). The
+    writing-density weights of a writer role are appended to ``wd_betas`` when given."""
     if factors is not None:
         u, s, vh = factor_svd(*factors)
     else:
@@ -187,6 +208,8 @@ def se_score(
                 beta = code_beta
             elif notes is not None:  # the released code raises here; keep the fixed form
                 notes.append(f"down_proj k={k} != r={proj.shape[1]}: released code would crash")
+        if wd_betas is not None:
+            wd_betas.extend(beta.tolist())
     else:
         raise NSDSInputError(f"unknown role {role!r}")
     return capacity_score(s_k * beta, opts.eps)
@@ -360,9 +383,10 @@ def aggregate(raw: dict[str, dict[str, list[float]]], opts: NSDSOptions) -> dict
 
 
 def raw_role_scores(
-    model, opts: NSDSOptions, notes: list | None = None
+    model, opts: NSDSOptions, notes: list | None = None, stats: dict | None = None
 ) -> dict[str, dict[str, list[float]]]:
-    """raw[role][aspect] over layers: NV (kurtosis) and SE (role-aware capacity) per role."""
+    """raw[role][aspect] over layers: NV (kurtosis) and SE (role-aware capacity) per role.
+    ``stats`` (when given) receives :func:`unembedding_stats` of the writing-density weights."""
     geo = model_geometry(model.config)
     layers = decoder_layers(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -374,6 +398,7 @@ def raw_role_scores(
     p_u = unembedding_subspace(head.weight.detach(), opts.energy) if need_se else None
     names = ROLES if opts.roles == "five" else tuple(p.split(".")[1] for p in PROJECTIONS)
     raw = {r: {"nv": [], "se": []} for r in names}
+    wd: list | None = [] if p_u is not None and opts.role_reweighting else None
     for i, layer in enumerate(layers):
         if opts.roles == "seven":  # ablation: the 7 projections alike, beta == 1
             for proj in PROJECTIONS:
@@ -388,7 +413,9 @@ def raw_role_scores(
         ):
             w = layer_weight(layer, proj, i)
             raw[role]["nv"].append(float(excess_kurtosis(w)))
-            raw[role]["se"].append(se_score(w, role, opts, p_u, notes) if need_se else 0.0)
+            raw[role]["se"].append(
+                se_score(w, role, opts, p_u, notes, wd_betas=wd) if need_se else 0.0
+            )
         per_head = {"qk": {"nv": [], "se": []}, "ov": {"nv": [], "se": []}}
         d = model.config.hidden_size
         wide = d >= FACTOR_SVD_MIN_WIDTH and 8 * geo["head_dim"] <= d
@@ -396,11 +423,16 @@ def raw_role_scores(
             for role, (w, ab) in (("qk", qk), ("ov", ov)):
                 per_head[role]["nv"].append(float(excess_kurtosis(w)))
                 per_head[role]["se"].append(
-                    se_score(w, role, opts, p_u, factors=ab if wide else None) if need_se else 0.0
+                    se_score(w, role, opts, p_u, factors=ab if wide else None, wd_betas=wd)
+                    if need_se
+                    else 0.0
                 )
         for role in ("qk", "ov"):  # circuit scores averaged over heads (code)
             for aspect in ("nv", "se"):
                 raw[role][aspect].append(float(np.mean(per_head[role][aspect])))
+    if stats is not None and p_u is not None:
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        stats.update(unembedding_stats(p_u, wd if wd is not None else [], tied))
     return raw
 
 
@@ -418,15 +450,23 @@ def nsds_scores(model, opts: NSDSOptions | None = None, raw_cache: dict | None =
     opts = opts or NSDSOptions()
     key = raw_key(opts)
     if raw_cache is not None and key in raw_cache:
-        raw, notes = raw_cache[key]
+        raw, notes, unembed = raw_cache[key]
     else:
         notes: list[str] = []
+        unembed: dict = {}
         full = opts if raw_cache is None else replace(opts, aspects=("nv", "se"))
-        raw = raw_role_scores(model, full, notes)
+        raw = raw_role_scores(model, full, notes, unembed)
         if raw_cache is not None:
-            raw_cache[key] = (raw, notes)
+            raw_cache[key] = (raw, notes, unembed)
     agg = aggregate(raw, opts)
     scores = agg["scores"]
     if any(not math.isfinite(s) for s in scores):
         raise NSDSInputError(f"non-finite NSDS scores {scores}")
-    return {"scores": scores, "raw": raw, **agg, "options": opts.as_dict(), "notes": notes}
+    return {
+        "scores": scores,
+        "raw": raw,
+        **agg,
+        "options": opts.as_dict(),
+        "notes": notes,
+        "unembed": unembed or None,
+    }

@@ -73,6 +73,18 @@ class SFTKLObjective(SFTObjective):
         return sft + self.beta * kl, {"kl_to_ref": float(kl.detach())}
 
 
+def _engine_on(engine) -> bool:
+    """Whether a scale's ``engine:`` setting routes a loop through the distributed engine."""
+    if engine is None:
+        return False
+    from methods.posttrain.engine import Engine, EngineConfig
+
+    if isinstance(engine, Engine):
+        return True
+    cfg = engine if isinstance(engine, EngineConfig) else EngineConfig.from_dict(engine)
+    return cfg.enabled
+
+
 def _lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / max(1, warmup))
 
@@ -110,14 +122,44 @@ def train_demos(
     start_model=None,
     eval_every: int = 10,
     log: Callable[[dict], None] | None = None,
+    engine: dict | None = None,
+    ckpt_dir: str | Path | None = None,
+    meta: dict | None = None,
 ) -> list[dict]:
     """Run ``steps`` optimiser steps over demonstrations; returns one log row per step.
 
     Every arm sees exactly ``steps * minibatch`` examples in the same order for the same seed
-    (equal token budgets)."""
+    (equal token budgets). ``engine`` (the scale file's ``engine:``; ``kind: accelerate``) runs
+    the same loop through ``methods.posttrain.engine`` (distributed, micro-batched, checkpoints
+    in ``ckpt_dir``, segments appended to ``meta``); absent, this plain loop runs."""
     if steps < 1 or minibatch < 1 or inner_steps < 1:
         raise ValueError(
             f"steps, minibatch and inner_steps must be >= 1 ({steps}, {minibatch}, {inner_steps})"
+        )
+    if _engine_on(engine):
+        from methods.posttrain.engine import train_demos_engine
+
+        return train_demos_engine(
+            engine,
+            model,
+            tok,
+            prompts,
+            completions,
+            objective,
+            steps=steps,
+            minibatch=minibatch,
+            inner_steps=inner_steps,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            grad_clip=grad_clip,
+            seed=seed,
+            eval_batch=eval_batch,
+            start_model=start_model,
+            eval_every=eval_every,
+            log=log,
+            ckpt_dir=ckpt_dir,
+            meta=meta,
         )
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -201,16 +243,45 @@ def train_grpo(
     seed: int = 0,
     reward_fn: Callable | None = None,
     log: Callable[[dict], None] | None = None,
+    stop: str = "newline",
+    engine: dict | None = None,
+    ckpt_dir: str | Path | None = None,
+    meta: dict | None = None,
 ) -> tuple[list[dict], RewardStats]:
     """GRPO with a binary correctness reward, one optimiser step per rollout batch (on-policy, so
     the PPO ratio is 1 and clipping never fires), token-mean loss -A_i * log pi_theta, no KL term.
     ``reward_fn(texts, answers, stats) -> (rewards, format_fail_flags)`` defaults to correctness.
+    ``stop``: rollouts end at a newline (tiny, small) or only at EOS / the template's end token
+    (``"eos"``, the paper scale; ``sampling.stop_token_ids``). ``engine`` / ``ckpt_dir`` /
+    ``meta``: as in :func:`train_demos`.
     """
     if n < 2:
         raise ValueError(f"GRPO needs n >= 2 rollouts per prompt, got {n}")
+    if _engine_on(engine):
+        from methods.posttrain.engine import train_grpo_engine
+
+        return train_grpo_engine(
+            engine,
+            model,
+            tok,
+            problems,
+            steps=steps,
+            prompts_per_step=prompts_per_step,
+            n=n,
+            lr=lr,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            grad_clip=grad_clip,
+            seed=seed,
+            reward_fn=reward_fn,
+            log=log,
+            stop=stop,
+            ckpt_dir=ckpt_dir,
+            meta=meta,
+        )
     reward_fn = reward_fn or correctness_reward
     stats = RewardStats()
-    stop = stop_token_ids(tok)
+    stop_ids = stop_token_ids(tok, stop)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rows = []
@@ -225,7 +296,7 @@ def train_grpo(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed * 100003 + step,
-            stop_ids=stop,
+            stop_ids=stop_ids,
         )
         answers = [chosen[i]["answer"] for i in ro.prompt_index]
         rewards, fails = reward_fn(ro.texts, answers, stats)

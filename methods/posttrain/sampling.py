@@ -1,7 +1,9 @@
 """Rollouts from any causal LM with a KV cache (``model.generate(use_cache=True)``).
 
-Prompts are left-padded for generation; a rollout stops at EOS or at the first token whose text
-contains a newline (the arithmetic world's completions are one line), and the returned ``Batch``
+Prompts are left-padded for generation. With ``stop="newline"`` (tiny and small: the arithmetic
+world's completions are one line) a rollout stops at EOS or at the first token whose text contains
+a newline; with ``stop="eos"`` (the paper scale: long chains of thought span many lines) it stops
+only at EOS or the chat template's end token, or after ``max_new_tokens``. The returned ``Batch``
 is re-laid out right-padded with the completion tokens (stop token included) in ``loss_mask``.
 Token ids are laid out on the CPU and moved to ``model.device`` once; the sampling seed is drawn
 from a CPU generator and set with ``torch.manual_seed`` (which seeds CPU and CUDA alike).
@@ -15,9 +17,34 @@ import torch
 
 from methods.posttrain.tokens import Batch, pad_rows
 
+# End-of-turn / end-of-text tokens of the chat templates the paper scale uses (Qwen2.5/Qwen3:
+# <|im_end|>, <|endoftext|>; Llama 3: <|eot_id|>, <|end_of_text|>; DeepSeek-R1-Distill:
+# <｜end▁of▁sentence｜>), used when they are single entries of the vocabulary.
+END_TOKENS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "</s>",
+)
+STOPS = ("newline", "eos")
 
-def stop_token_ids(tok) -> list[int]:
-    """EOS plus every vocabulary entry that decodes to text containing a newline."""
+
+def end_token_ids(tok) -> list[int]:
+    """EOS plus the template end tokens in the tokenizer's vocabulary (never a newline)."""
+    vocab = tok.get_vocab()
+    ids = {tok.eos_token_id} | {vocab[t] for t in END_TOKENS if t in vocab}
+    return sorted(i for i in ids if i is not None)
+
+
+def stop_token_ids(tok, stop: str = "newline") -> list[int]:
+    """``newline``: EOS plus every vocabulary entry that decodes to text containing a newline;
+    ``eos``: :func:`end_token_ids`."""
+    if stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
+    if stop == "eos":
+        return end_token_ids(tok)
     ids = {tok.eos_token_id}
     for i in range(len(tok)):
         if "\n" in tok.decode([i]):
@@ -46,11 +73,13 @@ def sample(
     greedy: bool = False,
     seed: int = 0,
     stop_ids: list[int] | None = None,
+    stop: str = "newline",
 ) -> Rollouts:
-    """``n`` completions per prompt (greedy when ``greedy``), seeded."""
+    """``n`` completions per prompt (greedy when ``greedy``), seeded; ``stop_ids`` (when given)
+    overrides the stop tokens that ``stop`` names (:func:`stop_token_ids`)."""
     if temperature <= 0 and not greedy:
         raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
-    stop_ids = stop_ids if stop_ids is not None else stop_token_ids(tok)
+    stop_ids = stop_ids if stop_ids is not None else stop_token_ids(tok, stop)
     was_training = model.training
     model.eval()
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -1,7 +1,13 @@
 """Quantize an artifact with a per-module bit plan:
 
 ``python -m methods.quant.apply <job options> --model A (--plan plan.json | --bits B)
---method {rtn,gptq} --group-size G [--calib text.txt] [--record run.json]``
+--method {rtn,gptq,gptaq,gptq_rot,gptaq_rot} --group-size G [--calib text.txt]
+[--record run.json]``
+
+``gptaq``: GPTQ with asymmetric calibration (``methods.quant.gptaq``); ``*_rot``: the model is
+first rotated QuaRot-style (``methods.quant.rotate``: norms fused, randomised Hadamard of the
+residual stream seeded by the job's seed, per-head Hadamard on v/o), then quantized and saved in
+the rotated basis (a plain model of the same class, ``tie_word_embeddings`` false).
 
 Job options (``claimbench.job``): ``--scale --paper --variant --out`` and optionally
 ``--seed --threads --device --dtype --scale-file``. The model is loaded in the job's dtype on
@@ -20,6 +26,8 @@ import json
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric
 from methods.quant.artifact import load_artifact, write_quantized_artifact
+from methods.quant.gptaq import ALPHA as GPTAQ_ALPHA
+from methods.quant.gptaq import GPTAQQuantizer
 from methods.quant.model import (
     SequentialQuantizer,
     calib_source,
@@ -31,6 +39,10 @@ from methods.quant.model import (
     validate_plan,
 )
 from methods.quant.quantizer import QuantConfigError, check_bits
+from methods.quant.rotate import rotate_model
+
+METHODS = ("rtn", "gptq", "gptaq", "gptq_rot", "gptaq_rot")
+ROTATED = {"gptq_rot": "gptq", "gptaq_rot": "gptaq"}  # method -> quantizer after the rotation
 
 # Papers whose jobs quantize through this entry point (``quant``: the shared layer itself).
 PAPERS = ("quant", "d2quant", "nsds")
@@ -96,16 +108,30 @@ def quantize_artifact(
     calib = None
     cfg = job.config or {}
     source = calib_source(cfg, calib_path)
-    if method == "gptq":
+    base = ROTATED.get(method, method)
+    if base in ("gptq", "gptaq"):
         if not source:
-            raise QuantConfigError("--method gptq needs --calib <text file>")
+            raise QuantConfigError(f"--method {method} needs --calib <text file>")
         calib = calibration_ids(tok, source, n_calib, seq_len, job.seed)
+    extra_config = {}
+    if method in ROTATED:  # QuaRot-style rotation fused into the weights, before quantizing
+        try:
+            extra_config["rotation"] = rotate_model(model, job.seed, device=job.device)
+        except QuantConfigError as e:
+            raise QuantConfigError(f"{model_path}: --method {method}: {e}") from None
     # RTN fits each group in float32; GPTQ accumulates each stage's Hessian and runs its
     # Cholesky and updates in float64 for a float32 model, float32 for a 16-bit one
     # (methods.quant.gptq); the model itself stays in the job's dtype.
-    quantized = SequentialQuantizer(
-        model, plan, group_size, method, calib, clip, damp, **layerwise(job, cfg)
-    ).run()
+    if base == "gptaq":
+        extra_config["gptaq_alpha"] = GPTAQ_ALPHA
+        quantizer = GPTAQQuantizer(
+            model, plan, group_size, calib, clip, damp, GPTAQ_ALPHA, **layerwise(job, cfg)
+        )
+    else:
+        quantizer = SequentialQuantizer(
+            model, plan, group_size, base, calib, clip, damp, **layerwise(job, cfg)
+        )
+    quantized = quantizer.run()
     config = {
         "method": method,
         "group_size": group_size,
@@ -114,6 +140,7 @@ def quantize_artifact(
         "n_calib": n_calib if calib is not None else 0,
         "seq_len": seq_len if calib is not None else 0,
         "plan_avg_bits": plan_average_bits(model, plan),
+        **extra_config,
     }
     fields = {
         "method": method,
@@ -163,7 +190,7 @@ def main(argv=None) -> None:
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--plan", help='JSON {"model.layers.0.mlp.down_proj": 2, ...}')
     which.add_argument("--bits", type=int, help="uniform plan: every decoder Linear at this width")
-    ap.add_argument("--method", choices=["rtn", "gptq"], required=True)
+    ap.add_argument("--method", choices=list(METHODS), required=True)
     add_common_args(ap)
     run_job(ap, run, argv, errors=(QuantConfigError, FileNotFoundError))
 

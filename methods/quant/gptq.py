@@ -23,10 +23,16 @@ def gptq(
     block: int = 128,
     clip: bool = False,
     dtype: torch.dtype = torch.float64,
+    dXX: torch.Tensor | None = None,
+    alpha: float = 0.25,
 ) -> QuantizedWeight:
     """Quantize ``w`` ([out, in]) against the input second moment ``H`` ([in, in]), on ``w``'s
     device, in ``dtype`` (float64: the tiny scale; float32: 16-bit models at paper scale, as in
-    the reference code)."""
+    the reference code).
+
+    ``dXX`` ([in, in], ``(X_fp - X)^T X`` summed over tokens) turns this into GPTAQ's update
+    (``methods.quant.gptaq``): each column's asymmetry residual, scaled by ``alpha``, is
+    compensated by the columns after it. ``dXX = None`` is plain GPTQ, operation for operation."""
     check_bits(bits)
     out, n = w.shape
     check_group_size(n, group_size)
@@ -38,6 +44,11 @@ def gptq(
     W[:, dead] = 0.0
     H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    P = None
+    if dXX is not None:  # GPTAQ: P = alpha * triu_1(dXX U^T) U, U = Hinv (Cholesky reformulation)
+        dXX = dXX.detach().clone().to(W.device, dtype)
+        dXX[:, dead] = 0.0
+        P = alpha * torch.triu(dXX @ Hinv.T, diagonal=1) @ Hinv
 
     ng = n // group_size
     block = group_size * max(1, block // group_size)  # groups never straddle a block
@@ -60,7 +71,14 @@ def gptq(
             codes[:, col] = q.to(torch.int16)
             deq = (q - z) * s
             err = (W1[:, i] - deq) / Hinv1[i, i]  # OBS update of the remaining columns
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            if P is None:
+                W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            else:  # GPTAQ: + w_i P[i, i:] (w_i: the column before rounding)
+                upd = err[:, None] * Hinv1[i, i:][None, :]
+                W1[:, i:] -= upd - W1[:, i, None] * P[col, col:i2][None, :]
             Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        if P is None:
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        else:  # as the reference code: the block's columns, now rounded, times P
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:] - W1 @ P[i1:i2, i2:]
     return QuantizedWeight(codes, scale, zero, bits, group_size)

@@ -388,7 +388,7 @@ class SequentialQuantizer:
                 if s == 2:
                     self.after_attention(i, layer, fp_layer, x, x_fp)
                 if roles:
-                    H = second_moments(layer, x, None, roles, self.h_dtype)
+                    H = self.stage_moments(layer, fp_layer, roles, x, x_fp)
                     self.quantize_stage(i, layer, roles, H, x)
                     del H
             self.after_layer(i, layer, fp_layer, x, x_fp)
@@ -399,6 +399,11 @@ class SequentialQuantizer:
             if self.offload:
                 layer.to(self.model.get_input_embeddings().weight.device)
         return self.quantized
+
+    def stage_moments(self, layer, fp_layer, roles, x, x_fp):
+        """What ``quantize_stage`` gets as ``H``: each role's ``X^T X`` on the quantized stream
+        (GPTAQ overrides it to add the float stream's cross term)."""
+        return second_moments(layer, x, None, roles, self.h_dtype)
 
     def quantize_stage(self, i, layer, roles, H, x) -> None:
         for role in roles:

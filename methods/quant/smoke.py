@@ -1,10 +1,11 @@
 """GPU smoke run of the quantization papers' paper-scale code path (``make gpu-smoke``).
 
 On a micro Llama (``claimbench.micro``, the real ``LlamaForCausalLM`` class) and through the
-same entry points the paper-scale jobs call: GPTQ w4 g32 (``methods.quant.apply``) and
-D²Quant w2 (``methods.d2quant.quantize``), each loaded on the CPU and quantized one layer at a
-time on ``device`` with calibration in micro-batches, calibration text read through
-``datasets`` (a local ``.jsonl`` file standing in for WikiText-2), no decoded copy
+same entry points the paper-scale jobs call: GPTQ w4 g32 and GPTAQ w4 g32
+(``methods.quant.apply``), GPTQ† / GPTAQ† w2 g32 (rotated, on a micro Qwen3 with tied
+embeddings) and D²Quant w2 (``methods.d2quant.quantize``), each loaded on the CPU and quantized
+one layer at a time on ``device`` with calibration in micro-batches, calibration text read
+through ``datasets`` (a local ``.jsonl`` file standing in for WikiText-2), no decoded copy
 (``decoded_copy: false``); both artifacts reloaded with transformers' ``from_pretrained`` and
 compared with our exact loader; NSDS scores of the model in ``dtype`` on ``device``.
 """
@@ -82,6 +83,7 @@ def gpu_smoke(device: str, dtype: str, workdir: Path) -> list[str]:
     tdtype = getattr(torch, dtype)
     cuda = device.startswith("cuda")
     base = micro_lm(workdir / "llama", arch="llama")
+    qwen3 = micro_lm(workdir / "qwen3", arch="qwen3")
     calib = workdir / "calib.jsonl"
     calib.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     text = workdir / "calib.txt"
@@ -90,27 +92,42 @@ def gpu_smoke(device: str, dtype: str, workdir: Path) -> list[str]:
     job = ["--scale", "tiny", "--scale-file", str(scale), "--device", device, "--dtype", dtype]
     model, tok, _ = load_artifact(base, device, tdtype)
     ids = torch.tensor([tok(" ".join(CORPUS[i : i + 6]))["input_ids"][:64] for i in (5, 300)])
-    ppl0 = _ppl(model, ids, device)
+    ppl0 = {base: _ppl(model, ids, device)}
+    ppl0[qwen3] = _ppl(load_artifact(qwen3, device, tdtype)[0], ids, device)
     lines = []
+    gptq_tail = ["--group-size", "32", "--n-calib", "8", "--seq-len", "64", "--calib", str(text)]
+
+    def quant(variant, bits, method):
+        return ["--paper", "d2quant", "--variant", variant, "--bits", bits, "--method", method]
 
     runs = {
-        "GPTQ w4 g32": (
+        "GPTQ w4 g32": (quant_main, quant("gptq-w4", "4", "gptq"), gptq_tail, base),
+        "GPTAQ w4 g32": (quant_main, quant("gptaq-w4", "4", "gptaq"), gptq_tail, base),
+        "GPTQ-rot w2 g32 (qwen3)": (
             quant_main,
-            ["--paper", "d2quant", "--variant", "gptq-w4", "--bits", "4", "--method", "gptq"],
-            ["--group-size", "32", "--n-calib", "8", "--seq-len", "64", "--calib", str(text)],
+            quant("gptq_rot-w2", "2", "gptq_rot"),
+            gptq_tail,
+            qwen3,
+        ),
+        "GPTAQ-rot w2 g32 (qwen3)": (
+            quant_main,
+            quant("gptaq_rot-w2", "2", "gptaq_rot"),
+            gptq_tail,
+            qwen3,
         ),
         "D2Quant w2 g32": (
             d2quant_main,
             ["--paper", "d2quant", "--variant", "d2quant-w2", "--bits", "2"],
             ["--calib", str(text), "--heldout", str(calib)],
+            base,
         ),
     }
-    for label, (entry, head, tail) in runs.items():
+    for label, (entry, head, tail, src) in runs.items():
         out = workdir / head[3]
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        entry([*job, *head, "--out", str(out), "--model", str(base), *tail])
+        entry([*job, *head, "--out", str(out), "--model", str(src), *tail])
         secs = time.perf_counter() - t0
         meta = json.loads((out / "meta.json").read_text())
         if meta["reload_max_abs_diff"] != 0.0:
@@ -130,7 +147,7 @@ def gpu_smoke(device: str, dtype: str, workdir: Path) -> list[str]:
         ppl1 = _ppl(load_packed(out / "packed", dtype=tdtype, device=device), ids, device)
         peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GB" if cuda else ""
         lines.append(
-            f"quant: {label} on {device} {dtype}: ppl {ppl0:.1f} -> {ppl1:.1f}, {secs:.1f} s"
+            f"quant: {label} on {device} {dtype}: ppl {ppl0[src]:.1f} -> {ppl1:.1f}, {secs:.1f} s"
             f"{peak}; from_pretrained logits within {diff:.3g} (max |logit| {scale_:.3g}); "
             f"vLLM WNA16 {'yes' if serve['vllm_wna16'] else 'no (' + serve['vllm_problems'][0] + ')'}"
         )

@@ -26,10 +26,16 @@ from pathlib import Path
 
 import torch
 
-from claimbench.io import sha256_file
+from claimbench.io import atomic_write_jsonl, sha256_file
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric, series
 from methods.posttrain.cli import save_artifact
+from methods.posttrain.engine import (
+    drop_checkpoints,
+    is_main_process,
+    job_engine_kwargs,
+    save_pretrained,
+)
 from methods.posttrain.loops import SFTObjective, train_demos
 from methods.posttrain.models import check_same_tokenizer, load_model, read_meta
 from methods.posttrain.rewards import demonstration, load_problems
@@ -178,6 +184,9 @@ def run_trra(job: Job) -> None:
     check_same_tokenizer(tok, tok_a, "aligned model")
     pr, co = demos(args.train, cfg["families"], "long")  # fixed slow-style traces
     obj = TrRaObjective(ref, aligned, lam, args.direction, args.mode)
+    # the paper scale's engine (accelerate; checkpoints and resume); {} at tiny and small
+    run_meta: dict = {}
+    ek = job_engine_kwargs(job, run_meta)
     rows = train_demos(
         student,
         tok,
@@ -189,8 +198,16 @@ def run_trra(job: Job) -> None:
         lr=cfg["lr"],
         warmup_steps=cfg["warmup_steps"],
         seed=job.seed,
+        **ek,
     )
-    save_artifact(student, tok, job.out, rows)
+    if ek:
+        save_pretrained(ek, student, tok, job.out)
+        if not is_main_process(ek):
+            return  # rank 0 decodes and writes the records and meta.json
+        student = ek["engine"].accelerator.unwrap_model(student)
+        atomic_write_jsonl(Path(job.out) / "train_log.jsonl", rows)
+    else:
+        save_artifact(student, tok, job.out, rows)
     prov = job.provenance()
     base_name = read_meta(args.ref).get("name", "ref")
     run_cfg = {**cfg, "lambda": lam, "direction": args.direction, "mode": args.mode}
@@ -226,7 +243,9 @@ def run_trra(job: Job) -> None:
         },
         config=run_cfg,
         provenance=prov,
+        **run_meta,
     )
+    drop_checkpoints(ek)
 
 
 @torch.no_grad()
