@@ -40,11 +40,19 @@ CORPUS = [
 
 
 @lru_cache(maxsize=2)
-def micro_tokenizer(vocab_size: int = 400):
-    """The repo's byte-level BPE tokenizer (ChatML chat template), trained on ``CORPUS``."""
+def _trained_tokenizer(vocab_size: int):
     from methods.lm.tokenizer import train_tokenizer
 
     return train_tokenizer(CORPUS, vocab_size)
+
+
+def micro_tokenizer(vocab_size: int = 400):
+    """The repo's byte-level BPE tokenizer (ChatML chat template), trained on ``CORPUS``: a
+    fresh copy each call (trained once), so a caller that sets a chat template or a special
+    token changes no other caller's tokenizer."""
+    import copy
+
+    return copy.deepcopy(_trained_tokenizer(vocab_size))
 
 
 def _config(arch: str, tok, spec: dict):

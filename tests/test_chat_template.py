@@ -191,3 +191,18 @@ def test_unknown_stop_is_refused():
 
     with pytest.raises(ValueError, match="'never'"):
         stop_token_ids(_tok(), "never")
+
+
+def test_a_changed_micro_tokenizer_leaves_the_next_one_alone():
+    """Tests that set a template or a special token on their micro tokenizer must not change
+    another test's (a shared cached object once grew the vocabulary past the models')."""
+    from claimbench.micro import micro_tokenizer
+
+    tok = micro_tokenizer()
+    n, template = len(tok), tok.chat_template
+    tok.chat_template = None
+    tok.bos_token = "<｜begin▁of▁sentence｜>"
+    fresh = micro_tokenizer()
+    assert template and tok.chat_template is None and tok.bos_token == "<｜begin▁of▁sentence｜>"
+    assert (len(fresh), fresh.chat_template) == (n, template)
+    assert fresh.bos_token != tok.bos_token

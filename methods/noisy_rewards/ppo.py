@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from methods.noisy_rewards.rewards import RewardFunction, correctness
+from methods.noisy_rewards.rewards import RewardFunction, scorer
 from methods.posttrain.loops import group_advantages
 from methods.posttrain.sampling import sample, stop_token_ids
 from methods.posttrain.tokens import entropy_from_logits, gather_logp, masked_mean, shifted_logits
@@ -96,12 +96,23 @@ def clipped_value_loss(v, v_old, returns, mask, clip: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_eval(model, tok, problems: list[dict], max_new_tokens: int, batch: int = 100) -> dict:
+def greedy_eval(
+    model,
+    tok,
+    problems: list[dict],
+    max_new_tokens: int,
+    batch: int = 100,
+    *,
+    stop_mode: str = "newline",
+    answers: str = "arith",
+) -> dict:
     """Greedy exact match on the final answer (format failures count as wrong), mean response
-    length (tokens) and truncation rate."""
+    length (tokens) and truncation rate. ``stop_mode`` / ``answers``: the paper scale's EOS stop
+    and math-verify scorer (tiny, small: the newline stop and the arithmetic answer)."""
+    score = scorer(answers)
     right = fails = trunc = 0
     length = 0.0
-    stop = stop_token_ids(tok)
+    stop = stop_token_ids(tok, stop_mode)
     for i in range(0, len(problems), batch):
         chunk = problems[i : i + batch]
         ro = sample(
@@ -112,7 +123,7 @@ def greedy_eval(model, tok, problems: list[dict], max_new_tokens: int, batch: in
             max_new_tokens=max_new_tokens,
             stop_ids=stop,
         )
-        r, f = correctness(ro.texts, [p["answer"] for p in chunk])
+        r, f = score(ro.texts, [p["answer"] for p in chunk])
         right += sum(r)
         fails += sum(f)
         trunc += sum(ro.truncated)
@@ -157,7 +168,10 @@ def train_rl(
         raise ValueError(f"GRPO needs n >= 2 rollouts per question, got {n}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    stop = stop_token_ids(tok)
+    # the paper scale stops at EOS / the template's end and reads \boxed{} answers (config keys
+    # absent at tiny and small: the newline stop and the arithmetic answer)
+    stop = stop_token_ids(tok, cfg.get("stop", "newline"))
+    ev = {"stop_mode": cfg.get("stop", "newline"), "answers": cfg.get("answers", "arith")}
     max_new = int(cfg["max_new_tokens"])
     actor_opt = torch.optim.AdamW(model.parameters(), lr=cfg["actor_lr"], weight_decay=0.0)
     critic = critic_opt = None
@@ -178,7 +192,7 @@ def train_rl(
         policy = engine.accelerator.unwrap_model(model)  # rollouts and evaluations
         state = LoopState(rng)
         start = last_saved = _start(engine, state, ckpt_dir)
-    evals = [{"step": 0, **greedy_eval(policy, tok, valid, max_new)}]
+    evals = [{"step": 0, **greedy_eval(policy, tok, valid, max_new, **ev)}]
     rows = []
     if start:
         rows = list(state.rows)
@@ -234,7 +248,7 @@ def train_rl(
         }
         rows.append(row)
         if (step + 1) % every == 0 or step + 1 == steps:
-            evals.append({"step": step + 1, **greedy_eval(policy, tok, valid, max_new)})
+            evals.append({"step": step + 1, **greedy_eval(policy, tok, valid, max_new, **ev)})
             row.update({f"eval_{k}": v for k, v in evals[-1].items() if k != "step"})
         bar.set_postfix(reward=f"{row['reward']:.2f}", refresh=False)
         if log:

@@ -54,6 +54,19 @@ def correctness(texts: Sequence[str], answers: Sequence[int]) -> tuple[list[floa
     return rewards, fails
 
 
+def scorer(kind: str):
+    """How a completion's correctness is read: ``arith`` (tiny, small: the arithmetic world's
+    final answer) or ``math_verify`` (the paper scale: the last ``\\boxed{}`` checked by
+    math-verify, methods/posttrain/rewards.py)."""
+    if kind == "arith":
+        return correctness
+    if kind == "math_verify":
+        from methods.posttrain.rewards import math_verify_reward
+
+        return math_verify_reward
+    raise ValueError(f"answers {kind!r}: not one of ['arith', 'math_verify']")
+
+
 def flip_group_rewards(
     rewards: Sequence[float], fails: Sequence[bool], n: int, p: float, rng: random.Random
 ) -> tuple[list[float], list[bool]]:
@@ -278,13 +291,15 @@ class RewardFunction:
         self.rm = (
             SimulatedRM(cfg["rm_accuracy"], cfg.get("rm_variance")) if self.kind == "rm" else None
         )
+        self.answers = cfg.get("answers", "arith")
+        scorer(self.answers)  # an unknown scorer fails before any model is loaded
         self.calibrated = bool(cfg.get("calibrate", False))
         self.tau, self.alpha = float(cfg.get("tau", 0.5)), float(cfg.get("alpha", 0.1))
         self.seed = seed
 
     def __call__(self, texts, answers, n: int, step: int) -> dict:
         rng = random.Random(self.seed * 1_000_003 + step)
-        correct, fails = correctness(texts, answers)
+        correct, fails = scorer(self.answers)(texts, answers)
         if self.kind == "correct":
             rewards = list(correct)
         elif self.kind == "shuffled":  # null: correctness rewards, permuted over the batch

@@ -22,7 +22,7 @@ from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric, series
 from methods.noisy_rewards.ppo import train_rl
 from methods.noisy_rewards.rewards import RewardFunction
-from methods.posttrain.cli import save_artifact
+from methods.posttrain.cli import rows_hash, save_artifact, set_problems
 from methods.posttrain.engine import (
     drop_checkpoints,
     is_main_process,
@@ -166,11 +166,20 @@ def run(job: Job) -> None:
         if args.steps_factor < 1:
             raise ValueError(f"--steps-factor must be >= 1, got {args.steps_factor}")
         cfg["steps"] = int(cfg["steps"]) * args.steps_factor
+    if cfg.get("answers", "arith") != "arith":  # the paper scale's \boxed{} answers
+        rcfg = {**rcfg, "answers": cfg["answers"]}
     reward = RewardFunction(rcfg, seed=job.seed)  # bad p / empty phrases fail before loading
     model, tok = load_model(args.start, trainable=True, device=job.device, dtype=job.torch_dtype)
     model.requires_grad_(True)
-    train = load_problems(args.train, cfg.get("families"))
-    valid = load_problems(args.valid, cfg.get("families"), cfg.get("eval_n"))
+    if cfg.get("dataset"):  # the paper scale: the paper's prompts through its prompt format
+        fmt = cfg.get("prompt_format", "plain")
+        train = set_problems(job, tok, cfg["dataset"], fmt)
+        if not cfg.get("valid_dataset"):
+            raise ValueError("papers.noisy_rewards.rl.dataset needs rl.valid_dataset")
+        valid = set_problems(job, tok, cfg["valid_dataset"], fmt)[: cfg.get("eval_n")]
+    else:
+        train = load_problems(args.train, cfg.get("families"))
+        valid = load_problems(args.valid, cfg.get("families"), cfg.get("eval_n"))
     keep = BestCheckpoint(model)
     # the paper scale's engine (accelerate; checkpoints and resume); {} at tiny and small. A
     # resumed run keeps the selected weights only if they come after the resume (else
@@ -198,7 +207,11 @@ def run(job: Job) -> None:
         metrics=summarise(rows, evals, len(valid)),
         provenance=prov,
         series=curves(rows, evals),
-        task_hashes={"train": sha256_file(args.train)[:16], "valid": sha256_file(args.valid)[:16]},
+        task_hashes=(
+            {"train": rows_hash(train)[:16], "valid": rows_hash(valid)[:16]}
+            if cfg.get("dataset")
+            else {"train": sha256_file(args.train)[:16], "valid": sha256_file(args.valid)[:16]}
+        ),
     )
     job.write_record(rec, args.record)
     job.write_meta(

@@ -29,7 +29,7 @@ import torch
 from claimbench.io import atomic_write_jsonl, sha256_file
 from claimbench.job import Job, job_parser, run_job
 from claimbench.records import metric, series
-from methods.posttrain.cli import save_artifact
+from methods.posttrain.cli import save_artifact, set_demonstrations, set_problems
 from methods.posttrain.engine import (
     drop_checkpoints,
     is_main_process,
@@ -135,7 +135,7 @@ def _loss_series(rows: list[dict], name: str) -> dict:
     return series(name, [r["step"] for r in rows], [r["loss"] for r in rows], "step", "loss")
 
 
-TRAIN_KEYS = ("steps", "minibatch", "lr", "warmup_steps")
+TRAIN_KEYS = ("steps", "minibatch", "lr", "warmup_steps", "dataset", "prompt_format")
 
 
 def train_config(job: Job, section: str) -> dict:
@@ -182,7 +182,11 @@ def run_trra(job: Job) -> None:
     ref, tok_r = _load(job, args.ref)
     aligned, tok_a = _load(job, args.aligned)
     check_same_tokenizer(tok, tok_a, "aligned model")
-    pr, co = demos(args.train, cfg["families"], "long")  # fixed slow-style traces
+    if cfg.get("dataset"):  # the paper scale: long-CoT traces of the paper's data set
+        rows = set_problems(job, tok, cfg["dataset"], cfg.get("prompt_format", "plain"))
+        pr, co = set_demonstrations(rows, cfg["dataset"])
+    else:
+        pr, co = demos(args.train, cfg["families"], "long")  # fixed slow-style traces
     obj = TrRaObjective(ref, aligned, lam, args.direction, args.mode)
     # the paper scale's engine (accelerate; checkpoints and resume); {} at tiny and small
     run_meta: dict = {}
