@@ -45,6 +45,11 @@ def gpu_smoke(device: str, dtype: str, workdir: Path) -> list[str]:
         for n, s in (("policy", 0), ("ref", 1), ("teacher", 2))
     }
     mp = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
+    # the smoke runs every area in one process: an earlier area (lm-eval's hf model) may have
+    # set up accelerate's process state without bf16; a training job starts one engine only
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
     engine = Engine({"kind": "accelerate", "mixed_precision": mp, "micro_batch": 2}, device=device)
     tok = AutoTokenizer.from_pretrained(paths["policy"])
 
