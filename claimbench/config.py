@@ -257,7 +257,14 @@ def load_scale(
 
 
 def _check_model_references(data: dict, where: str) -> None:
-    """Every ``*_model`` key in a paper section must name a model of the scale's ``models``."""
+    """Every ``*_model`` key in a paper section, and every key of an ``extra_students`` map
+    (G-OPD), must name a model of the scale's ``models``."""
+
+    def bad(path, value):
+        return ConfigError(
+            f"{where}: {path}: {value!r} is not one of the scale's models "
+            f"({', '.join(sorted(data['models']))})"
+        )
 
     def walk(obj, path):
         if isinstance(obj, dict):
@@ -267,10 +274,11 @@ def _check_model_references(data: dict, where: str) -> None:
                     and isinstance(value, str)
                     and value not in data["models"]
                 ):
-                    raise ConfigError(
-                        f"{where}: {path}.{key}: {value!r} is not one of the scale's models "
-                        f"({', '.join(sorted(data['models']))})"
-                    )
+                    raise bad(f"{path}.{key}", value)
+                if key == "extra_students" and isinstance(value, dict):
+                    for name in value:
+                        if name not in data["models"]:
+                            raise bad(f"{path}.{key}", name)
                 walk(value, f"{path}.{key}")
 
     for paper, section in (data.get("papers") or {}).items():

@@ -24,7 +24,12 @@ include: "gopd_helpers.smk"
 
 
 GOPD_ART = lambda role: {"student": GOPD_STUDENT, "teacher": GOPD_TEACHER}.get(
-    role, f"{ART}/gopd/{role}/meta.json"
+    role,
+    (
+        f"{ART}/base/{role[5:]}/meta.json"
+        if role.startswith("base:")
+        else f"{ART}/gopd/{role}/meta.json"
+    ),
 )
 GOPD_RUNS = _gopd_runs(GOPD)
 GOPD_EXPO = _gopd_expo(GOPD)

@@ -6,15 +6,23 @@
 # Artifacts are named by role: student and teacher (same size), s2w-teacher-base and
 # s2w-teacher (strong-to-weak: the larger base after its SFT, then GRPO), mt-teacher-<d>
 # (multi-teacher: GRPO on domain d's families). Student runs: lam<l>, s2w-lam<l>, s2w-rc-lam<l>
-# (reward correction: pi_ref = the teacher's pre-RL base), s2w-sft, mt-lam<l>, mt-sft; ExPO:
+# (reward correction: pi_ref = the teacher's pre-RL base), s2w-sft, mt-lam<l>, mt-sft,
+# <model>-lam<l> (another student model, `extra_students`: its own start is its pi_ref); ExPO:
 # expo<a>, mt-expo<a>. The first seed keeps the plain name, later seeds get -s<seed>.
 
 
-def _gopd_run(method, lam, seed, teachers, ref, multi=False):
+def _gopd_run(method, lam, seed, teachers, ref, multi=False, student="student"):
     """One student run: ``teachers`` {name: role}; ``multi``: routed per domain, with
-    per-domain validation (``methods.gopd.train --route --eval-domains``)."""
+    per-domain validation (``methods.gopd.train --route --eval-domains``); ``student``: the
+    role of its start (``base:<model>`` for an extra student)."""
     return dict(
-        method=method, lam=lam, seed=seed, teachers=teachers, ref=ref, multi=multi
+        method=method,
+        lam=lam,
+        seed=seed,
+        teachers=teachers,
+        ref=ref,
+        multi=multi,
+        student=student,
     )
 
 
@@ -30,6 +38,16 @@ def _gopd_runs(gopd):
             out[f"lam{lam}{sfx}"] = _gopd_run(
                 "gopd", lam, s, {"teacher": "teacher"}, "student"
             )
+        for model, extra in gopd.get("extra_students", {}).items():
+            for lam in extra["lambdas"]:
+                out[f"{model}-lam{lam}{sfx}"] = _gopd_run(
+                    "gopd",
+                    lam,
+                    s,
+                    {"teacher": "teacher"},
+                    f"base:{model}",
+                    student=f"base:{model}",
+                )
         if s2w:
             big = {"teacher": "s2w-teacher"}
             for lam in s2w["lambdas"]:
@@ -68,7 +86,7 @@ def _gopd_run_inputs(wildcards):
     """Named inputs of a student run: the student, its teachers and (unless lambda = 1, where
     pi_ref cancels, as in the official code) the reference."""
     run = GOPD_RUNS[wildcards.variant]
-    out = {"student": GOPD_ART("student")}
+    out = {"student": GOPD_ART(run["student"])}
     out |= {f"teacher_{n}": GOPD_ART(a) for n, a in run["teachers"].items()}
     if run["ref"] and not (run["method"] == "gopd" and run["lam"] == 1.0):
         out["ref"] = GOPD_ART(run["ref"])

@@ -115,3 +115,14 @@ def test_paper_section_model_reference_must_exist(tmp_path):
         ConfigError, match=r"papers\.psft\.start_model: 'lm-xl' is not one of the scale's models"
     ):
         load_scale("tiny", path)
+
+
+def test_gopd_extra_student_must_be_a_model(tmp_path):
+    path = bad_scale(
+        tmp_path, lambda d: d["papers"]["gopd"].update(extra_students={"lm-xl": {"lambdas": [1.0]}})
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"papers\.gopd\.extra_students: 'lm-xl' is not one of the scale's models",
+    ):
+        load_scale("tiny", path)
