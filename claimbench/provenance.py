@@ -60,6 +60,35 @@ def package_versions(names=TRACKED_PACKAGES) -> dict[str, str]:
     return versions
 
 
+def cpu_kind() -> str:
+    """The CPU kind a run's numbers depend on: architecture, the vector ISA torch dispatches to,
+    and the processor's model name (``x86_64 AVX512 Intel(R) Xeon(R) Processor``).
+
+    On one CPU kind the same seed gives bit-identical numbers; another kind runs other kernels
+    (MKL, oneDNN, ATen's vectorised loops), which changes training the way a new seed does
+    (README, "Determinism"). Stored in every record's ``versions`` so stores can be compared
+    knowingly (``tools/compare_stores.py``, ``claimbench verify``).
+    """
+    parts = [platform.machine() or "unknown"]
+    try:
+        import torch
+
+        parts.append(str(torch.backends.cpu.get_cpu_capability()))
+    except (ImportError, AttributeError):
+        pass
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    parts.append(model or platform.processor() or "unknown model")
+    return " ".join(" ".join(parts).split())
+
+
 def device_name() -> str:
     try:
         import torch
@@ -82,7 +111,7 @@ def capture(started_at: str | None = None, wall_s: float = 0.0) -> dict:
         "device": device_name(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "argv": sys.argv[:1],
-        "versions": package_versions(),
+        "versions": {**package_versions(), "cpu": cpu_kind()},
     }
 
 

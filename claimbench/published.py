@@ -276,7 +276,8 @@ def _published_runs(folder: Path) -> tuple[list[dict], dict[str, list[dict]]]:
         runs_file = str(folder / manifest["tables"]["runs"]["file"])
         metrics_file = str(folder / manifest["tables"]["metrics"]["file"])
         cur = con.execute(
-            "SELECT run_id, paper, variant, suite, wall_s FROM read_parquet($1) ORDER BY run_id",
+            "SELECT run_id, paper, variant, suite, wall_s, versions FROM read_parquet($1) "
+            "ORDER BY run_id",
             [runs_file],
         )
         names = [d[0] for d in cur.description]
@@ -324,6 +325,33 @@ def choose(
     )
 
 
+def published_cpu(run: dict) -> str | None:
+    """The CPU kind a published run recorded (``versions.cpu``); None for older exports."""
+    versions = run.get("versions")
+    if isinstance(versions, str):
+        try:
+            versions = json.loads(versions)
+        except json.JSONDecodeError:
+            return None
+    return versions.get("cpu") if isinstance(versions, dict) else None
+
+
+def cpu_note(runs: list[dict], here: str | None = None) -> str | None:
+    """A note when the runs were computed on another CPU kind than this machine's (or on an
+    unrecorded one): numbers are bit-identical only on the same kind (README, "Determinism")."""
+    from claimbench.provenance import cpu_kind
+
+    here = here or cpu_kind()
+    kinds = sorted({published_cpu(r) or "not recorded" for r in runs})
+    if kinds == [here]:
+        return None
+    return (
+        f"note: published on CPU {', '.join(repr(k) for k in kinds)}, here {here!r}: the same "
+        "seed gives identical numbers only on the same CPU kind; on another kind training "
+        "differs as with a new seed, so expect 'different' rows (README, \"Determinism\")"
+    )
+
+
 def _fmt(v) -> str:
     return "–" if v is None else repr(float(v))
 
@@ -362,6 +390,9 @@ def verify(
         "missing here are built first and are not counted)",
         file=out,
     )
+    note = cpu_note(chosen)
+    if note:
+        print(note, file=out)
     if dry_run:
         return 0
     workdir = Path(workdir)

@@ -233,3 +233,20 @@ def test_readme_verdict_table_is_current():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_verify_notes_a_published_cpu_kind_other_than_this_one():
+    """verify says when the published runs came from another CPU kind (or an unrecorded one):
+    numbers are bit-identical only on the same kind, so 'different' rows are then expected."""
+    from claimbench.published import cpu_note, published_cpu
+
+    here = "x86_64 AVX512 This CPU"
+    same = {"versions": json.dumps({"torch": "2.13.0+cpu", "cpu": here})}
+    other = {"versions": {"cpu": "x86_64 AVX2 Other CPU"}}
+    old = {"versions": json.dumps({"torch": "2.13.0+cpu"})}
+    assert published_cpu(same) == here and published_cpu(old) is None
+    assert published_cpu({"versions": "not json"}) is None
+    assert cpu_note([same], here) is None
+    note = cpu_note([same, other], here)
+    assert note.startswith("note: published on CPU") and "AVX2 Other CPU" in note
+    assert "'not recorded'" in cpu_note([old], here) and "Determinism" in cpu_note([old], here)

@@ -147,3 +147,58 @@ def test_compare_stores_finds_every_changed_added_and_dropped_metric(tmp_path):
     assert any(line.startswith(f"only in {a}") and "v2" in line for line in out)
     assert any(line.startswith(f"only in {b}") and "v3" in line for line in out)
     assert compare(a, b, {"lm_eval"}) == []  # a skipped (wall-clock) suite is left out
+
+
+def test_compare_stores_names_changed_verdicts_and_the_cpu_kinds(tmp_path, capsys, monkeypatch):
+    """Two stores of the same runs on different CPU kinds: compare_stores names the kinds and
+    every claim whose verdict moved (measured: a change of CPU kind alone moved 17 tiny
+    verdicts; README, "Determinism")."""
+    from claimbench import provenance as prov
+    from tools import compare_stores
+
+    claims = [
+        {
+            "id": "v1_beats_v2",
+            "statement": "v1 beats v2",
+            "scales": ["tiny"],
+            "check": {
+                "compare": {
+                    "lhs": {"variant": "v1", "task": "t", "metric": "acc"},
+                    "rhs": {"variant": "v2", "task": "t", "metric": "acc"},
+                    "op": ">",
+                }
+            },
+        }
+    ]
+    write_claims(tmp_path / "methods", "demo", claims)
+
+    def store(name, cpu, v1):
+        monkeypatch.setattr(prov, "cpu_kind", lambda: cpu)
+        runs = tmp_path / name / "runs"
+        write_record(runs, "v1", [("t", "acc", v1, 0.01)])
+        write_record(runs, "v2", [("t", "acc", 0.5, 0.01)])
+        db = tmp_path / name / "x.duckdb"
+        ingest(runs, db, tmp_path / "methods")
+        return str(db)
+
+    a = store("a", "x86_64 AVX2 Old CPU", 0.7)
+    b = store("b", "x86_64 AVX512 New CPU", 0.3)
+    same = store("same", "x86_64 AVX2 Old CPU", 0.7)
+    assert compare_stores.cpu_kinds(a) == ["x86_64 AVX2 Old CPU"]
+    assert compare_stores.compare_verdicts(a, same) == []
+    assert compare_stores.compare_verdicts(a, b) == [
+        "verdict: tiny/demo/v1_beats_v2/paper: held -> failed"
+    ]
+    assert compare_stores.main([a, b]) == 1
+    out = capsys.readouterr().out
+    assert "note: CPU kinds differ" in out and "AVX512 New CPU" in out
+    assert out.rstrip().endswith("1 of 1 claim verdicts differ")
+    assert compare_stores.main([a, same]) == 0
+    assert "CPU kinds differ" not in capsys.readouterr().out
+
+
+def test_every_record_names_the_cpu_kind():
+    from claimbench import provenance as prov
+
+    kind = prov.capture()["versions"]["cpu"]
+    assert kind == prov.cpu_kind() and len(kind.split()) >= 2, kind

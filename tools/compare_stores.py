@@ -4,7 +4,9 @@ Rows are matched by what a metric *is* (scale, paper, method, variant, suite, ta
 seed), not by run id, so a change of config keys (run ids hash the config) still compares.
 Prints the metrics only one store has, and every value, stderr or n that differs (exactly: the
 same seed and scale must give the same numbers on CPU). ``--skip-suite`` leaves out wall-clock
-suites, whose timings differ from run to run. Exit status 1 when anything differs.
+suites, whose timings differ from run to run. Then every claim whose verdict differs, and the
+CPU kinds the two stores' runs recorded when they differ (numbers are bit-identical only on the
+same CPU kind; README, "Determinism"). Exit status 1 when anything differs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,39 @@ def metrics(db: str, skip: set[str]) -> dict[tuple, tuple]:
     return out
 
 
+def cpu_kinds(db: str) -> list[str]:
+    """The CPU kinds the store's runs recorded (``versions.cpu``; "not recorded" before it was)."""
+    con = duckdb.connect(db, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT coalesce(json_extract_string(versions, '$.cpu'), 'not recorded') "
+            "FROM runs ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    return [r[0] for r in rows]
+
+
+def verdicts(db: str) -> dict[tuple, str]:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT scale, paper, claim_id, kind, status FROM claim_checks"
+        ).fetchall()
+    finally:
+        con.close()
+    return {r[:4]: r[4] for r in rows}
+
+
+def compare_verdicts(a: str, b: str) -> list[str]:
+    va, vb = verdicts(a), verdicts(b)
+    return [
+        f"verdict: {'/'.join(key)}: {va.get(key, '(none)')} -> {vb.get(key, '(none)')}"
+        for key in sorted(set(va) | set(vb))
+        if va.get(key) != vb.get(key)
+    ]
+
+
 def compare(a: str, b: str, skip: set[str]) -> list[str]:
     ma, mb = metrics(a, skip), metrics(b, skip)
     lines = []
@@ -55,12 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("after")
     ap.add_argument("--skip-suite", action="append", default=[], help="a wall-clock suite")
     args = ap.parse_args(argv)
+    ka, kb = cpu_kinds(args.before), cpu_kinds(args.after)
+    if ka != kb:
+        print(f"note: CPU kinds differ: {args.before}: {ka}; {args.after}: {kb}")
     lines = compare(args.before, args.after, set(args.skip_suite))
     n = len(metrics(args.before, set(args.skip_suite)))
-    for line in lines:
+    changed = compare_verdicts(args.before, args.after)
+    for line in [*lines, *changed]:
         print(line)
-    print(f"{len(lines)} differences over {n} metrics of {args.before}")
-    return 1 if lines else 0
+    print(
+        f"{len(lines)} differences over {n} metrics of {args.before}; "
+        f"{len(changed)} of {len(verdicts(args.before))} claim verdicts differ"
+    )
+    return 1 if lines or changed else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from claimbench.report.svg import bar_chart, fmt_num, heatmap, line_chart
 GENERATOR = "claimbench report"
 EXAMPLES_PER_TASK = 5
 MAX_TEXT = 2000  # characters of a prompt / target / response shown per sample
-VERSION_KEYS = ("torch", "transformers", "lm_eval")
+VERSION_KEYS = ("torch", "transformers", "lm_eval", "cpu")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
