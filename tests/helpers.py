@@ -59,6 +59,22 @@ def write_record(
     return path
 
 
+def beats_claim(a: str, b: str, task: str = "t", metric: str = "acc") -> dict:
+    """A tiny-scale claim "variant a beats variant b" on one task's metric."""
+    return {
+        "id": f"{a}_beats_{b}",
+        "statement": f"{a} beats {b}",
+        "scales": ["tiny"],
+        "check": {
+            "compare": {
+                "lhs": {"variant": a, "task": task, "metric": metric},
+                "rhs": {"variant": b, "task": task, "metric": metric},
+                "op": ">",
+            }
+        },
+    }
+
+
 def write_claims(methods: Path, paper: str, claims: list[dict], pkg: str | None = None) -> Path:
     path = methods / (pkg or paper) / "claims.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,24 +17,11 @@ from claimbench.errors import ClaimbenchError
 from claimbench.published import CAP_BYTES, publish, read_manifest
 from claimbench.report import render_report
 from claimbench.store import ingest
-from tests.helpers import metric_values, tail, write_claims, write_record
+from tests.helpers import beats_claim, metric_values, tail, write_claims, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = {"a": 0.75, "b": 0.5, "c": 0.25}
-CLAIMS = [
-    {
-        "id": "a_beats_b",
-        "statement": "a beats b",
-        "scales": ["tiny"],
-        "check": {
-            "compare": {
-                "lhs": {"variant": "a", "task": "t", "metric": "acc"},
-                "rhs": {"variant": "b", "task": "t", "metric": "acc"},
-                "op": ">",
-            }
-        },
-    }
-]
+CLAIMS = [beats_claim("a", "b")]
 # A workflow whose rule writes each record again from the test's own run (a copy kept under
 # origin/, with a new start time): a re-run gives identical values.
 SNAKEFILE = """

@@ -3,7 +3,7 @@ import pytest
 
 from claimbench.errors import RecordError
 from claimbench.store import ingest, query
-from tests.helpers import write_claims, write_record
+from tests.helpers import beats_claim, write_claims, write_record
 
 CLAIM = {
     "id": "a_beats_b",
@@ -156,20 +156,7 @@ def test_compare_stores_names_changed_verdicts_and_the_cpu_kinds(tmp_path, capsy
     from claimbench import provenance as prov
     from tools import compare_stores
 
-    claims = [
-        {
-            "id": "v1_beats_v2",
-            "statement": "v1 beats v2",
-            "scales": ["tiny"],
-            "check": {
-                "compare": {
-                    "lhs": {"variant": "v1", "task": "t", "metric": "acc"},
-                    "rhs": {"variant": "v2", "task": "t", "metric": "acc"},
-                    "op": ">",
-                }
-            },
-        }
-    ]
+    claims = [beats_claim("v1", "v2")]
     write_claims(tmp_path / "methods", "demo", claims)
 
     def store(name, cpu, v1):

@@ -19,44 +19,35 @@ import duckdb
 KEY = ("scale", "paper", "method", "variant", "suite", "task", "metric", "seed")
 
 
-def metrics(db: str, skip: set[str]) -> dict[tuple, tuple]:
+def _rows(db: str, sql: str) -> list[tuple]:
+    """All rows of one query on a store opened read-only."""
     con = duckdb.connect(db, read_only=True)
     try:
-        rows = con.execute(
-            "SELECT r.scale, r.paper, r.method, r.variant, r.suite, m.task, m.metric, r.seed, "
-            "m.value, m.stderr, m.n FROM metrics m JOIN runs r USING (run_id)"
-        ).fetchall()
+        return con.execute(sql).fetchall()
     finally:
         con.close()
-    out: dict[tuple, tuple] = {}
-    for row in rows:
-        if row[4] in skip:
-            continue
-        out[row[:8]] = row[8:]
-    return out
+
+
+def metrics(db: str, skip: set[str]) -> dict[tuple, tuple]:
+    rows = _rows(
+        db,
+        "SELECT r.scale, r.paper, r.method, r.variant, r.suite, m.task, m.metric, r.seed, "
+        "m.value, m.stderr, m.n FROM metrics m JOIN runs r USING (run_id)",
+    )
+    return {row[:8]: row[8:] for row in rows if row[4] not in skip}
 
 
 def cpu_kinds(db: str) -> list[str]:
     """The CPU kinds the store's runs recorded (``versions.cpu``; "not recorded" before it was)."""
-    con = duckdb.connect(db, read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT DISTINCT coalesce(json_extract_string(versions, '$.cpu'), 'not recorded') "
-            "FROM runs ORDER BY 1"
-        ).fetchall()
-    finally:
-        con.close()
-    return [r[0] for r in rows]
+    sql = (
+        "SELECT DISTINCT coalesce(json_extract_string(versions, '$.cpu'), 'not recorded') "
+        "FROM runs ORDER BY 1"
+    )
+    return [r[0] for r in _rows(db, sql)]
 
 
 def verdicts(db: str) -> dict[tuple, str]:
-    con = duckdb.connect(db, read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT scale, paper, claim_id, kind, status FROM claim_checks"
-        ).fetchall()
-    finally:
-        con.close()
+    rows = _rows(db, "SELECT scale, paper, claim_id, kind, status FROM claim_checks")
     return {r[:4]: r[4] for r in rows}
 
 
