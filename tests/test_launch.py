@@ -178,3 +178,12 @@ def test_pretrained_trunk_protocol_launches_its_training_jobs(tmp_path):
         assert train[key].startswith("accelerate launch --num_processes 8 "), train[key]
     assert "--trunk artifacts/paper/base/smollm2-1.7b" in train["mtp_d_train[variant=mtp_d]"]
     assert "base_hub[name=smollm2-1.7b]" in jobs or any(k.startswith("base_hub") for k in jobs)
+    # the main heads of ntp, mtp and mtp_d are the frozen trunk bit for bit: only the trunk is
+    # evaluated, so main_head_preserved has no data here rather than holding by construction
+    evals = {k for k in jobs if k.startswith("eval_lm[") and "paper=mtp_d," in k}
+    assert evals == {"eval_lm[paper=mtp_d, variant=ntp]"}, evals
+
+
+def test_from_scratch_mtp_d_evaluates_every_main_head(paper_jobs):
+    evals = {k for k in paper_jobs if k.startswith("eval_lm[") and "paper=mtp_d," in k}
+    assert {"eval_lm[paper=mtp_d, variant=mtp]", "eval_lm[paper=mtp_d, variant=mtp_d]"} <= evals
