@@ -484,6 +484,13 @@ def test_contrast_pipeline_on_a_micro_hf_model(tmp_path):
     vals = {m["metric"]: m["value"] for m in r["metrics"]}
     assert {"rate_positive", "rate_positive_ablated", "kl_neutral", "criterion_met"} <= set(vals)
     assert vals["criterion_met"] <= vals["selection_passed"]
+    # the refusal claims' premise: the unedited model's harmful-minus-harmless refusal rate,
+    # with the two-proportion standard error
+    rows = {m["metric"]: m for m in r["metrics"]}
+    p1, p0 = vals["rate_positive"], vals["rate_negative"]
+    assert rows["refusal_gap"]["value"] == pytest.approx(p1 - p0)
+    se = (p1 * (1 - p1) / 6 + p0 * (1 - p0) / 6) ** 0.5
+    assert rows["refusal_gap"]["stderr"] == pytest.approx(se)
     # Arditi et al.'s protocol: fit / validation / test splits, candidates = layers x positions
     assert (vals["n_fit"], vals["n_val"], vals["n_test"]) == (12, 6, 6)
     assert vals["n_candidates"] >= 2 and vals["position"] < 0
@@ -737,3 +744,46 @@ def test_latent_probe_labels_and_control_types():
     if len(set(out["labels"].tolist())) == 1:  # this random micro model picks one style
         assert out["trained", "task"] == [out["chance"]] * sites == out["random_init", "task"]
         assert out["chance"] == 1.0
+
+
+def _contrast_metric(metric, value, stderr=None):
+    return {
+        "scale": "small",
+        "paper": "mi_steer",
+        "variant": "smollm2-refusal",
+        "suite": "contrast",
+        "task": "contrast",
+        "metric": metric,
+        "value": value,
+        "stderr": stderr,
+        "n": 40,
+        "task_hash": None,
+        "run_id": "r",
+    }
+
+
+@pytest.mark.parametrize(
+    "p1,p0,gated_out",
+    [(0.0, 0.0, True), (0.05, 0.0, True), (0.025, 0.05, True), (0.6, 0.05, False)],
+)
+def test_smollm2_refusal_claims_need_a_model_that_refuses(p1, p0, gated_out):
+    """A model that does not refuse the harmful prompts (SmolLM2-135M-Instruct answers them)
+    has no refusal direction to find: the refusal claims are inconclusive by their premise,
+    not failed; a model that refuses gets its claims checked."""
+    from claimbench import claims as claims_mod
+
+    _, rows = claims_mod.load_claims_file("methods/mi_steer/claims.yaml")
+    by_id = {c["id"]: {**c, "paper": "mi_steer"} for c in rows}
+    se = (p1 * (1 - p1) / 40 + p0 * (1 - p0) / 40) ** 0.5
+    lookup = [
+        _contrast_metric("refusal_gap", p1 - p0, se),
+        _contrast_metric("selection_passed", 0.0),
+        _contrast_metric("criterion_met", 0.0),
+    ]
+    for cid in ("smollm2_refusal_direction_selected", "smollm2_refusal_ablation"):
+        row = claims_mod.check_all([by_id[cid]], lookup, ["small"])[0]
+        if gated_out:
+            assert row["status"] == "inconclusive", row
+            assert row["detail"].startswith("setup condition not met (the premise"), row["detail"]
+        else:
+            assert row["status"] == "failed", row

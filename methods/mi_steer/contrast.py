@@ -10,6 +10,7 @@ Prompts split in half: the first half fits and selects the direction, the second
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,12 @@ def run(job: Job) -> None:
     win = text_windows(tok, a.text, cfg["n_neutral"], cfg["neutral_len"], job.device)
     se = side_effects(lm, win, abl)
     rate_b, rate_a = float((s_base > 0).float().mean()), float((s_abl > 0).float().mean())
+    # The premise of every refusal claim: the unedited model refuses the held-out harmful
+    # prompts more often than the harmless ones (two-proportion difference, binomial se).
+    rate_n = float((score(c.first_logprobs(neg_test), pid, nid) > 0).float().mean())
+    gap_se = math.sqrt(
+        rate_b * (1 - rate_b) / len(pos_test) + rate_n * (1 - rate_n) / len(neg_test)
+    )
     v = improve_verdict(
         rate_b,
         rate_a,
@@ -302,6 +309,15 @@ def run(job: Job) -> None:
         metric("contrast", "rate_positive", rate_b, n=len(pos_test)),
         metric(
             "contrast", "rate_positive_ablated", rate_a, n=len(pos_test), higher_is_better=False
+        ),
+        metric("contrast", "rate_negative", rate_n, n=len(neg_test), higher_is_better=False),
+        metric(
+            "contrast",
+            "refusal_gap",
+            rate_b - rate_n,
+            stderr=gap_se,
+            n=min(len(pos_test), len(neg_test)),
+            higher_is_better=True,
         ),
         metric("contrast", "score_positive", float(s_base.mean()), n=len(pos_test)),
         metric("contrast", "score_positive_ablated", float(s_abl.mean()), n=len(pos_test)),
