@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from claimbench.io import atomic_write_jsonl, stable_hash
 from claimbench.job import Job, job_parser, run_job
@@ -206,7 +207,7 @@ def run(job: Job) -> None:
     # layer), KL on the negative prompts' next token under ablation.
     base_neg = c.first_logprobs(neg_val)
     cands = []
-    for (lyr, i), m in mp.items():
+    for (lyr, i), m in tqdm(mp.items(), desc="direction candidates", unit="candidate"):
         r = m - mn[lyr, i]
         ed = S.ablation_edits(lm, r)
         lp = c.first_logprobs(neg_val, ed)
