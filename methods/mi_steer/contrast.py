@@ -4,7 +4,8 @@ instruct model at paper scale): the Locate -> Steer -> Improve pipeline on local
 Behaviour score of a prompt = log-odds of the behaviour's first tokens at the first generated
 position: logsumexp(log p[positive_tokens]) - logsumexp(log p[negative_tokens]) (the refusal
 score of Arditi et al. with refusal-start tokens); a prompt "shows the behaviour" when > 0.
-Prompts split in half: the first half fits and selects the direction, the second half tests.
+Prompts split in file order (`split_prompts`): `n_fit` fit the candidate directions, `n_val`
+select one, the rest test (default half / quarter / quarter; Arditi et al. 128 / 32 / rest).
 """
 
 from __future__ import annotations
