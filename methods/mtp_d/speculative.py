@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from claimbench.errors import ClaimbenchError
 from claimbench.io import atomic_write_jsonl, stable_hash
@@ -198,7 +199,9 @@ def measure(job: Job) -> None:
     # (1) untimed pass at batch 1: losslessness and per-head acceptance
     greedy_out = {v: _run_all(m, None, 0, prompts, 1, new_tokens, pad_id) for v, m in mains.items()}
     stats, outputs, per_prompt = {}, {}, {}
-    for name, (v, h, depth) in configs.items():
+    for name, (v, h, depth) in tqdm(
+        configs.items(), desc="acceptance (untimed)", mininterval=2.0, dynamic_ncols=True
+    ):
         if h is None:
             outputs[name] = greedy_out[v]
             continue
@@ -230,6 +233,12 @@ def measure(job: Job) -> None:
     # (2) timed, interleaved, repeated
     names = list(configs)
     timings = {(n, b): [] for n in names for b in cfg["batch_sizes"]}
+    bar = tqdm(
+        total=cfg["repeats"] * len(cfg["batch_sizes"]) * len(names),
+        desc="timed decoding",
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
     for r in range(cfg["repeats"]):
         order = names[r % len(names) :] + names[: r % len(names)]
         for b in cfg["batch_sizes"]:
@@ -240,6 +249,8 @@ def measure(job: Job) -> None:
                 _run_all(mains[v], h, depth, prompts, b, new_tokens, pad_id)
                 _sync(job.device)
                 timings[(name, b)].append(time.perf_counter() - t0)
+                bar.update()  # outside the timed span
+    bar.close()
     prov = job.provenance()
     n_tok = len(prompts) * new_tokens
     for name, (v, h, depth) in configs.items():
