@@ -89,6 +89,8 @@ def snapshot(root: Path) -> dict[str, str]:
 def run_ingest(root: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "claimbench.cli", "ingest", "--runs", str(root / "runs")]
     cmd += ["--db", str(root / "db" / "store.duckdb"), "--methods", str(root / "methods")]
+    # the tree's own (absent) published folder: the repository's exports must not join the store
+    cmd += ["--published", str(root / "published")]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -347,6 +349,7 @@ def test_write_failure_is_one_line_and_keeps_the_store(tree, monkeypatch, capsys
     monkeypatch.setattr(getattr(store, module), name, fail)
     before = snapshot(tree)
     args = ["ingest", "--runs", str(tree / "runs"), "--db", str(tree / "db" / "store.duckdb")]
+    args += ["--published", str(tree / "published")]
     with pytest.raises(SystemExit) as e:
         cli.main([*args, "--methods", str(tree / "methods")])
     monkeypatch.undo()
